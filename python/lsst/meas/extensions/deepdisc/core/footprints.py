@@ -1,0 +1,270 @@
+# This file is part of meas_extensions_deepdisc.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Footprints as run-length encoded spans.
+
+A span is one run of contiguous pixels in a row, ``(y, x0, x1)`` with ``x1`` *inclusive*, the convention of
+``lsst.afw.geom.Span``.  A footprint is an ``int32`` array of shape ``(N, 3)`` of spans sorted by ``(y, x0)``,
+in the coordinates of the parent image (patch coordinates, i.e. including ``xy0``).  Spans of one footprint
+never overlap or touch in the same row (adjacent runs are merged), so every encoding is canonical and
+``mask -> spans -> mask`` round-trips exactly.
+
+For storage in Arrow tables the spans are flattened to ``[y0, x00, x10, y1, x01, x11, ...]`` (a
+``list<int32>`` column); `flatten_spans` and `unflatten_spans` convert.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SPAN_DTYPE",
+    "Footprint",
+    "flatten_spans",
+    "mask_to_spans",
+    "spans_area",
+    "spans_bbox",
+    "spans_centroid",
+    "spans_intersection_area",
+    "spans_to_mask",
+    "unflatten_spans",
+]
+
+from dataclasses import dataclass
+from typing import Self
+
+import numpy as np
+
+SPAN_DTYPE = np.int32
+
+_EMPTY_SPANS = np.zeros((0, 3), dtype=SPAN_DTYPE)
+
+
+def mask_to_spans(mask: np.ndarray, xy0: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Encode a 2-d boolean mask as spans.
+
+    Parameters
+    ----------
+    mask : `numpy.ndarray`
+        2-d array; non-zero pixels belong to the footprint.
+    xy0 : `tuple` [`int`, `int`]
+        Parent coordinates ``(x0, y0)`` of ``mask[0, 0]``.
+
+    Returns
+    -------
+    spans : `numpy.ndarray`
+        ``int32`` array of shape ``(N, 3)``: ``y, x_begin, x_end`` (inclusive), sorted by row then column.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-d, got shape {mask.shape}")
+    binary = mask.astype(bool, copy=False)
+    if not binary.any():
+        return _EMPTY_SPANS.copy()
+    # Pad with a False column on both sides so every run has a rising and a falling edge in its row.
+    padded = np.zeros((binary.shape[0], binary.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = binary
+    edges = np.diff(padded, axis=1)
+    rows_start, cols_start = np.nonzero(edges == 1)
+    _, cols_end = np.nonzero(edges == -1)
+    # np.nonzero scans in row-major order, so starts and ends pair up run by run.
+    spans = np.empty((rows_start.size, 3), dtype=SPAN_DTYPE)
+    spans[:, 0] = rows_start + xy0[1]
+    spans[:, 1] = cols_start + xy0[0]
+    spans[:, 2] = cols_end - 1 + xy0[0]
+    return spans
+
+
+def spans_to_mask(
+    spans: np.ndarray, shape: tuple[int, int], xy0: tuple[int, int] = (0, 0), clip: bool = False
+) -> np.ndarray:
+    """Decode spans into a boolean mask.
+
+    Parameters
+    ----------
+    spans : `numpy.ndarray`
+        ``(N, 3)`` spans in parent coordinates.
+    shape : `tuple` [`int`, `int`]
+        ``(height, width)`` of the output mask.
+    xy0 : `tuple` [`int`, `int`]
+        Parent coordinates ``(x0, y0)`` of the output's ``[0, 0]`` pixel.
+    clip : `bool`
+        If `True`, silently drop the parts of spans outside the mask; otherwise raise `ValueError`.
+
+    Returns
+    -------
+    mask : `numpy.ndarray`
+        Boolean array of the given shape.
+    """
+    height, width = shape
+    out = np.zeros((height, width), dtype=bool)
+    spans = np.asarray(spans, dtype=np.int64).reshape(-1, 3)
+    if spans.size == 0:
+        return out
+    y = spans[:, 0] - xy0[1]
+    x0 = spans[:, 1] - xy0[0]
+    x1 = spans[:, 2] - xy0[0]
+    if np.any(x1 < x0):
+        raise ValueError("invalid spans: x_end < x_begin")
+    outside = (y < 0) | (y >= height) | (x0 < 0) | (x1 >= width)
+    if np.any(outside):
+        if not clip:
+            raise ValueError(
+                f"{int(outside.sum())} span(s) fall outside the {height}x{width} mask at xy0={xy0}"
+            )
+        keep = (y >= 0) & (y < height) & (x1 >= 0) & (x0 < width)
+        y, x0, x1 = y[keep], np.clip(x0[keep], 0, width - 1), np.clip(x1[keep], 0, width - 1)
+    # Vectorised fill through a per-row cumulative sum of +1/-1 run markers.
+    marks = np.zeros((height, width + 1), dtype=np.int32)
+    np.add.at(marks, (y, x0), 1)
+    np.add.at(marks, (y, x1 + 1), -1)
+    out[:] = np.cumsum(marks, axis=1)[:, :width] > 0
+    return out
+
+
+def spans_area(spans: np.ndarray) -> int:
+    """Number of pixels covered by the spans."""
+    spans = np.asarray(spans).reshape(-1, 3)
+    return int(np.sum(spans[:, 2].astype(np.int64) - spans[:, 1] + 1))
+
+
+def spans_bbox(spans: np.ndarray) -> tuple[int, int, int, int]:
+    """Inclusive bounding box ``(x_min, y_min, x_max, y_max)`` of the spans.
+
+    Raises
+    ------
+    ValueError
+        If the footprint is empty.
+    """
+    spans = np.asarray(spans).reshape(-1, 3)
+    if spans.shape[0] == 0:
+        raise ValueError("an empty footprint has no bounding box")
+    return (
+        int(spans[:, 1].min()),
+        int(spans[:, 0].min()),
+        int(spans[:, 2].max()),
+        int(spans[:, 0].max()),
+    )
+
+
+def spans_centroid(spans: np.ndarray) -> tuple[float, float]:
+    """Unweighted centroid ``(x, y)`` of the footprint's pixels (pixel centres at integer positions)."""
+    spans = np.asarray(spans, dtype=np.float64).reshape(-1, 3)
+    lengths = spans[:, 2] - spans[:, 1] + 1
+    total = lengths.sum()
+    if total == 0:
+        raise ValueError("an empty footprint has no centroid")
+    x = np.sum(lengths * (spans[:, 1] + spans[:, 2]) / 2.0) / total
+    y = np.sum(lengths * spans[:, 0]) / total
+    return float(x), float(y)
+
+
+def spans_intersection_area(a: np.ndarray, b: np.ndarray) -> int:
+    """Number of pixels shared by two footprints, computed on spans (no rasterisation)."""
+    a = np.asarray(a, dtype=np.int64).reshape(-1, 3)
+    b = np.asarray(b, dtype=np.int64).reshape(-1, 3)
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        return 0
+    common_rows = np.intersect1d(a[:, 0], b[:, 0])
+    if common_rows.size == 0:
+        return 0
+    a = a[np.isin(a[:, 0], common_rows)]
+    b = b[np.isin(b[:, 0], common_rows)]
+    # Pairwise overlap of all spans in the same row; footprints are small, the product stays small.
+    same_row = a[:, None, 0] == b[None, :, 0]
+    lo = np.maximum(a[:, None, 1], b[None, :, 1])
+    hi = np.minimum(a[:, None, 2], b[None, :, 2])
+    overlap = np.where(same_row, np.clip(hi - lo + 1, 0, None), 0)
+    return int(overlap.sum())
+
+
+def flatten_spans(spans: np.ndarray) -> np.ndarray:
+    """Flatten ``(N, 3)`` spans to the ``int32`` vector stored in Arrow ``list<int32>`` columns."""
+    return np.ascontiguousarray(np.asarray(spans, dtype=SPAN_DTYPE).reshape(-1))
+
+
+def unflatten_spans(flat: np.ndarray) -> np.ndarray:
+    """Inverse of `flatten_spans`."""
+    flat = np.asarray(flat, dtype=SPAN_DTYPE)
+    if flat.size % 3:
+        raise ValueError(f"a flattened span list must have a multiple of 3 values, got {flat.size}")
+    return flat.reshape(-1, 3)
+
+
+@dataclass(frozen=True, eq=False)
+class Footprint:
+    """A set of pixels stored as spans, in parent (patch) coordinates.
+
+    Parameters
+    ----------
+    spans : `numpy.ndarray`
+        ``(N, 3)`` ``int32`` spans ``(y, x_begin, x_end)``, as produced by `mask_to_spans`.
+    """
+
+    spans: np.ndarray
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray, xy0: tuple[int, int] = (0, 0)) -> Self:
+        """Build a footprint from a boolean mask whose ``[0, 0]`` pixel is at ``xy0``."""
+        return cls(mask_to_spans(mask, xy0))
+
+    @classmethod
+    def from_flat(cls, flat: np.ndarray) -> Self:
+        """Build a footprint from a flattened span vector (see `flatten_spans`)."""
+        return cls(unflatten_spans(flat))
+
+    @property
+    def area(self) -> int:
+        """Number of pixels."""
+        return spans_area(self.spans)
+
+    @property
+    def bbox(self) -> tuple[int, int, int, int]:
+        """Inclusive bounding box ``(x_min, y_min, x_max, y_max)``."""
+        return spans_bbox(self.spans)
+
+    @property
+    def centroid(self) -> tuple[float, float]:
+        """Unweighted centroid ``(x, y)``."""
+        return spans_centroid(self.spans)
+
+    def is_empty(self) -> bool:
+        """Whether the footprint has no pixels."""
+        return self.spans.shape[0] == 0
+
+    def to_mask(self, shape: tuple[int, int] | None = None, xy0: tuple[int, int] | None = None) -> np.ndarray:
+        """Rasterise; by default onto the footprint's own bounding box (then ``xy0`` is the bbox origin)."""
+        if shape is None or xy0 is None:
+            x_min, y_min, x_max, y_max = self.bbox
+            return spans_to_mask(self.spans, (y_max - y_min + 1, x_max - x_min + 1), (x_min, y_min))
+        return spans_to_mask(self.spans, shape, xy0)
+
+    def flat(self) -> np.ndarray:
+        """Flattened span vector for Arrow storage."""
+        return flatten_spans(self.spans)
+
+    def intersection_area(self, other: Footprint) -> int:
+        """Number of pixels shared with ``other``."""
+        return spans_intersection_area(self.spans, other.spans)
+
+    def iou(self, other: Footprint) -> float:
+        """Intersection over union with ``other`` (0 when both are empty)."""
+        inter = self.intersection_area(other)
+        union = self.area + other.area - inter
+        return inter / union if union > 0 else 0.0

@@ -1,0 +1,35 @@
+"""Shared pytest set-up: Butler config path, thread limits, common fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+BUTLER_CONFIG_DIR = (
+    PACKAGE_ROOT / "python" / "lsst" / "meas" / "extensions" / "deepdisc" / "butler" / "configs"
+)
+
+# Our storage classes must be visible to every Butler, including those of pipetask child processes.
+_paths = [p for p in os.environ.get("DAF_BUTLER_CONFIG_PATH", "").split(os.pathsep) if p]
+if str(BUTLER_CONFIG_DIR) not in _paths:
+    os.environ["DAF_BUTLER_CONFIG_PATH"] = os.pathsep.join([str(BUTLER_CONFIG_DIR), *_paths])
+# Two cores and two pytest workers: one thread each.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads() -> None:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency, but keep collection robust.
+        return
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def package_root() -> Path:
+    """Root of the source tree (for pipelines/ and config/)."""
+    return PACKAGE_ROOT
