@@ -1,0 +1,487 @@
+# This file is part of meas_extensions_deepdisc.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+"""The detection catalog: one astropy table row per detected source, with footprints and fluxes.
+
+`build_catalog` turns stitched `~.inference.Detections` and the `~.multiband.MultibandImage` they were found
+on into an `astropy.table.Table` ready for the ``ArrowAstropy`` storage class (through
+``butler.tables.to_arrow``, which turns the ``footprint`` object column into ``list<int32>``).  Every column
+has a description, and a unit where one applies.
+
+Conventions (decided here and recorded in the table metadata):
+
+* **Ids.**  ``id`` packs ``(tract, patch, counter)`` with an `~.ids.IdPacker`; counters run 1..N in row
+  order, so no source has id 0, which means "no parent".
+* **Families.**  Detections whose footprints share at least one pixel are linked; the connected
+  components of that graph are *families*.  No synthetic parent rows are added: the family member with the
+  highest score (ties: the earlier row) is the family *head* and plays the DRP parent's role.  The head has
+  ``parent = 0`` and ``nChild = family_size - 1``; the other members have ``parent = <head id>`` and
+  ``nChild = 0``; an isolated source has ``parent = 0``, ``nChild = 0`` and ``family_size = 1``.
+  ``family_id`` is the head's id for every member (the source's own id when isolated).
+* **Detection image** is the sum of the bands; invalid pixels (non-finite, or in a ``nodata_planes`` plane
+  of that band) count as zero flux everywhere.
+* **Centroid** (``centroid_x/y``): mean pixel position weighted by the positive part of the detection
+  image inside the footprint; the unweighted footprint centroid when the footprint has no positive flux.
+  ``coord_ra/dec`` are the image WCS at that centroid (NaN without a WCS).
+* **Footprint fluxes**: ``<band>_footprintFlux`` sums the band over the footprint (valid pixels);
+  ``<band>_footprintFluxErr`` is the square root of the summed variance over the same pixels.
+* **Apportioned fluxes**: each footprint pixel's flux is split among the sources whose footprints cover it
+  in proportion to their *weights*, a source's weight being the positive part of its footprint flux in the
+  detection image (equal shares when all covering weights are zero).  Pixels covered by one source go
+  wholly to it, so over a family the apportioned fluxes add up to the flux in the union of the footprints.
+* **Flags**: ``flag_patch_edge`` when the footprint comes within ``edge_margin`` pixels of the image border
+  (0: it touches the outermost row or column); ``nodata_fraction`` is the fraction of footprint pixels
+  invalid in any band, ``flag_nodata`` when it is positive; ``flag_saturated`` when any footprint pixel has
+  a ``saturated_planes`` bit in any band; ``flag_merged_duplicate`` when a duplicate from another tile was
+  merged into the detection.
+
+Image values are taken to be in nJy per pixel (Rubin coadds).  Everything is vectorised over a flat list of
+footprint pixels, so thousands of sources cost a few array passes.
+"""
+
+from __future__ import annotations
+
+__all__ = ["APPORTION_RULE", "build_catalog", "catalog_columns"]
+
+from collections.abc import Sequence
+from typing import Any
+
+import astropy.units as u
+import numpy as np
+from astropy.table import Column, Table
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .footprints import flatten_spans
+from .ids import IdPacker
+from .inference import Detections
+from .multiband import MultibandImage
+
+APPORTION_RULE = (
+    "pixel flux split among the covering footprints in proportion to each source's positive footprint flux "
+    "in the detection image (sum of bands); equal shares if all such weights are zero"
+)
+
+FLUX_UNIT = u.nJy
+
+
+def catalog_columns(bands: Sequence[str], class_names: Sequence[str]) -> list[tuple[str, Any, Any, str]]:
+    """The schema of a detection catalog: ``(name, dtype, unit, description)`` per column, in order.
+
+    Quantities carry units (ratios are dimensionless); identifiers, counts, flags and labels have none.
+    """
+    columns: list[tuple[str, Any, Any, str]] = [
+        ("id", np.int64, None, "Unique source id packed from (tract, patch, counter)"),
+        (
+            "parent",
+            np.int64,
+            None,
+            "Id of the family head for other members of a family; else 0",
+        ),
+        ("nChild", np.int32, None, "Number of other members in the family of a family head; 0 otherwise"),
+        ("family_id", np.int64, None, "Id of the family head (the source's own id when isolated)"),
+        ("family_size", np.int32, None, "Number of detections in the family (footprint-overlap component)"),
+        ("coord_ra", np.float64, u.deg, "Right ascension of the centroid (image WCS)"),
+        ("coord_dec", np.float64, u.deg, "Declination of the centroid (image WCS)"),
+        (
+            "centroid_x",
+            np.float64,
+            u.pix,
+            "Detection-image flux-weighted centroid x, parent coordinates",
+        ),
+        (
+            "centroid_y",
+            np.float64,
+            u.pix,
+            "Detection-image flux-weighted centroid y, parent coordinates",
+        ),
+        ("bbox_x0", np.int32, u.pix, "Footprint bounding box minimum x (inclusive), parent coordinates"),
+        ("bbox_y0", np.int32, u.pix, "Footprint bounding box minimum y (inclusive), parent coordinates"),
+        ("bbox_x1", np.int32, u.pix, "Footprint bounding box maximum x (inclusive), parent coordinates"),
+        ("bbox_y1", np.int32, u.pix, "Footprint bounding box maximum y (inclusive), parent coordinates"),
+        (
+            "box_x0",
+            np.float64,
+            u.pix,
+            "Model box left edge (XYXY: pixel i spans [i, i+1)), parent coords",
+        ),
+        ("box_y0", np.float64, u.pix, "Model box bottom edge (XYXY), parent coordinates"),
+        ("box_x1", np.float64, u.pix, "Model box right edge (XYXY, exclusive), parent coordinates"),
+        ("box_y1", np.float64, u.pix, "Model box top edge (XYXY, exclusive), parent coordinates"),
+        ("footprint", object, None, "Footprint spans flattened as [y, x_begin, x_end(inclusive), ...]"),
+        ("footprint_area", np.int32, u.pix, "Number of pixels in the footprint"),
+        ("score", np.float32, u.dimensionless_unscaled, "Model detection score"),
+        ("class_id", np.int32, None, "Predicted class index"),
+        ("class_name", str, None, "Predicted class name"),
+    ]
+    for name in class_names:
+        columns.append(
+            (f"prob_{name}", np.float32, u.dimensionless_unscaled, f"Model probability of class {name!r}")
+        )
+    for band in bands:
+        columns += [
+            (f"{band}_footprintFlux", np.float64, FLUX_UNIT, f"Sum of the {band} image over the footprint"),
+            (
+                f"{band}_footprintFluxErr",
+                np.float64,
+                FLUX_UNIT,
+                f"Uncertainty of {band}_footprintFlux from the {band} variance plane",
+            ),
+            (
+                f"{band}_apportionedFlux",
+                np.float64,
+                FLUX_UNIT,
+                f"{band} footprint flux with pixels shared with overlapping sources apportioned by weight",
+            ),
+        ]
+    columns += [
+        (
+            "nodata_fraction",
+            np.float32,
+            u.dimensionless_unscaled,
+            "Fraction of footprint pixels without data in any band",
+        ),
+        ("flag_nodata", bool, None, "Footprint has pixels without data (non-finite or NO_DATA) in some band"),
+        ("flag_saturated", bool, None, "Footprint has a saturated pixel in some band"),
+        ("flag_patch_edge", bool, None, "Footprint reaches within edge_margin pixels of the image border"),
+        ("flag_merged_duplicate", bool, None, "A duplicate detection from an overlapping tile was merged in"),
+        ("tile_index", np.int32, None, "Inference tile the detection was kept from"),
+        ("tract", np.int64, None, "Tract id"),
+        ("patch", np.int64, None, "Patch index within the tract"),
+        ("model_name", str, None, "Name of the model that made the detection"),
+        ("model_version", str, None, "Version of the model that made the detection"),
+    ]
+    return columns
+
+
+def _validate(detections: Detections, image: MultibandImage, class_names: Sequence[str]) -> None:
+    if len(class_names) != detections.num_classes:
+        raise ValueError(
+            f"{len(class_names)} class names {list(class_names)} for {detections.num_classes} model classes"
+        )
+    if len(set(class_names)) != len(class_names) or not all(isinstance(c, str) and c for c in class_names):
+        raise ValueError(f"class names must be unique non-empty strings, got {list(class_names)}")
+    if len(detections) and (detections.class_ids.min() < 0 or detections.class_ids.max() >= len(class_names)):
+        raise ValueError(f"class ids outside [0, {len(class_names)}) in the detections")
+    empty = [i for i, f in enumerate(detections.footprints) if f.shape[0] == 0]
+    if empty:
+        raise ValueError(f"detections {empty[:10]} have empty footprints; a catalog row needs pixels")
+
+
+def _pixel_list(
+    footprints: list[np.ndarray], image: MultibandImage
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Expand spans into one entry per footprint pixel.
+
+    Returns ``owner`` (row index), local ``y`` and ``x`` indices into the image arrays, and the start of
+    each footprint's spans in the concatenated span array.
+    """
+    lengths = np.array([f.shape[0] for f in footprints], dtype=np.int64)
+    spans = np.concatenate(footprints).astype(np.int64) if footprints else np.zeros((0, 3), dtype=np.int64)
+    span_owner = np.repeat(np.arange(len(footprints)), lengths)
+    x0, y0 = image.xy0
+    local_y = spans[:, 0] - y0
+    local_x0 = spans[:, 1] - x0
+    local_x1 = spans[:, 2] - x0
+    outside = (local_y < 0) | (local_y >= image.height) | (local_x0 < 0) | (local_x1 >= image.width)
+    if np.any(outside):
+        rows = np.unique(span_owner[outside])
+        raise ValueError(
+            f"footprints of detections {rows[:10].tolist()} fall outside the image "
+            f"(xy0={image.xy0}, shape={image.shape})"
+        )
+    run = local_x1 - local_x0 + 1
+    owner = np.repeat(span_owner, run).astype(np.int32)
+    pixel_y = np.repeat(local_y, run)
+    # Column of every pixel: the span's start plus the pixel's offset within its span.
+    first_pixel = np.repeat(np.cumsum(run) - run, run)
+    pixel_x = np.repeat(local_x0, run) + (np.arange(first_pixel.size) - first_pixel)
+    span_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return owner, pixel_y.astype(np.int64), pixel_x.astype(np.int64), span_starts
+
+
+def _families(owner: np.ndarray, linear: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Connected components of the footprint-overlap graph.
+
+    Returns ``labels`` per source, and per pixel the sort ``order`` by position and the ``group`` (index of
+    the distinct pixel) in that order, reused for apportioning.
+    """
+    order = np.argsort(linear, kind="stable")
+    sorted_linear = linear[order]
+    same = sorted_linear[1:] == sorted_linear[:-1]
+    group = np.concatenate([[0], np.cumsum(~same)]) if linear.size else np.zeros(0, dtype=np.int64)
+    sorted_owner = owner[order]
+    a, b = sorted_owner[:-1][same], sorted_owner[1:][same]
+    graph = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return labels, order, group
+
+
+def build_catalog(
+    detections: Detections,
+    image: MultibandImage,
+    *,
+    class_names: Sequence[str],
+    tract: int,
+    patch: int,
+    model_name: str,
+    model_version: str,
+    id_packer: IdPacker,
+    edge_margin: int = 0,
+    saturated_planes: Sequence[str] = ("SAT",),
+    nodata_planes: Sequence[str] = ("NO_DATA",),
+) -> Table:
+    """Build the detection catalog of one patch.
+
+    Parameters
+    ----------
+    detections : `~.inference.Detections`
+        Stitched detections in the parent coordinates of ``image``.
+    image : `~.multiband.MultibandImage`
+        The (unscaled, nJy) coadd the detections were made on; its WCS gives ``coord_ra/dec``.
+    class_names : sequence of `str`
+        One name per model class, in class-id order.
+    tract, patch : `int`
+        Data ID of the catalog (packed into the ids).
+    model_name, model_version : `str`
+        Provenance, stored in columns and in the table metadata.
+    id_packer : `~.ids.IdPacker`
+        Id layout.
+    edge_margin : `int`
+        Distance in pixels from the image border within which ``flag_patch_edge`` is set.
+    saturated_planes, nodata_planes : sequence of `str`
+        Mask planes meaning saturated and no data.
+
+    Returns
+    -------
+    catalog : `astropy.table.Table`
+        One row per detection with the columns of `catalog_columns`; an empty table with the full schema
+        when there are no detections.
+
+    Raises
+    ------
+    ValueError
+        If class names do not match the detections, a footprint is empty or outside the image.
+    IdOverflowError
+        If the tract, patch or number of detections does not fit the id layout.
+    """
+    class_names = list(class_names)
+    _validate(detections, image, class_names)
+    if edge_margin < 0:
+        raise ValueError(f"edge_margin must be >= 0, got {edge_margin}")
+    n = len(detections)
+    n_bands = len(image.bands)
+    ids = id_packer.pack(tract, patch, np.arange(1, n + 1, dtype=np.int64))
+
+    owner, pixel_y, pixel_x, span_starts = _pixel_list(detections.footprints, image)
+    area = np.bincount(owner, minlength=n)
+    # Flat pixel indices: gathers through np.take on them are much faster than 2-d fancy indexing.
+    linear = pixel_y * image.width + pixel_x
+
+    # Per-pixel validity and flags, over all bands.
+    nodata_bits = image.plane_bits(nodata_planes)
+    saturated_bits = image.plane_bits(saturated_planes)
+    invalid_any = np.zeros(owner.size, dtype=bool)
+    saturated_any = np.zeros(owner.size, dtype=bool)
+    clean = np.empty((n_bands, owner.size), dtype=np.float64)
+    footprint_flux = np.zeros((n_bands, n))
+    footprint_var = np.full((n_bands, n), np.nan)
+    for b in range(n_bands):
+        values = _gather(image.image[b], linear).astype(np.float64)
+        invalid = ~np.isfinite(values)
+        if image.mask is not None:
+            bits = _gather(image.mask[b], linear)
+            invalid |= (bits & nodata_bits) != 0
+            saturated_any |= (bits & saturated_bits) != 0
+        invalid_any |= invalid
+        clean[b] = np.where(invalid, 0.0, values)
+        footprint_flux[b] = np.bincount(owner, weights=clean[b], minlength=n)
+        if image.variance is not None:
+            variance = _gather(image.variance[b], linear).astype(np.float64)
+            footprint_var[b] = np.bincount(owner, weights=np.where(invalid, 0.0, variance), minlength=n)
+    detection = clean.sum(axis=0)
+
+    # Centroids weighted by the positive detection flux; unweighted where there is none.
+    weight = np.clip(detection, 0.0, None)
+    weight_sum = np.bincount(owner, weights=weight, minlength=n)
+    parent_x = pixel_x + image.xy0[0]
+    parent_y = pixel_y + image.xy0[1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centroid_x = np.where(
+            weight_sum > 0,
+            np.bincount(owner, weights=weight * parent_x, minlength=n) / weight_sum,
+            np.bincount(owner, weights=parent_x, minlength=n) / area,
+        )
+        centroid_y = np.where(
+            weight_sum > 0,
+            np.bincount(owner, weights=weight * parent_y, minlength=n) / weight_sum,
+            np.bincount(owner, weights=parent_y, minlength=n) / area,
+        )
+    if image.wcs is not None and n:
+        coord_ra, coord_dec = image.pixel_to_sky(centroid_x, centroid_y)
+    else:
+        coord_ra = np.full(n, np.nan)
+        coord_dec = np.full(n, np.nan)
+
+    # Families and heads.
+    if n:
+        labels, order, group = _families(owner, linear, n)
+    else:
+        labels, order, group = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, np.int64)
+    family_size = np.bincount(labels, minlength=labels.max() + 1 if n else 0)[labels]
+    by_family_then_score = np.lexsort((np.arange(n), -detections.scores.astype(np.float64), labels))
+    first_of_family = np.ones(n, dtype=bool)
+    first_of_family[1:] = labels[by_family_then_score][1:] != labels[by_family_then_score][:-1]
+    head_of_label = np.zeros(labels.max() + 1 if n else 0, dtype=np.int64)
+    head_of_label[labels[by_family_then_score[first_of_family]]] = by_family_then_score[first_of_family]
+    head = head_of_label[labels]
+    is_head = head == np.arange(n)
+    family_id = ids[head] if n else np.zeros(0, dtype=np.int64)
+    parent = np.where(is_head, 0, family_id)
+    n_child = np.where(is_head, family_size - 1, 0)
+
+    # Apportioning: per pixel, each covering source's share of the pixel's flux.
+    source_weight = np.clip(np.bincount(owner, weights=detection, minlength=n), 0.0, None)
+    pixel_weight = np.empty(owner.size)
+    pixel_weight[order] = source_weight[owner[order]]
+    inverse = np.empty(owner.size, dtype=np.int64)
+    inverse[order] = group
+    covering_weight = np.bincount(inverse, weights=pixel_weight)[inverse] if owner.size else pixel_weight
+    covering_count = np.bincount(inverse)[inverse] if owner.size else pixel_weight
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(covering_weight > 0, pixel_weight / covering_weight, 1.0 / covering_count)
+    apportioned = np.stack(
+        [np.bincount(owner, weights=clean[b] * share, minlength=n) for b in range(n_bands)]
+    )
+
+    # Footprint bounding boxes (inclusive) from the spans.
+    if n:
+        spans = np.concatenate(detections.footprints).astype(np.int64)
+        bbox_x0 = np.minimum.reduceat(spans[:, 1], span_starts)
+        bbox_y0 = np.minimum.reduceat(spans[:, 0], span_starts)
+        bbox_x1 = np.maximum.reduceat(spans[:, 2], span_starts)
+        bbox_y1 = np.maximum.reduceat(spans[:, 0], span_starts)
+    else:
+        bbox_x0 = bbox_y0 = bbox_x1 = bbox_y1 = np.zeros(0, dtype=np.int64)
+    x_first, y_first = image.xy0
+    x_last, y_last = x_first + image.width - 1, y_first + image.height - 1
+    patch_edge = (
+        (bbox_x0 - x_first <= edge_margin)
+        | (bbox_y0 - y_first <= edge_margin)
+        | (x_last - bbox_x1 <= edge_margin)
+        | (y_last - bbox_y1 <= edge_margin)
+    )
+    nodata_count = np.bincount(owner, weights=invalid_any, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nodata_fraction = np.where(area > 0, nodata_count / np.maximum(area, 1), 0.0)
+    saturated = np.bincount(owner, weights=saturated_any, minlength=n) > 0
+
+    footprint_column = np.empty(n, dtype=object)
+    for i, spans_i in enumerate(detections.footprints):
+        footprint_column[i] = flatten_spans(spans_i)
+    names = np.array(class_names)
+    values: dict[str, Any] = {
+        "id": ids,
+        "parent": parent,
+        "nChild": n_child,
+        "family_id": family_id,
+        "family_size": family_size,
+        "coord_ra": coord_ra,
+        "coord_dec": coord_dec,
+        "centroid_x": centroid_x,
+        "centroid_y": centroid_y,
+        "bbox_x0": bbox_x0,
+        "bbox_y0": bbox_y0,
+        "bbox_x1": bbox_x1,
+        "bbox_y1": bbox_y1,
+        "box_x0": detections.boxes[:, 0],
+        "box_y0": detections.boxes[:, 1],
+        "box_x1": detections.boxes[:, 2],
+        "box_y1": detections.boxes[:, 3],
+        "footprint": footprint_column,
+        "footprint_area": area,
+        "score": detections.scores,
+        "class_id": detections.class_ids,
+        "class_name": names[detections.class_ids] if n else np.zeros(0, dtype=names.dtype),
+        "nodata_fraction": nodata_fraction,
+        "flag_nodata": nodata_count > 0,
+        "flag_saturated": saturated,
+        "flag_patch_edge": patch_edge,
+        "flag_merged_duplicate": detections.merged_duplicate,
+        "tile_index": detections.tile_index,
+        "tract": np.full(n, tract),
+        "patch": np.full(n, patch),
+        "model_name": np.full(n, model_name, dtype=f"U{max(len(model_name), 1)}"),
+        "model_version": np.full(n, model_version, dtype=f"U{max(len(model_version), 1)}"),
+    }
+    for k, name in enumerate(class_names):
+        values[f"prob_{name}"] = detections.class_probs[:, k]
+    with np.errstate(invalid="ignore"):
+        for b, band in enumerate(image.bands):
+            values[f"{band}_footprintFlux"] = footprint_flux[b]
+            values[f"{band}_footprintFluxErr"] = np.sqrt(footprint_var[b])
+            values[f"{band}_apportionedFlux"] = apportioned[b]
+
+    table = Table()
+    for name, dtype, unit, description in catalog_columns(image.bands, class_names):
+        data = values[name]
+        if dtype is not object and dtype is not str:
+            data = np.asarray(data, dtype=dtype)
+        table[name] = Column(data=data, name=name, unit=unit, description=description)
+    table.meta.update(
+        {
+            "model": {"name": str(model_name), "version": str(model_version)},
+            "bands": list(image.bands),
+            "class_names": class_names,
+            "tract": int(tract),
+            "patch": int(patch),
+            "image_bbox": {"x0": x_first, "y0": y_first, "width": image.width, "height": image.height},
+            "counts": {
+                "sources": n,
+                "families": int(np.sum(is_head & (family_size > 1))),
+                "isolated": int(np.sum(family_size == 1)),
+                "merged_duplicates": int(np.sum(detections.merged_duplicate)),
+                "flag_nodata": int(np.sum(nodata_count > 0)),
+                "flag_saturated": int(np.sum(saturated)),
+                "flag_patch_edge": int(np.sum(patch_edge)),
+            },
+            "id_layout": id_packer.to_dict(),
+            "edge_margin": int(edge_margin),
+            "apportion_rule": APPORTION_RULE,
+            "inference": _plain(detections.stats),
+        }
+    )
+    return table
+
+
+def _gather(plane: np.ndarray, linear: np.ndarray) -> np.ndarray:
+    """Values of a 2-d plane at flat pixel indices."""
+    return np.take(np.ascontiguousarray(plane).reshape(-1), linear)
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars and containers to plain Python values (table metadata must serialise as YAML)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
