@@ -1,0 +1,356 @@
+# This file is part of meas_extensions_deepdisc.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""The ``deepdisc-model`` command: create, inspect and ingest model packages.
+
+``deepdisc-model create``
+    Package a model from our architecture registry or from a detectron2/DeepDISC YAML config, with the
+    weights of a checkpoint (safetensors, or a torch file read with ``weights_only=True``) or a reproducible
+    random initialisation.
+``deepdisc-model inspect``
+    Verify a package and describe it (``--json`` for machines).
+``deepdisc-model ingest``
+    Put a package into a Butler repository as dataset ``deepdisc_model`` in ``pretrained_models/<name>``.
+
+Run ``deepdisc-model <command> --help`` for the options; ``python -m lsst.meas.extensions.deepdisc.cli.model``
+works too.
+"""
+
+from __future__ import annotations
+
+__all__ = ["build_parser", "main"]
+
+import argparse
+import hashlib
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..core.model_package import (
+    PACKAGE_SUFFIXES,
+    ModelPackage,
+    ModelPackageError,
+    compare_state_dicts,
+    load_checkpoint_state_dict,
+)
+from ..core.models import list_architectures
+from ..core.scaling import SCALINGS, ScalingSpec
+
+PROGRAM = "deepdisc-model"
+
+
+class CommandError(Exception):
+    """A user error: reported as one line on stderr, exit status 2."""
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """Parse ``KEY=VALUE``; the value is read as YAML (numbers, booleans, lists), else kept as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if not isinstance(value, str | int | float | bool | list) or value is None:
+        value = raw
+    return key.strip(), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``deepdisc-model``."""
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description="Create, inspect and ingest DeepDISC model packages (safe, self-describing).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    create = commands.add_parser(
+        "create",
+        help="package a model (architecture or detectron2 config + checkpoint or random init)",
+        description="Package a model as one safe zip file (config as data, safetensors weights, metadata).",
+    )
+    source = create.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--architecture", metavar="NAME", help=f"an architecture of ours: {', '.join(list_architectures())}"
+    )
+    source.add_argument(
+        "--detectron2-config",
+        metavar="FILE.yaml",
+        type=Path,
+        help="a detectron2/DeepDISC config as YAML (a .py LazyConfig must be saved as YAML first)",
+    )
+    create.add_argument("--bands", nargs="+", required=True, help="bands in network input order, e.g. g r i")
+    create.add_argument("--classes", nargs="+", default=["star", "galaxy"], help="class names (star galaxy)")
+    create.add_argument(
+        "--scaling", default="lupton", help=f"contrast scaling, one of {', '.join(SCALINGS)} (lupton)"
+    )
+    create.add_argument(
+        "--scaling-param",
+        nargs="+",
+        action="extend",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="parameters of the scaling, e.g. Q=10 stretch=0.5",
+    )
+    create.add_argument(
+        "--invalid-plane",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="PLANE",
+        help="mask planes whose pixels are invalid for the scaling (NO_DATA)",
+    )
+    create.add_argument(
+        "--override",
+        nargs="+",
+        action="extend",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for --architecture, e.g. MODEL.ROI_HEADS.SCORE_THRESH_TEST=0.3",
+    )
+    create.add_argument("--pixel-mean", nargs="+", type=float, help="per-band mean the network subtracts")
+    create.add_argument("--pixel-std", nargs="+", type=float, help="per-band std the network divides by")
+    weights = create.add_mutually_exclusive_group(required=True)
+    weights.add_argument(
+        "--checkpoint", type=Path, metavar="FILE", help="weights: .safetensors or a torch .pth/.pt file"
+    )
+    weights.add_argument("--random-init", action="store_true", help="reproducible random weights (tests)")
+    create.add_argument("--seed", type=int, default=0, help="seed of --random-init (0)")
+    create.add_argument("--name", required=True, help="package name (collection pretrained_models/<name>)")
+    create.add_argument("--version", default="1.0", help="version of this trained model (1.0)")
+    create.add_argument("--output", required=True, type=Path, metavar="PKG.zip", help="output file")
+    create.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    create.add_argument("--training-data", help="provenance: what the model was trained on")
+    create.add_argument(
+        "--training-collection", nargs="+", action="extend", default=[], help="provenance: Butler collections"
+    )
+    create.add_argument("--iterations", type=int, help="provenance: training iterations")
+    create.add_argument(
+        "--metric",
+        nargs="+",
+        action="extend",
+        type=_key_value,
+        default=[],
+        metavar="NAME=VALUE",
+        help="provenance: validation metrics, e.g. AP=41.2",
+    )
+    create.set_defaults(handler=_create)
+
+    inspect = commands.add_parser("inspect", help="verify and describe a package")
+    inspect.add_argument("package", type=Path, metavar="PKG.zip")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument(
+        "--check-model", action="store_true", help="also build the model and load the weights (slower)"
+    )
+    inspect.set_defaults(handler=_inspect)
+
+    ingest = commands.add_parser("ingest", help="put a package into a Butler repository")
+    ingest.add_argument("repo", help="Butler repository (path, URI or label)")
+    ingest.add_argument("package", type=Path, metavar="PKG.zip")
+    ingest.add_argument("--name", help="collection pretrained_models/<name> (default: the package's name)")
+    ingest.add_argument(
+        "--replace", action="store_true", help="replace a different package already in that collection"
+    )
+    ingest.set_defaults(handler=_ingest)
+    return parser
+
+
+def _read_detectron2_config(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Our plain config from a user's detectron2/DeepDISC YAML config (never a .py file)."""
+    if path.suffix == ".py":
+        raise CommandError(
+            f"{path} is a Python LazyConfig, i.e. code, which is not executed here. In your environment run "
+            f"`from detectron2.config import LazyConfig; LazyConfig.save(LazyConfig.load({str(path)!r}), "
+            f"{path.with_suffix('.yaml').name!r})` and pass the YAML file"
+        )
+    if path.suffix not in (".yaml", ".yml"):
+        raise CommandError(f"--detectron2-config takes a .yaml file, got {path}")
+    if not path.is_file():
+        raise CommandError(f"no detectron2 config file at {path}")
+    from ..core.models import config_from_detectron2_yaml
+
+    try:
+        return config_from_detectron2_yaml(
+            path,
+            bands=tuple(args.bands),
+            class_names=tuple(args.classes),
+            pixel_mean=args.pixel_mean,
+            pixel_std=args.pixel_std,
+        )
+    except (TypeError, ValueError) as exc:  # UnsafeConfigError is a ValueError.
+        raise ModelPackageError(f"cannot use detectron2 config {path}: {exc}") from None
+
+
+def _create(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import torch
+
+    from ..core.models import ModelSpec, build_model, make_model_config
+
+    output: Path = args.output
+    if not output.name.endswith(PACKAGE_SUFFIXES):
+        raise CommandError(f"--output must end with {' or '.join(PACKAGE_SUFFIXES)}, got {output}")
+    if output.exists() and not args.force:
+        raise CommandError(f"{output} exists; pass --force to overwrite it")
+    invalid_planes = tuple(args.invalid_plane) if args.invalid_plane is not None else ("NO_DATA",)
+    try:
+        scaling = ScalingSpec(
+            name=args.scaling, params=dict(args.scaling_param), invalid_planes=invalid_planes
+        )
+    except KeyError as exc:
+        raise CommandError(str(exc).strip("\"'")) from None
+    provenance: dict[str, Any] = {"command": shlex.join([PROGRAM, *argv])}
+
+    spec_or_config: Any
+    if args.architecture is not None:
+        try:
+            spec = ModelSpec(
+                architecture=args.architecture,
+                bands=tuple(args.bands),
+                class_names=tuple(args.classes),
+                pixel_mean=None if args.pixel_mean is None else tuple(args.pixel_mean),
+                pixel_std=None if args.pixel_std is None else tuple(args.pixel_std),
+                overrides=dict(args.override),
+            )
+            model_config = make_model_config(spec)
+        except (TypeError, ValueError) as exc:
+            raise CommandError(str(exc)) from None
+        spec_or_config = spec
+    else:
+        if args.override:
+            raise CommandError("--override applies to --architecture; edit the detectron2 config instead")
+        model_config = _read_detectron2_config(args.detectron2_config, args)
+        spec_or_config = model_config
+        provenance["detectron2_config"] = args.detectron2_config.name
+        config_bytes = args.detectron2_config.read_bytes()
+        provenance["detectron2_config_sha256"] = hashlib.sha256(config_bytes).hexdigest()
+
+    # Read the checkpoint before the (slower) build, so that a refused file fails fast.
+    weights, checkpoint_info = (None, {}) if args.random_init else load_checkpoint_state_dict(args.checkpoint)
+    # Fork the RNG so that a seeded build neither depends on nor disturbs the caller's random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        model = build_model(model_config, device="cpu")
+    if weights is None:
+        provenance["random_init_seed"] = args.seed
+    else:
+        diff = compare_state_dicts(model.state_dict(), weights)
+        if not diff.is_empty:
+            raise ModelPackageError(f"checkpoint {args.checkpoint} does not fit the model: {diff.describe()}")
+        model.load_state_dict(weights, strict=True)
+        provenance.update(checkpoint_info)
+    if args.iterations is not None:
+        provenance["iterations"] = args.iterations
+    if args.training_data:
+        provenance["training_data"] = args.training_data
+    if args.training_collection:
+        provenance["training_collections"] = list(args.training_collection)
+    if args.metric:
+        provenance["metrics"] = dict(args.metric)
+
+    package = ModelPackage.from_model(
+        model,
+        spec_or_config,
+        scaling,
+        args.name,
+        version=args.version,
+        bands=tuple(args.bands),
+        class_names=tuple(args.classes),
+        pixel_mean=args.pixel_mean,
+        pixel_std=args.pixel_std,
+        provenance=provenance,
+    )
+    package.save(output)
+    print(package.summary())
+    print(f"wrote {output}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    package = ModelPackage.load(args.package)
+    if args.check_model:
+        package.build_model("cpu")
+    if args.json:
+        description = package.describe()
+        description["file"] = str(args.package)
+        if args.check_model:
+            description["model_check"] = "weights load into the model built from model.yaml"
+        print(json.dumps(description, indent=2))
+    else:
+        print(package.summary())
+        if args.check_model:
+            print("model check    : weights load into the model built from model.yaml")
+    return 0
+
+
+def _ingest(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    package = ModelPackage.load(args.package)
+    from ..butler.model_formatter import ensure_butler_config_path, ingest_model_package
+
+    ensure_butler_config_path()
+    from lsst.daf.butler import Butler
+
+    with Butler.from_config(args.repo, writeable=True) as butler:
+        result = ingest_model_package(butler, package, name=args.name, replace=args.replace)
+    messages = {
+        "ingested": "ingested",
+        "replaced": "replaced the previous package with",
+        "unchanged": "already present (same content), nothing to do:",
+    }
+    print(f"{messages[result.status]} {package.name!r} as deepdisc_model in collection {result.run!r}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``deepdisc-model``.
+
+    Parameters
+    ----------
+    argv : `~collections.abc.Sequence` [`str`], optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    status : `int`
+        0 on success, 1 for a refused or invalid package or checkpoint, 2 for a usage error.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args, argv)
+    except CommandError as exc:
+        print(f"{PROGRAM} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ModelPackageError, FileNotFoundError) as exc:
+        print(f"{PROGRAM} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1207 @@
+# This file is part of meas_extensions_deepdisc.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""A trained model as one self-describing, safe file (dataset ``deepdisc_model``).
+
+A `ModelPackage` holds everything inference needs - the model described as *data* (a plain config for the
+model factory of `.models`, never code), the weights, the bands in the order the network expects them, the
+contrast scaling, the pixel statistics, the class names - plus provenance.  On disk it is one zip file
+(``*.deepdisc.zip`` or ``*.zip``) with exactly four members:
+
+``manifest.yaml``
+    Format name and version, and the size and SHA-256 of every other member.
+``model.yaml``
+    The model config, plain data for `.models.build_model` (only allowlisted ``_target_`` entries).
+``metadata.yaml``
+    Name, version, architecture, bands, scaling, pixel mean/std, class names, provenance, versions.
+``weights.safetensors``
+    The state dict in the safetensors format (a JSON header and raw tensor bytes).
+
+Reading never executes anything from the file: there is no pickle (weights are safetensors, YAML is read
+with a safe loader that also refuses aliases and duplicate keys) and the model config only names classes the
+factory allowlists.  A corrupt or hostile file (unexpected or missing members, unsafe member paths, members
+over the size cap or with suspicious compression ratios, hash mismatches, malformed YAML, an unknown format
+version, a refused ``_target_``, weights that do not fit the model) raises `ModelPackageError` naming the
+problem.  Writing is deterministic (fixed member order and timestamps), so equal content gives equal bytes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MANIFEST_MEMBER",
+    "METADATA_MEMBER",
+    "MODEL_MEMBER",
+    "PACKAGE_MEMBERS",
+    "PACKAGE_SUFFIXES",
+    "WEIGHTS_MEMBER",
+    "BandMismatchError",
+    "ModelPackage",
+    "ModelPackageError",
+    "PackageLimits",
+    "StateDictDiff",
+    "compare_state_dicts",
+    "load_checkpoint_state_dict",
+]
+
+import datetime
+import hashlib
+import io
+import math
+import os
+import pickle
+import re
+import uuid
+import zipfile
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+import torch
+import yaml
+
+from ..version import __version__
+from .scaling import ScalingSpec
+
+if TYPE_CHECKING:
+    from .models import ModelSpec
+
+FORMAT_NAME = "deepdisc-model-package"
+"""Value of the ``format`` key of ``manifest.yaml``."""
+
+FORMAT_VERSION = 1
+"""On-disk format version written (and the only one read) by this code."""
+
+PACKAGE_SUFFIXES = (".deepdisc.zip", ".zip")
+"""File name endings accepted by `ModelPackage.save`."""
+
+MANIFEST_MEMBER = "manifest.yaml"
+MODEL_MEMBER = "model.yaml"
+METADATA_MEMBER = "metadata.yaml"
+WEIGHTS_MEMBER = "weights.safetensors"
+PACKAGE_MEMBERS = (MANIFEST_MEMBER, MODEL_MEMBER, METADATA_MEMBER, WEIGHTS_MEMBER)
+"""Every member of a package, in the order they are written."""
+
+_HASHED_MEMBERS = (MODEL_MEMBER, METADATA_MEMBER, WEIGHTS_MEMBER)
+# Zip timestamps are fixed so that equal content always gives equal bytes (and equal Butler checksums).
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+_METADATA_KEYS = (
+    "name",
+    "version",
+    "architecture",
+    "bands",
+    "class_names",
+    "scaling",
+    "pixel_mean",
+    "pixel_std",
+    "provenance",
+    "package_version",
+    "format_version",
+)
+
+
+class ModelPackageError(ValueError):
+    """A model package is corrupt, hostile, inconsistent or does not fit the data it is used with."""
+
+
+class BandMismatchError(ModelPackageError):
+    """The bands of the data do not provide every band the model was trained on."""
+
+
+@dataclass(frozen=True)
+class PackageLimits:
+    """Caps applied to a package *before* any member is decompressed.
+
+    Parameters
+    ----------
+    max_yaml_bytes : `int`
+        Largest uncompressed size of each YAML member.
+    max_weights_bytes : `int`
+        Largest uncompressed size of ``weights.safetensors``.
+    max_compression_ratio : `float`
+        Largest uncompressed/compressed size ratio of a member bigger than ``ratio_exempt_bytes``
+        (zip-bomb guard; weights are stored uncompressed and YAML rarely compresses beyond 20).
+    ratio_exempt_bytes : `int`
+        Members up to this uncompressed size are not ratio-checked (they cannot hurt).
+    """
+
+    max_yaml_bytes: int = 16 * 2**20
+    max_weights_bytes: int = 8 * 2**30
+    max_compression_ratio: float = 200.0
+    ratio_exempt_bytes: int = 2**20
+
+    def cap_for(self, member: str) -> int:
+        """Uncompressed-size cap of one member."""
+        return self.max_weights_bytes if member == WEIGHTS_MEMBER else self.max_yaml_bytes
+
+
+DEFAULT_LIMITS = PackageLimits()
+
+
+@dataclass(frozen=True)
+class StateDictDiff:
+    """Differences between the state dict a model expects and the one a package (or checkpoint) gives.
+
+    Parameters
+    ----------
+    missing : `tuple` [`str`, ...]
+        Keys the model has and the weights lack.
+    unexpected : `tuple` [`str`, ...]
+        Keys the weights have and the model lacks.
+    shape_mismatches : `tuple` [`tuple` [`str`, `tuple`, `tuple`], ...]
+        ``(key, model shape, weights shape)`` for common keys whose shapes differ.
+    """
+
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    shape_mismatches: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether the weights fit the model exactly."""
+        return not (self.missing or self.unexpected or self.shape_mismatches)
+
+    def describe(self, limit: int = 5) -> str:
+        """One line per kind of problem, naming the first ``limit`` offending keys."""
+
+        def first(items: Sequence[Any]) -> str:
+            shown = ", ".join(str(item) for item in items[:limit])
+            more = f" and {len(items) - limit} more" if len(items) > limit else ""
+            return f"{shown}{more}"
+
+        lines = []
+        if self.missing:
+            lines.append(f"{len(self.missing)} missing key(s): {first(self.missing)}")
+        if self.unexpected:
+            lines.append(f"{len(self.unexpected)} unexpected key(s): {first(self.unexpected)}")
+        if self.shape_mismatches:
+            shapes = [f"{key} (model {list(m)}, weights {list(w)})" for key, m, w in self.shape_mismatches]
+            lines.append(f"{len(shapes)} shape mismatch(es): {first(shapes)}")
+        return "; ".join(lines) if lines else "weights match the model"
+
+
+def compare_state_dicts(
+    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]
+) -> StateDictDiff:
+    """Compare the keys and shapes of two state dicts.
+
+    Parameters
+    ----------
+    expected : `~collections.abc.Mapping` [`str`, `torch.Tensor`]
+        The state dict of the built model.
+    given : `~collections.abc.Mapping` [`str`, `torch.Tensor`]
+        The weights to load into it.
+
+    Returns
+    -------
+    diff : `StateDictDiff`
+        Keys in model order; empty if ``given`` loads with ``strict=True``.
+    """
+    missing = tuple(key for key in expected if key not in given)
+    unexpected = tuple(key for key in given if key not in expected)
+    mismatches = tuple(
+        (key, tuple(expected[key].shape), tuple(given[key].shape))
+        for key in expected
+        if key in given and tuple(expected[key].shape) != tuple(given[key].shape)
+    )
+    return StateDictDiff(missing=missing, unexpected=unexpected, shape_mismatches=mismatches)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint_state_dict(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read the weights of a training checkpoint without executing anything from it.
+
+    Parameters
+    ----------
+    path : `str` or `os.PathLike`
+        A ``.safetensors`` file, or a torch checkpoint (``.pth``, ``.pt``, ...) read with
+        ``torch.load(weights_only=True)``.  detectron2/DeepDISC checkpoints keep the weights under ``"model"``
+        (Lightning ones under ``"state_dict"``); a ``module.`` prefix left by DistributedDataParallel is
+        removed.
+
+    Returns
+    -------
+    state_dict : `dict` [`str`, `torch.Tensor`]
+        The weights, on the CPU.
+    info : `dict`
+        Provenance: ``source_checkpoint`` (file name), ``source_checkpoint_sha256`` and, when the checkpoint
+        records it, ``iterations``.
+
+    Raises
+    ------
+    ModelPackageError
+        If the file is not a checkpoint, holds anything but tensors and plain containers (the
+        ``weights_only`` unpickler refuses it; there is no fallback to unsafe loading), or has no weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    info: dict[str, Any] = {"source_checkpoint": path.name, "source_checkpoint_sha256": _file_sha256(path)}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            content: Any = load_file(str(path), device="cpu")
+        except Exception as exc:  # The Rust parser raises its own error types.
+            raise ModelPackageError(f"{path} is not a valid safetensors file: {exc}") from None
+    else:
+        try:
+            content = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            reason = str(exc).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0:1]
+            raise ModelPackageError(
+                f"refused checkpoint {path}: it is not a weights-only torch file "
+                f"({reason[0] if reason else exc}). Pickled objects other than tensors and plain containers "
+                "are never loaded (that could run code); save the model's state_dict with torch.save or "
+                "safetensors and use that file"
+            ) from None
+        except (RuntimeError, OSError, EOFError, ValueError) as exc:
+            raise ModelPackageError(f"cannot read checkpoint {path}: {exc}") from None
+    if isinstance(content, Mapping):
+        for key in ("model", "state_dict"):
+            if isinstance(content.get(key), Mapping):
+                iteration = content.get("iteration")
+                if type(iteration) is int:
+                    info["iterations"] = iteration
+                content = content[key]
+                break
+    if not isinstance(content, Mapping) or not content:
+        raise ModelPackageError(f"checkpoint {path} holds no state dict (a mapping of names to tensors)")
+    not_tensors = [str(key) for key, value in content.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise ModelPackageError(
+            f"checkpoint {path} has entries that are not tensors, e.g. {not_tensors[:5]}; "
+            "expected a state dict"
+        )
+    state_dict = {str(key): value.detach().cpu() for key, value in content.items()}
+    if all(key.startswith("module.") for key in state_dict):
+        state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    return state_dict, info
+
+
+class _StrictSafeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that also refuses aliases (exponential expansion) and duplicate keys."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases are not allowed in a model package", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # An unhashable key: the base class reports it.
+                    break
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """`yaml.SafeDumper` that never writes anchors/aliases (which the loader refuses)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _dump_yaml(data: Any) -> bytes:
+    text = yaml.dump(data, Dumper=_PlainDumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return text.encode("utf-8")
+
+
+def _load_yaml(data: bytes, member: str) -> Any:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelPackageError(f"{member} is not UTF-8 text: {exc}") from None
+    try:
+        return yaml.load(text, Loader=_StrictSafeLoader)  # A SafeLoader subclass: plain data only.
+    except yaml.YAMLError as exc:
+        raise ModelPackageError(f"{member} is not valid (safe) YAML: {exc}") from None
+    except RecursionError:
+        raise ModelPackageError(f"{member} is nested too deeply to be a model package member") from None
+
+
+def _to_plain(value: Any, where: str) -> Any:
+    """Copy ``value`` as YAML-safe plain data (dict/list/str/int/float/bool/None), or raise."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, np.generic) and isinstance(value.item(), bool | int | float | str):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return _to_plain(value.tolist(), where)
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ModelPackageError(f"{where} has a non-string key {key!r}; only plain data is allowed")
+            out[key] = _to_plain(item, f"{where}.{key}")
+        return out
+    if isinstance(value, list | tuple):
+        return [_to_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    raise ModelPackageError(
+        f"{where} holds a {type(value).__name__} ({value!r:.80}); a model package stores plain data only "
+        "(mappings, lists, strings, numbers, booleans, null)"
+    )
+
+
+def _string_tuple(value: Any, what: str, *, allow_empty: bool = False) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ModelPackageError(f"{what} must be a list of strings, got {value!r}")
+    items = tuple(value)
+    if not items and not allow_empty:
+        raise ModelPackageError(f"{what} must not be empty")
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise ModelPackageError(f"{what} must hold non-empty strings, got {item!r}")
+    duplicates = sorted({item for item in items if items.count(item) > 1})
+    if duplicates:
+        raise ModelPackageError(f"{what} {list(items)} has duplicates {duplicates}")
+    return items
+
+
+def _float_tuple(value: Any, what: str, length: int, *, positive: bool) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().reshape(-1).tolist()
+    elif isinstance(value, np.ndarray):
+        value = value.reshape(-1).tolist()
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ModelPackageError(f"{what} must be a list of numbers, got {value!r}")
+    try:
+        numbers = tuple(float(v) for v in value if not isinstance(v, bool))
+    except (TypeError, ValueError):
+        raise ModelPackageError(f"{what} must be a list of numbers, got {value!r}") from None
+    if len(numbers) != len(value) or len(numbers) != length:
+        raise ModelPackageError(f"{what} needs one number per band ({length}), got {list(value)}")
+    if not all(math.isfinite(v) and (v > 0 or not positive) for v in numbers):
+        requirement = "finite and positive" if positive else "finite"
+        raise ModelPackageError(f"{what} must be {requirement}: {list(numbers)}")
+    return numbers
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """The raw bytes of a tensor as a flat uint8 tensor (bit-exact comparison, NaN included)."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
+def _tensors_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_tensor_bytes(a), _tensor_bytes(b))
+
+
+def _serialise_weights(state_dict: Mapping[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    tensors: dict[str, torch.Tensor] = {}
+    seen_storages: set[int] = set()
+    for name, tensor in state_dict.items():
+        flat = tensor.detach().cpu().contiguous()
+        storage = flat.untyped_storage()
+        # safetensors refuses tensors sharing memory (tied weights, views): give those their own copy.
+        if storage.data_ptr() in seen_storages or storage.nbytes() != flat.nbytes:
+            flat = flat.clone()
+        seen_storages.add(flat.untyped_storage().data_ptr())
+        tensors[name] = flat
+    return save(tensors, metadata={"format": "pt"})
+
+
+def _deserialise_weights(data: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    try:
+        return load(data)
+    except Exception as exc:  # The Rust parser raises its own error types.
+        raise ModelPackageError(f"{WEIGHTS_MEMBER} is not a valid safetensors file: {exc}") from None
+
+
+def _member_path_problem(name: str) -> str | None:
+    """Why a zip member name is unsafe to have in a package, or `None`."""
+    if not name or "\x00" in name:
+        return "an empty or NUL-containing name"
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "an absolute path"
+    parts = re.split(r"[/\\]", name)
+    if ".." in parts:
+        return "a '..' (path traversal) component"
+    if len(parts) > 1:
+        return "a path with directories"
+    return None
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
+
+
+@dataclass(eq=False)
+class ModelPackage:
+    """A trained detectron2 model with everything needed to run it safely on multi-band coadds.
+
+    The pytype of the Butler storage class ``DeepDiscModelPackage`` (dataset ``deepdisc_model``).
+
+    Parameters
+    ----------
+    name : `str`
+        Short identifier, also used in the collection ``pretrained_models/<name>``
+        (letters, digits, ``.``, ``_``, ``-``).
+    version : `str`
+        Version of this trained model (free form, e.g. ``"1.0"``).
+    model_config : `dict`
+        Plain-data model description for `.models.build_model`.
+    state_dict : `dict` [`str`, `torch.Tensor`]
+        The weights (kept on the CPU).
+    bands : `tuple` [`str`, ...]
+        The bands the network takes, in the order of its input channels.
+    scaling : `.scaling.ScalingSpec`
+        The contrast scaling applied to fluxes before the network.
+    class_names : `tuple` [`str`, ...]
+        Name of each class index.
+    pixel_mean, pixel_std : `tuple` [`float`, ...] or `None`
+        Per-band normalisation the network applies to the scaled image (one number per band).
+    architecture : `str`
+        Name of the architecture (a factory registry name, or where the config came from).
+    provenance : `dict`
+        Plain data: training data and collections, iterations, metrics, source checkpoint sha256,
+        creation time (UTC), command line.
+    package_version : `str`
+        Version of meas_extensions_deepdisc that created the package.
+    format_version : `int`
+        On-disk format version (`FORMAT_VERSION`).
+    """
+
+    name: str
+    version: str
+    model_config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    bands: tuple[str, ...]
+    scaling: ScalingSpec
+    class_names: tuple[str, ...]
+    pixel_mean: tuple[float, ...] | None = None
+    pixel_std: tuple[float, ...] | None = None
+    architecture: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    package_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_PATTERN.match(self.name):
+            raise ModelPackageError(
+                f"model name {self.name!r} must be 1-128 letters, digits, '.', '_' or '-' "
+                "(it becomes part of the collection name pretrained_models/<name>)"
+            )
+        if not isinstance(self.version, str) or not self.version:
+            raise ModelPackageError(f"model version must be a non-empty string, got {self.version!r}")
+        if not isinstance(self.architecture, str):
+            raise ModelPackageError(f"architecture must be a string, got {self.architecture!r}")
+        self.bands = _string_tuple(self.bands, "bands")
+        self.class_names = _string_tuple(self.class_names, "class_names")
+        if isinstance(self.scaling, Mapping):
+            self.scaling = self._scaling_from_dict(self.scaling)
+        if not isinstance(self.scaling, ScalingSpec):
+            raise ModelPackageError(f"scaling must be a ScalingSpec, got {type(self.scaling).__name__}")
+        _to_plain(self.scaling.to_dict(), "scaling")
+        self.pixel_mean = _float_tuple(self.pixel_mean, "pixel_mean", len(self.bands), positive=False)
+        self.pixel_std = _float_tuple(self.pixel_std, "pixel_std", len(self.bands), positive=True)
+        if not isinstance(self.model_config, Mapping) or not self.model_config:
+            raise ModelPackageError("model_config must be a non-empty mapping (the model described as data)")
+        self.model_config = _to_plain(self.model_config, "model_config")
+        self._check_config_agrees()
+        if not isinstance(self.provenance, Mapping):
+            raise ModelPackageError(f"provenance must be a mapping, got {type(self.provenance).__name__}")
+        self.provenance = _to_plain(self.provenance, "provenance")
+        if not isinstance(self.state_dict, Mapping) or not self.state_dict:
+            raise ModelPackageError("state_dict must be a non-empty mapping of names to tensors")
+        for key, tensor in self.state_dict.items():
+            if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
+                raise ModelPackageError(
+                    f"state_dict must map names to torch.Tensor, got {key!r}: {type(tensor).__name__}"
+                )
+        self.state_dict = {key: tensor.detach().cpu() for key, tensor in self.state_dict.items()}
+        if not isinstance(self.package_version, str):
+            raise ModelPackageError(f"package_version must be a string, got {self.package_version!r}")
+        if type(self.format_version) is not int or self.format_version != FORMAT_VERSION:
+            raise ModelPackageError(
+                f"format version {self.format_version!r} is not supported: this code reads and writes "
+                f"version {FORMAT_VERSION}"
+            )
+
+    def _check_config_agrees(self) -> None:
+        """Where the model config repeats bands, classes or pixel statistics, they must be the package's."""
+        config = self.model_config
+        disagreements = []
+        for key, ours in (("bands", list(self.bands)), ("class_names", list(self.class_names))):
+            if key in config and config[key] != ours:
+                disagreements.append(f"{key} {config[key]!r} vs {ours!r}")
+        if "num_bands" in config and config["num_bands"] != len(self.bands):
+            disagreements.append(f"num_bands {config['num_bands']!r} vs {len(self.bands)} bands")
+        for key in ("pixel_mean", "pixel_std"):
+            ours_stats = getattr(self, key)
+            theirs = config.get(key)
+            if ours_stats is None or theirs is None:
+                continue
+            try:
+                same = len(theirs) == len(ours_stats) and np.allclose(theirs, ours_stats, rtol=1e-6, atol=0)
+            except (TypeError, ValueError):
+                same = False
+            if not same:
+                disagreements.append(f"{key} {theirs!r} vs {list(ours_stats)!r}")
+        if disagreements:
+            raise ModelPackageError(
+                f"the model config and the package metadata disagree: {'; '.join(disagreements)}"
+            )
+
+    @staticmethod
+    def _scaling_from_dict(data: Mapping[str, Any]) -> ScalingSpec:
+        try:
+            return ScalingSpec.from_dict(dict(data))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelPackageError(f"invalid scaling {dict(data)!r}: {exc}") from None
+
+    # ------------------------------------------------------------------ creation
+
+    @classmethod
+    def from_model(
+        cls,
+        module: torch.nn.Module,
+        spec_or_config: ModelSpec | Mapping[str, Any],
+        scaling: ScalingSpec | Mapping[str, Any] | str,
+        name: str,
+        *,
+        version: str = "1.0",
+        bands: Sequence[str] | None = None,
+        class_names: Sequence[str] | None = None,
+        pixel_mean: Sequence[float] | None = None,
+        pixel_std: Sequence[float] | None = None,
+        architecture: str | None = None,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> ModelPackage:
+        """Package a live model.
+
+        Parameters
+        ----------
+        module : `torch.nn.Module`
+            The model; its state dict is copied to the CPU (later training does not change the package).
+        spec_or_config : `.models.ModelSpec` or `~collections.abc.Mapping`
+            A spec (bands, classes, pixel statistics and architecture default from it) or a plain model
+            config as returned by `.models.make_model_config` or `.models.config_from_detectron2_yaml`
+            (they default from its top-level ``bands``, ``class_names``, ``pixel_mean``, ``pixel_std`` and
+            ``architecture``).
+        scaling : `.scaling.ScalingSpec`, `~collections.abc.Mapping` or `str`
+            The contrast scaling (a registered name uses that scaling's default parameters).
+        name : `str`
+            Package name.
+        version, bands, class_names, pixel_mean, pixel_std, architecture
+            Override the values taken from the spec.  Pixel statistics not given anywhere are read from
+            the model's ``pixel_mean`` / ``pixel_std`` buffers when it has them.
+        provenance : `~collections.abc.Mapping`, optional
+            Plain data; ``created_utc`` is added when absent.
+
+        Returns
+        -------
+        package : `ModelPackage`
+        """
+        from .models import ModelSpec, make_model_config
+
+        if isinstance(spec_or_config, ModelSpec):
+            spec = spec_or_config
+            model_config = make_model_config(spec)
+            bands = spec.bands if bands is None else bands
+            class_names = spec.class_names if class_names is None else class_names
+            pixel_mean = spec.pixel_mean if pixel_mean is None else pixel_mean
+            pixel_std = spec.pixel_std if pixel_std is None else pixel_std
+            architecture = spec.architecture if architecture is None else architecture
+        elif isinstance(spec_or_config, Mapping):
+            model_config = dict(spec_or_config)
+            bands = model_config.get("bands") if bands is None else bands
+            class_names = model_config.get("class_names") if class_names is None else class_names
+            if bands is None or class_names is None:
+                raise ModelPackageError("packaging a model from a plain config needs bands and class_names")
+        else:
+            raise ModelPackageError(
+                f"spec_or_config must be a ModelSpec or a plain config mapping, got {type(spec_or_config)}"
+            )
+        # Pixel statistics not given: those of the config (the factory always writes them), else the model's.
+        buffers = dict(module.named_buffers())
+        if pixel_mean is None:
+            pixel_mean = model_config.get("pixel_mean")
+        if pixel_mean is None and isinstance(buffers.get("pixel_mean"), torch.Tensor):
+            pixel_mean = buffers["pixel_mean"].reshape(-1).tolist()
+        if pixel_std is None:
+            pixel_std = model_config.get("pixel_std")
+        if pixel_std is None and isinstance(buffers.get("pixel_std"), torch.Tensor):
+            pixel_std = buffers["pixel_std"].reshape(-1).tolist()
+        if architecture is None and isinstance(model_config.get("architecture"), str):
+            architecture = model_config["architecture"]
+        if isinstance(scaling, str):
+            scaling = ScalingSpec(name=scaling)
+        elif isinstance(scaling, Mapping):
+            scaling = cls._scaling_from_dict(scaling)
+        provenance_data = dict(provenance or {})
+        provenance_data.setdefault("created_utc", _utc_now())
+        state_dict = {key: tensor.detach().cpu().clone() for key, tensor in module.state_dict().items()}
+        package = cls(
+            name=name,
+            version=version,
+            model_config=model_config,
+            state_dict=state_dict,
+            bands=tuple(bands),
+            scaling=scaling,
+            class_names=tuple(class_names),
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            architecture=architecture or "",
+            provenance=provenance_data,
+        )
+        package._check_model_consistency(module)
+        return package
+
+    # ------------------------------------------------------------------ using the model
+
+    def build_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """Build the network from ``model_config`` and load the weights (``strict=True``), in eval mode.
+
+        Parameters
+        ----------
+        device : `str` or `torch.device`
+            Where the model runs.
+
+        Returns
+        -------
+        model : `torch.nn.Module`
+
+        Raises
+        ------
+        ModelPackageError
+            If the config names a class the factory does not allow (nothing is executed), cannot be
+            built, or the weights do not fit the built model (the first mismatching keys are named).
+        """
+        from .models import UnsafeConfigError
+        from .models import build_model as factory_build_model
+
+        self._check_config_safety(self.model_config)  # Also for packages made in memory, not loaded.
+        try:
+            model = factory_build_model(self.model_config, device=str(device))
+        except UnsafeConfigError as exc:
+            raise ModelPackageError(
+                f"{MODEL_MEMBER} of model package {self.name!r} is refused: {exc}"
+            ) from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            # Environment problems (e.g. a missing compiled extension) are not the package's fault.
+            raise ModelPackageError(
+                f"cannot build the model of package {self.name!r} from {MODEL_MEMBER}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        diff = compare_state_dicts(model.state_dict(), self.state_dict)
+        if not diff.is_empty:
+            raise ModelPackageError(
+                f"the weights of model package {self.name!r} do not fit the model its config builds: "
+                f"{diff.describe()}"
+            )
+        model.load_state_dict(self.state_dict, strict=True)
+        self._check_model_consistency(model)
+        model.eval()
+        return model
+
+    def _check_model_consistency(self, model: torch.nn.Module) -> None:
+        """The built model must take as many channels as there are bands and agree on pixel statistics."""
+        buffers = dict(model.named_buffers())
+        for attribute in ("pixel_mean", "pixel_std"):
+            buffer = buffers.get(attribute)
+            if not isinstance(buffer, torch.Tensor):
+                continue
+            values = buffer.detach().cpu().reshape(-1).tolist()
+            if len(values) != len(self.bands):
+                raise ModelPackageError(
+                    f"model package {self.name!r} lists {len(self.bands)} bands {list(self.bands)} but its "
+                    f"model normalises {len(values)} input channels ({attribute})"
+                )
+            declared = getattr(self, attribute)
+            if declared is not None and not np.allclose(values, declared, rtol=1e-6, atol=1e-6):
+                raise ModelPackageError(
+                    f"model package {self.name!r}: {attribute} {list(declared)} in {METADATA_MEMBER} differs "
+                    f"from the model's {values}"
+                )
+        num_classes = getattr(getattr(model, "roi_heads", None), "num_classes", None)
+        if isinstance(num_classes, int) and num_classes != len(self.class_names):
+            raise ModelPackageError(
+                f"model package {self.name!r} names {len(self.class_names)} classes "
+                f"{list(self.class_names)} but its model predicts {num_classes}"
+            )
+
+    def check_bands(self, bands: Sequence[str], *, allow_extra: bool = True) -> None:
+        """Check, before any work, that data with these bands can feed the model.
+
+        Parameters
+        ----------
+        bands : `~collections.abc.Sequence` [`str`]
+            Bands of the data, in the data's order.
+        allow_extra : `bool`
+            Whether bands the model does not use are allowed (they are dropped; see `band_order_for`).
+
+        Raises
+        ------
+        BandMismatchError
+            If a band of the model is missing from the data, the data repeat a band, or (without
+            ``allow_extra``) the data have other bands.  The message names both lists.
+        """
+        data_bands = tuple(str(band) for band in bands)
+        repeated = sorted({band for band in data_bands if data_bands.count(band) > 1})
+        missing = [band for band in self.bands if band not in data_bands]
+        extra = [band for band in data_bands if band not in self.bands]
+        problems = []
+        if repeated:
+            problems.append(f"repeated {repeated}")
+        if missing:
+            problems.append(f"missing {missing}")
+        if extra and not allow_extra:
+            problems.append(f"unexpected {extra}")
+        if problems:
+            raise BandMismatchError(
+                f"model {self.name!r} needs bands {list(self.bands)} (in this order) but the data have bands "
+                f"{list(data_bands)}: {', '.join(problems)}"
+            )
+
+    def band_order_for(self, available: Sequence[str]) -> tuple[int, ...]:
+        """Indices into ``available`` that give the model's bands in the model's order.
+
+        ``cube[list(package.band_order_for(data_bands))]`` turns a ``[C, H, W]`` cube in the data's band
+        order into the network's input order, dropping bands the model does not use.
+
+        Raises
+        ------
+        BandMismatchError
+            If a band of the model is not available (see `check_bands`).
+        """
+        available = tuple(str(band) for band in available)
+        self.check_bands(available, allow_extra=True)
+        return tuple(available.index(band) for band in self.bands)
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def n_parameters(self) -> int:
+        """Number of values in the state dict (parameters and buffers)."""
+        return int(sum(tensor.numel() for tensor in self.state_dict.values()))
+
+    def metadata_dict(self) -> dict[str, Any]:
+        """The content of ``metadata.yaml`` (plain data)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "architecture": self.architecture,
+            "bands": list(self.bands),
+            "class_names": list(self.class_names),
+            "scaling": self.scaling.to_dict(),
+            "pixel_mean": None if self.pixel_mean is None else list(self.pixel_mean),
+            "pixel_std": None if self.pixel_std is None else list(self.pixel_std),
+            "provenance": self.provenance,
+            "package_version": self.package_version,
+            "format_version": self.format_version,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data description (metadata, weight statistics, content digest) for JSON output."""
+        dtypes: dict[str, int] = {}
+        for tensor in self.state_dict.values():
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            dtypes[dtype] = dtypes.get(dtype, 0) + 1
+        return {
+            **_to_plain(self.metadata_dict(), "metadata"),
+            "weights": {
+                "tensors": len(self.state_dict),
+                "values": self.n_parameters,
+                "bytes": int(sum(t.numel() * t.element_size() for t in self.state_dict.values())),
+                "dtypes": dtypes,
+            },
+            "content_sha256": self.content_digest(),
+        }
+
+    def summary(self) -> str:
+        """Human-readable multi-line description."""
+        info = self.describe()
+        weights = info["weights"]
+        dtypes = ", ".join(f"{dtype}: {count}" for dtype, count in weights["dtypes"].items())
+        mean, std = self._format_stats(self.pixel_mean), self._format_stats(self.pixel_std)
+        scaling = self.scaling
+        params = ", ".join(f"{key}={value}" for key, value in scaling.params.items()) or "defaults"
+        lines = [
+            f"DeepDISC model package {self.name!r} version {self.version}",
+            f"  architecture   : {self.architecture or '(not recorded)'}",
+            f"  bands          : {' '.join(self.bands)} (network input order)",
+            f"  classes        : {', '.join(f'{i}={c}' for i, c in enumerate(self.class_names))}",
+            f"  scaling        : {scaling.name} ({params}); invalid planes {list(scaling.invalid_planes)}",
+            f"  pixel mean/std : {mean} / {std}",
+            f"  weights        : {weights['tensors']} tensors, {weights['values']:,} values, "
+            f"{weights['bytes'] / 2**20:.1f} MiB ({dtypes})",
+            f"  format         : {FORMAT_NAME} v{self.format_version}, written by "
+            f"meas_extensions_deepdisc {self.package_version}",
+            f"  content sha256 : {info['content_sha256']}",
+        ]
+        if self.provenance:
+            lines.append("  provenance     :")
+            for key, value in self.provenance.items():
+                lines.append(f"    {key}: {value}")
+        return "\n".join(lines)
+
+    @staticmethod
+    def _format_stats(values: tuple[float, ...] | None) -> str:
+        return "(model default)" if values is None else "[" + ", ".join(f"{v:.6g}" for v in values) + "]"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ModelPackage):
+            return NotImplemented
+        if self.metadata_dict() != other.metadata_dict() or self.model_config != other.model_config:
+            return False
+        # Key order is not part of the content (safetensors stores tensors in its own order).
+        if set(self.state_dict) != set(other.state_dict):
+            return False
+        return all(_tensors_identical(self.state_dict[key], other.state_dict[key]) for key in self.state_dict)
+
+    __hash__ = None  # type: ignore[assignment]  # Mutable container.
+
+    # ------------------------------------------------------------------ writing
+
+    def _members(self) -> dict[str, bytes]:
+        members = {
+            MODEL_MEMBER: _dump_yaml(self.model_config),
+            METADATA_MEMBER: _dump_yaml(self.metadata_dict()),
+            WEIGHTS_MEMBER: _serialise_weights(self.state_dict),
+        }
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "members": {name: {"size": len(data), "sha256": _sha256(data)} for name, data in members.items()},
+        }
+        return {MANIFEST_MEMBER: _dump_yaml(manifest), **members}
+
+    def content_digest(self) -> str:
+        """SHA-256 of ``manifest.yaml``, which hashes every member: equal digests mean equal content."""
+        return _sha256(self._members()[MANIFEST_MEMBER])
+
+    def _write(self, stream: BinaryIO) -> None:
+        with zipfile.ZipFile(stream, "w") as archive:
+            for name, data in self._members().items():
+                info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
+                # Float weights barely compress; storing them keeps reads cheap and the ratio check exact.
+                info.compress_type = zipfile.ZIP_STORED if name == WEIGHTS_MEMBER else zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                archive.writestr(info, data)
+
+    def to_bytes(self) -> bytes:
+        """The package file as bytes (deterministic)."""
+        buffer = io.BytesIO()
+        self._write(buffer)
+        return buffer.getvalue()
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the package file atomically.
+
+        Parameters
+        ----------
+        path : `str` or `os.PathLike`
+            Destination ending in ``.deepdisc.zip`` or ``.zip``.
+
+        Returns
+        -------
+        path : `pathlib.Path`
+        """
+        path = Path(path)
+        if not path.name.endswith(PACKAGE_SUFFIXES):
+            raise ModelPackageError(
+                f"a model package file name must end with {' or '.join(PACKAGE_SUFFIXES)}"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A unique sibling then a rename: readers never see a half-written package.  Opened with "xb" (not
+        # tempfile) so that the file gets the usual umask-based permissions.
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            with temporary.open("xb") as stream:
+                self._write(stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return path
+
+    # ------------------------------------------------------------------ reading
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, limits: PackageLimits = DEFAULT_LIMITS) -> ModelPackage:
+        """Read and verify a package file.
+
+        Parameters
+        ----------
+        path : `str` or `os.PathLike`
+            The package file.
+        limits : `PackageLimits`
+            Size and compression caps.
+
+        Returns
+        -------
+        package : `ModelPackage`
+
+        Raises
+        ------
+        FileNotFoundError
+            If there is no such file.
+        ModelPackageError
+            If the file is not a valid package (see the module documentation).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no model package file at {path}")
+        with path.open("rb") as stream:
+            return cls._read(stream, str(path), limits)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, limits: PackageLimits = DEFAULT_LIMITS) -> ModelPackage:
+        """Inverse of `to_bytes`, with the checks of `load`."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise ModelPackageError(f"a model package is read from bytes, got {type(data).__name__}")
+        return cls._read(io.BytesIO(bytes(data)), "<bytes>", limits)
+
+    @classmethod
+    def _read(cls, stream: BinaryIO, source: str, limits: PackageLimits) -> ModelPackage:
+        try:
+            archive = zipfile.ZipFile(stream)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise ModelPackageError(
+                f"{source} is not a readable zip archive ({exc}); a model package is the zip file written by "
+                "ModelPackage.save or `deepdisc-model create`"
+            ) from None
+        with archive:
+            try:
+                members = cls._read_members(archive, limits)
+            except ModelPackageError as exc:
+                raise ModelPackageError(f"model package {source}: {exc}") from None
+            except (
+                zipfile.BadZipFile,
+                zipfile.LargeZipFile,
+                zlib.error,
+                OSError,
+                EOFError,
+                RuntimeError,
+            ) as exc:
+                # CRC errors, truncated or undecodable compressed data.
+                raise ModelPackageError(f"model package {source} is corrupt: {exc}") from None
+        try:
+            return cls._from_members(members)
+        except ModelPackageError as exc:
+            raise ModelPackageError(f"model package {source}: {exc}") from None
+
+    @staticmethod
+    def _checked_infos(archive: zipfile.ZipFile, limits: PackageLimits) -> dict[str, zipfile.ZipInfo]:
+        """Check the central directory before anything is decompressed."""
+        infos = archive.infolist()
+        if len(infos) > 4 * len(PACKAGE_MEMBERS):
+            raise ModelPackageError(f"{len(infos)} members; a package has exactly {list(PACKAGE_MEMBERS)}")
+        by_name: dict[str, zipfile.ZipInfo] = {}
+        for info in infos:
+            problem = _member_path_problem(info.filename)
+            if problem:
+                raise ModelPackageError(f"member {info.filename!r} has {problem}; refused")
+            if info.filename in by_name:
+                raise ModelPackageError(f"member {info.filename!r} appears more than once")
+            by_name[info.filename] = info
+        unexpected = sorted(set(by_name) - set(PACKAGE_MEMBERS))
+        if unexpected:
+            raise ModelPackageError(
+                f"unexpected member(s) {unexpected}; a package holds exactly {list(PACKAGE_MEMBERS)} "
+                "(no pickles or code)"
+            )
+        missing = [name for name in PACKAGE_MEMBERS if name not in by_name]
+        if missing:
+            raise ModelPackageError(f"missing member(s) {missing}")
+        for name, info in by_name.items():
+            if info.flag_bits & 0x1:
+                raise ModelPackageError(f"member {name!r} is encrypted")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise ModelPackageError(f"member {name!r} uses unsupported compression {info.compress_type}")
+            cap = limits.cap_for(name)
+            if info.file_size > cap:
+                raise ModelPackageError(
+                    f"member {name!r} declares {info.file_size} bytes uncompressed, over the cap of {cap}"
+                )
+            if info.file_size > limits.ratio_exempt_bytes and (
+                info.compress_size == 0 or info.file_size / info.compress_size > limits.max_compression_ratio
+            ):
+                raise ModelPackageError(
+                    f"member {name!r} would expand {info.compress_size} bytes to {info.file_size} "
+                    f"(ratio over {limits.max_compression_ratio:g}); refused as a possible zip bomb"
+                )
+        return by_name
+
+    @classmethod
+    def _read_members(cls, archive: zipfile.ZipFile, limits: PackageLimits) -> dict[str, Any]:
+        infos = cls._checked_infos(archive, limits)
+        manifest = cls._parse_manifest(
+            _load_yaml(cls._read_member(archive, infos[MANIFEST_MEMBER]), "manifest")
+        )
+        raw: dict[str, bytes] = {}
+        for name in _HASHED_MEMBERS:
+            declared = manifest["members"][name]
+            if infos[name].file_size != declared["size"]:
+                raise ModelPackageError(
+                    f"member {name!r} holds {infos[name].file_size} bytes but the manifest declares "
+                    f"{declared['size']}"
+                )
+            data = cls._read_member(archive, infos[name])
+            digest = _sha256(data)
+            if digest != declared["sha256"]:
+                raise ModelPackageError(
+                    f"sha256 mismatch for member {name!r}: manifest {declared['sha256']}, content {digest} "
+                    "(the file was modified or damaged)"
+                )
+            raw[name] = data
+        return {
+            "format_version": manifest["format_version"],
+            MODEL_MEMBER: _load_yaml(raw[MODEL_MEMBER], MODEL_MEMBER),
+            METADATA_MEMBER: _load_yaml(raw[METADATA_MEMBER], METADATA_MEMBER),
+            WEIGHTS_MEMBER: _deserialise_weights(raw[WEIGHTS_MEMBER]),
+        }
+
+    @staticmethod
+    def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+        with archive.open(info) as member:
+            data = member.read(info.file_size + 1)
+        if len(data) != info.file_size:
+            raise ModelPackageError(f"member {info.filename!r} does not have its declared size")
+        return data
+
+    @staticmethod
+    def _parse_manifest(manifest: Any) -> dict[str, Any]:
+        if not isinstance(manifest, dict):
+            raise ModelPackageError(f"{MANIFEST_MEMBER} must be a mapping")
+        unknown = sorted(set(manifest) - {"format", "format_version", "members"})
+        if unknown:
+            raise ModelPackageError(f"{MANIFEST_MEMBER} has unknown keys {unknown}")
+        if manifest.get("format") != FORMAT_NAME:
+            raise ModelPackageError(
+                f"{MANIFEST_MEMBER} declares format {manifest.get('format')!r}, expected {FORMAT_NAME!r}"
+            )
+        version = manifest.get("format_version")
+        if type(version) is not int or version != FORMAT_VERSION:
+            newer = type(version) is int and version > FORMAT_VERSION
+            hint = "; upgrade meas_extensions_deepdisc to read it" if newer else ""
+            raise ModelPackageError(
+                f"format version {version!r} is not supported "
+                f"(this code reads version {FORMAT_VERSION}){hint}"
+            )
+        members = manifest.get("members")
+        if not isinstance(members, dict) or sorted(members) != sorted(_HASHED_MEMBERS):
+            listed = sorted(members) if isinstance(members, dict) else members
+            raise ModelPackageError(
+                f"{MANIFEST_MEMBER} must list exactly the members {list(_HASHED_MEMBERS)}, got {listed!r}"
+            )
+        for name, entry in members.items():
+            if (
+                not isinstance(entry, dict)
+                or set(entry) != {"size", "sha256"}
+                or type(entry["size"]) is not int
+                or entry["size"] < 0
+                or not isinstance(entry["sha256"], str)
+                or not _SHA256_PATTERN.match(entry["sha256"])
+            ):
+                raise ModelPackageError(
+                    f"{MANIFEST_MEMBER} entry for {name!r} must be "
+                    f"{{size: <bytes>, sha256: <64 hex digits>}}, got {entry!r}"
+                )
+        return manifest
+
+    @classmethod
+    def _from_members(cls, members: dict[str, Any]) -> ModelPackage:
+        metadata = members[METADATA_MEMBER]
+        if not isinstance(metadata, dict):
+            raise ModelPackageError(f"{METADATA_MEMBER} must be a mapping")
+        unknown = sorted(set(metadata) - set(_METADATA_KEYS))
+        missing = [key for key in _METADATA_KEYS if key not in metadata]
+        if unknown or missing:
+            raise ModelPackageError(f"{METADATA_MEMBER} has unknown keys {unknown} / lacks keys {missing}")
+        if metadata["format_version"] != members["format_version"]:
+            raise ModelPackageError(
+                f"{METADATA_MEMBER} format version {metadata['format_version']!r} differs from "
+                f"the manifest's {members['format_version']!r}"
+            )
+        if not isinstance(metadata["scaling"], dict):
+            raise ModelPackageError(f"scaling in {METADATA_MEMBER} must be a mapping")
+        model_config = members[MODEL_MEMBER]
+        if not isinstance(model_config, dict):
+            raise ModelPackageError(f"{MODEL_MEMBER} must be a mapping (the model config as data)")
+        cls._check_config_safety(model_config)
+        return cls(
+            name=metadata["name"],
+            version=metadata["version"],
+            model_config=model_config,
+            state_dict=members[WEIGHTS_MEMBER],
+            bands=metadata["bands"],
+            scaling=cls._scaling_from_dict(metadata["scaling"]),
+            class_names=metadata["class_names"],
+            pixel_mean=metadata["pixel_mean"],
+            pixel_std=metadata["pixel_std"],
+            architecture=metadata["architecture"],
+            provenance=metadata["provenance"],
+            package_version=metadata["package_version"],
+            format_version=metadata["format_version"],
+        )
+
+    @staticmethod
+    def _check_config_safety(model_config: dict[str, Any]) -> None:
+        """Refuse, before anything is built, a config that names a callable outside the allowlist."""
+        from .models import UnsafeConfigError
+        from .models.safe_config import validate_targets
+
+        try:
+            validate_targets(model_config, "model")
+        except UnsafeConfigError as exc:
+            raise ModelPackageError(f"{MODEL_MEMBER} is refused: {exc}") from None

@@ -1,0 +1,674 @@
+# This file is part of meas_extensions_deepdisc.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""The model factory: DeepDISC-family detectron2 models for N-band coadds, from data only.
+
+An architecture is a name in `ARCHITECTURES` whose recipe is ``config/models/<name>.yaml``:
+
+* ``format: yacs`` recipes name a detectron2 model-zoo file (``base:``, inside the installed detectron2)
+  plus our ``config:`` overrides;
+* ``format: lazy`` recipes hold a whole LazyConfig-style ``model:`` tree of ``_target_`` dicts.
+
+`make_model_config` turns a `ModelSpec` (architecture, bands, classes, per-band pixel statistics,
+overrides) into one complete plain-data dict - the thing a model package stores next to its weights - and
+`build_model` turns such a dict back into a ``torch.nn.Module`` without executing anything from the data:
+yacs configs only name detectron2 registry entries, lazy ones go through the allowlist of
+`~lsst.meas.extensions.deepdisc.core.models.safe_config`.  No weights are ever downloaded (``WEIGHTS`` is
+always empty); a model package loads its own state dict.
+
+Every built model is a detectron2 ``GeneralizedRCNN`` in eval mode with a mask head and our ROI heads:
+``model([{"image": float32 [C, H, W], "height": H, "width": W}])`` returns one
+``{"instances": Instances}`` per image with ``pred_boxes``, ``scores``, ``pred_classes``, ``pred_masks`` and
+``class_probs`` (``[N, num_classes]``, rows sum to 1); ``model.inference(inputs, do_postprocess=False)``
+keeps the box-relative soft masks.  The model never resizes its input.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ARCHITECTURES",
+    "ModelSpec",
+    "build_model",
+    "build_model_from_spec",
+    "config_from_detectron2_yaml",
+    "list_architectures",
+    "make_model_config",
+    "model_config_dir",
+]
+
+import copy
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .compiled import check_compiled_features
+from .defaults import ASTRO_DEFAULTS, DEFAULT_CLASS_NAMES, INPUT_FORMAT, PROTECTED_KEYS
+from .safe_config import (
+    TARGET_KEY,
+    check_plain_data,
+    load_yaml_data,
+    resolve_interpolations,
+    resolve_target,
+    safe_instantiate,
+    target_name,
+    validate_targets,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+_LOG = logging.getLogger(__name__)
+
+ARCHITECTURES: dict[str, str] = {
+    "compact-R18-FPN": "Mask R-CNN, slim ResNet-18 + 64-channel FPN, light heads: fast on CPU (tests, demo)",
+    "R50-FPN": "Mask R-CNN, ResNet-50 + FPN (detectron2 model zoo)",
+    "R101-FPN": "Mask R-CNN, ResNet-101 + FPN (detectron2 model zoo)",
+    "X101-FPN": "Mask R-CNN, ResNeXt-101 32x8d + FPN (detectron2 model zoo)",
+    "Cascade-R50-FPN": "Cascade Mask R-CNN, ResNet-50 + FPN (detectron2 model zoo, Misc)",
+    "MViTv2-T": "Cascade Mask R-CNN, MViTv2-Tiny + FPN (detectron2 projects/ViTDet, as in DeepDISC)",
+    "Swin-T": "Cascade Mask R-CNN, Swin-Tiny + FPN (detectron2 projects/ViTDet, as in DeepDISC)",
+}
+"""Architecture name -> short description."""
+
+FORMAT_YACS = "yacs"
+FORMAT_LAZY = "lazy"
+
+# Our ROI heads (they add `class_probs`), by the detectron2 head they extend.
+_ROI_HEADS_BY_BASE = {
+    "StandardROIHeads": "DeepDISCStandardROIHeads",
+    "CascadeROIHeads": "DeepDISCCascadeROIHeads",
+}
+_OUR_ROI_HEADS = frozenset(_ROI_HEADS_BY_BASE.values())
+
+# Keys of a model config that make_model_config fills in and build_model reads.
+_REQUIRED_KEYS = ("format", "num_bands", "class_names", "pixel_mean", "pixel_std")
+
+
+def list_architectures() -> list[str]:
+    """Names of the architectures `make_model_config` knows."""
+    return list(ARCHITECTURES)
+
+
+def model_config_dir() -> Path:
+    """Directory of the architecture recipes, ``config/models`` of this package's source tree.
+
+    ``$MEAS_EXTENSIONS_DEEPDISC_DIR/config/models`` (set by EUPS and by the Makefile) wins over the source
+    tree location next to this module.
+    """
+    product_dir = os.environ.get("MEAS_EXTENSIONS_DEEPDISC_DIR")
+    candidates = [Path(product_dir) / "config" / "models"] if product_dir else []
+    candidates.append(Path(__file__).resolve().parents[7] / "config" / "models")
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"architecture recipes not found; looked in {[str(c) for c in candidates]}")
+
+
+def _as_str_tuple(values: Any, what: str) -> tuple[str, ...]:
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise TypeError(f"{what} must be a sequence of strings, got {values!r}")
+    result = tuple(values)
+    if not result:
+        raise ValueError(f"{what} must not be empty")
+    if not all(isinstance(v, str) and v for v in result):
+        raise TypeError(f"{what} must hold non-empty strings, got {values!r}")
+    if len(set(result)) != len(result):
+        raise ValueError(f"{what} has duplicates: {values!r}")
+    return result
+
+
+def _as_stats(values: Any, num_bands: int, what: str, bands: tuple[str, ...]) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise TypeError(f"{what} must be a sequence of numbers (one per band), got {values!r}")
+    if len(values) != num_bands:
+        raise ValueError(
+            f"{what} has {len(values)} value(s) but there are {num_bands} bands {bands}; give one per band"
+        )
+    result = tuple(float(v) for v in values)
+    if not all(math.isfinite(v) for v in result):
+        raise ValueError(f"{what} must be finite, got {values!r}")
+    return result
+
+
+def _lists_for_tuples(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _lists_for_tuples(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_lists_for_tuples(item) for item in value]
+    return value
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to build: architecture, input bands, classes, input normalisation and config overrides.
+
+    Parameters
+    ----------
+    architecture : `str`
+        A name of `ARCHITECTURES`, e.g. ``"compact-R18-FPN"``.
+    bands : `tuple` [`str`, ...]
+        Input bands in channel order; their number sets the first layer's input channels.
+    class_names : `tuple` [`str`, ...]
+        Foreground classes in label order (label ``i`` is ``class_names[i]``).
+    pixel_mean, pixel_std : `tuple` [`float`, ...] or `None`
+        Per-band normalisation the model applies to its input, ``(x - mean) / std``; `None` gives zeros
+        and ones (inputs already scaled, see `~lsst.meas.extensions.deepdisc.core.scaling`).
+    overrides : `dict` [`str`, `~typing.Any`]
+        Dotted keys -> values applied last: yacs keys (``"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.3``; for
+        lazy architectures only those of `lazy_format.LAZY_YACS_KEYS`) or, for lazy architectures,
+        ``"model.<path>"`` keys into the model tree.
+    """
+
+    architecture: str
+    bands: tuple[str, ...]
+    class_names: tuple[str, ...] = DEFAULT_CLASS_NAMES
+    pixel_mean: tuple[float, ...] | None = None
+    pixel_std: tuple[float, ...] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; known: {list_architectures()}")
+        bands = _as_str_tuple(self.bands, "bands")
+        object.__setattr__(self, "bands", bands)
+        object.__setattr__(self, "class_names", _as_str_tuple(self.class_names, "class_names"))
+        object.__setattr__(self, "pixel_mean", _as_stats(self.pixel_mean, len(bands), "pixel_mean", bands))
+        pixel_std = _as_stats(self.pixel_std, len(bands), "pixel_std", bands)
+        if pixel_std is not None and not all(v > 0 for v in pixel_std):
+            raise ValueError(f"pixel_std must be positive, got {pixel_std}")
+        object.__setattr__(self, "pixel_std", pixel_std)
+        if not isinstance(self.overrides, Mapping):
+            raise TypeError(f"overrides must be a mapping of dotted keys to values, got {self.overrides!r}")
+        overrides = dict(self.overrides)
+        for key in overrides:
+            if not isinstance(key, str) or not key:
+                raise TypeError(f"override keys must be non-empty dotted strings, got {key!r}")
+        check_plain_data(overrides, "overrides")
+        # Tuples become lists so that to_dict() output is yaml.safe_dump-able (and equal after a round trip).
+        object.__setattr__(self, "overrides", _lists_for_tuples(overrides))
+
+    def __hash__(self) -> int:
+        # `overrides` is a dict (unhashable): hash its canonical JSON text instead.
+        overrides = json.dumps(self.overrides, sort_keys=True)
+        fields = (self.architecture, self.bands, self.class_names, self.pixel_mean, self.pixel_std)
+        return hash((*fields, overrides))
+
+    @property
+    def num_bands(self) -> int:
+        """Number of input channels."""
+        return len(self.bands)
+
+    def resolved_pixel_mean(self) -> list[float]:
+        """Per-band mean, zeros if unset."""
+        return list(self.pixel_mean) if self.pixel_mean is not None else [0.0] * self.num_bands
+
+    def resolved_pixel_std(self) -> list[float]:
+        """Per-band standard deviation, ones if unset."""
+        return list(self.pixel_std) if self.pixel_std is not None else [1.0] * self.num_bands
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (``yaml.safe_dump``-able); inverse of `from_dict`."""
+        return {
+            "architecture": self.architecture,
+            "bands": list(self.bands),
+            "class_names": list(self.class_names),
+            "pixel_mean": None if self.pixel_mean is None else list(self.pixel_mean),
+            "pixel_std": None if self.pixel_std is None else list(self.pixel_std),
+            "overrides": copy.deepcopy(self.overrides),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
+        """Rebuild a spec from `to_dict` output (lists accepted for the tuple fields)."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a ModelSpec dict must be a mapping, got {type(data).__name__}")
+        known = {"architecture", "bands", "class_names", "pixel_mean", "pixel_std", "overrides"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown ModelSpec field(s) {sorted(unknown)}; known: {sorted(known)}")
+        for required in ("architecture", "bands"):
+            if required not in data:
+                raise ValueError(f"ModelSpec dict lacks {required!r}")
+        kwargs = dict(data)
+        if kwargs.get("class_names") is None:
+            kwargs.pop("class_names", None)
+        kwargs["overrides"] = dict(kwargs.get("overrides") or {})
+        return cls(**kwargs)
+
+
+def _load_recipe(architecture: str) -> dict[str, Any]:
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; known: {list_architectures()}")
+    path = model_config_dir() / f"{architecture}.yaml"
+    recipe = load_yaml_data(path.read_text())
+    if not isinstance(recipe, dict) or recipe.get("format") not in (FORMAT_YACS, FORMAT_LAZY):
+        raise ValueError(f"{path}: an architecture recipe needs 'format: yacs' or 'format: lazy'")
+    needed = "base" if recipe["format"] == FORMAT_YACS else "model"
+    if needed not in recipe:
+        raise ValueError(f"{path}: a {recipe['format']} recipe needs a {needed!r} entry")
+    return recipe
+
+
+def _check_override_key(key: str, value: Any) -> None:
+    reason = PROTECTED_KEYS.get(key)
+    if reason is None:
+        return
+    harmless = (key == "MODEL.WEIGHTS" and value == "") or (key == "MODEL.MASK_ON" and value is True)
+    if not harmless:
+        raise ValueError(f"override {key!r} is not allowed: {reason}")
+
+
+def _top_level(spec_like: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "num_bands": len(spec_like["bands"]),
+        "bands": list(spec_like["bands"]),
+        "class_names": list(spec_like["class_names"]),
+        "pixel_mean": [float(v) for v in spec_like["pixel_mean"]],
+        "pixel_std": [float(v) for v in spec_like["pixel_std"]],
+    }
+
+
+# --------------------------------------------------------------------------------------------- yacs ---
+
+
+def _finish_yacs_cfg(
+    cfg: Any, bands: Sequence[str], class_names: Sequence[str], mean: Sequence[float], std: Sequence[float]
+) -> None:
+    """Settings every yacs model of ours has, whatever its recipe or origin."""
+    roi_name = cfg.MODEL.ROI_HEADS.NAME
+    if roi_name not in _OUR_ROI_HEADS:
+        if roi_name not in _ROI_HEADS_BY_BASE:
+            raise ValueError(
+                f"ROI heads {roi_name!r} are not supported: per-class probabilities exist for "
+                f"{sorted(_ROI_HEADS_BY_BASE)} (mapped to {sorted(_OUR_ROI_HEADS)})"
+            )
+        cfg.MODEL.ROI_HEADS.NAME = _ROI_HEADS_BY_BASE[roi_name]
+    if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
+        raise ValueError(f"META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} is not GeneralizedRCNN")
+    if not cfg.MODEL.MASK_ON:
+        raise ValueError("MODEL.MASK_ON is false: DeepDISC models need a mask head")
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(class_names)
+    cfg.MODEL.PIXEL_MEAN = [float(v) for v in mean]
+    cfg.MODEL.PIXEL_STD = [float(v) for v in std]
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.INPUT.FORMAT = INPUT_FORMAT
+    cfg.INPUT.MIN_SIZE_TEST = 0  # detectron2's "do not resize at test time".
+
+
+def _make_yacs_config(spec: ModelSpec, recipe: Mapping[str, Any]) -> dict[str, Any]:
+    from .yacs_format import (
+        build_cfg,
+        cfg_to_data,
+        load_yacs_yaml,
+        merge_dotted,
+        merge_tree,
+        model_zoo_config_dir,
+    )
+
+    zoo_dir = model_zoo_config_dir()
+    cfg = build_cfg(load_yacs_yaml(zoo_dir / str(recipe["base"]), search_dirs=[zoo_dir]))
+    # The recipe's own choices come after the generic astronomy defaults, the spec's overrides last.
+    merge_dotted(cfg, ASTRO_DEFAULTS)
+    merge_tree(cfg, recipe.get("config") or {})
+    merge_dotted(cfg, recipe.get("overrides") or {})
+    for key, value in spec.overrides.items():
+        if key.startswith("model."):
+            raise ValueError(f"override {key!r}: 'model.<path>' keys apply to lazy architectures only")
+        _check_override_key(key, value)
+    merge_dotted(cfg, spec.overrides)
+    # Last, so that bands, classes and ROI heads hold whatever the overrides did.
+    _finish_yacs_cfg(cfg, spec.bands, spec.class_names, spec.resolved_pixel_mean(), spec.resolved_pixel_std())
+    return {"format": FORMAT_YACS, "config": cfg_to_data(cfg)}
+
+
+# --------------------------------------------------------------------------------------------- lazy ---
+
+
+def _our_roi_heads_target(current: Any) -> str:
+    """The name of our ROI heads replacing (or equal to) the allowlisted head ``current``."""
+    from . import roi_heads as ours
+
+    head = resolve_target(current)
+    if ours.is_class_probs_head(head):
+        return target_name(head)
+    replacement = _ROI_HEADS_BY_BASE.get(getattr(head, "__name__", ""))
+    if replacement is None:
+        raise ValueError(
+            f"ROI heads {current!r} are not supported: per-class probabilities exist for "
+            f"{sorted(_ROI_HEADS_BY_BASE)} (mapped to {sorted(_OUR_ROI_HEADS)})"
+        )
+    return target_name(getattr(ours, replacement))
+
+
+def _finish_lazy_model(
+    model: dict[str, Any],
+    bands: Sequence[str],
+    class_names: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> None:
+    """Settings every lazy model of ours has, whatever its recipe or origin (before interpolation)."""
+    from .lazy_format import set_input_channels, set_num_classes
+
+    for part in ("backbone", "proposal_generator", "roi_heads"):
+        if not isinstance(model.get(part), dict):
+            raise ValueError(f"a GeneralizedRCNN model config needs a {part!r} dict")
+    if not isinstance(model["roi_heads"].get("mask_head"), dict):
+        raise ValueError("the model config has no roi_heads.mask_head: DeepDISC models need a mask head")
+    model["roi_heads"][TARGET_KEY] = _our_roi_heads_target(model["roi_heads"].get(TARGET_KEY))
+    set_input_channels(model, len(bands))
+    set_num_classes(model, len(class_names))
+    model["pixel_mean"] = [float(v) for v in mean]
+    model["pixel_std"] = [float(v) for v in std]
+    model["input_format"] = INPUT_FORMAT
+    # square_pad pads every input to a fixed square (and silently crops larger ones): tiles come at
+    # their own size, padded only to the backbone's size divisibility.
+    if "square_pad" in model["backbone"]:
+        model["backbone"]["square_pad"] = 0
+
+
+def _resolve_lazy_model(model: dict[str, Any], root: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Resolve interpolations (absolute paths from ``root``, default ``{"model": model}``) and validate."""
+    root = {**(root or {}), "model": model}
+    resolved = resolve_interpolations(root, only="model")
+    validate_targets(resolved, "model")
+    return resolved
+
+
+def _make_lazy_config(spec: ModelSpec, recipe: Mapping[str, Any]) -> dict[str, Any]:
+    from .lazy_format import apply_override, apply_yacs_key
+
+    model = copy.deepcopy(recipe["model"])
+    check_plain_data(model, "model")
+    for key, value in ASTRO_DEFAULTS.items():
+        apply_yacs_key(model, key, value)
+    for key, value in (recipe.get("overrides") or {}).items():
+        apply_override(model, key, value)
+    for key, value in spec.overrides.items():
+        _check_override_key(key, value)
+        apply_override(model, key, value)
+    # Last, so that bands, classes and ROI heads hold whatever the overrides did.
+    _finish_lazy_model(
+        model, spec.bands, spec.class_names, spec.resolved_pixel_mean(), spec.resolved_pixel_std()
+    )
+    return {"format": FORMAT_LAZY, "model": _resolve_lazy_model(model)}
+
+
+# ------------------------------------------------------------------------------------------ public ---
+
+
+def make_model_config(spec: ModelSpec) -> dict[str, Any]:
+    """The complete plain-data configuration of the model ``spec`` describes.
+
+    Returns
+    -------
+    config : `dict`
+        ``{"format": "yacs", "config": {...every CfgNode key...}}`` or ``{"format": "lazy", "model":
+        {..._target_ tree...}}``, plus ``architecture``, ``num_bands``, ``bands``, ``class_names``,
+        ``pixel_mean`` and ``pixel_std``.  It survives ``yaml.safe_dump``/``yaml.safe_load`` unchanged and
+        `build_model` rebuilds the same architecture from it.
+
+    Raises
+    ------
+    ValueError
+        For an override that does not apply or is not allowed (e.g. one that sets the number of classes).
+    UnsafeConfigError
+        If an override introduces a ``_target_`` that is not allowlisted.
+    CompiledExtensionMissingError
+        If the result needs ``detectron2._C`` (deformable conv, rotated boxes) and it is missing.
+    """
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"make_model_config needs a ModelSpec, got {type(spec).__name__}")
+    recipe = _load_recipe(spec.architecture)
+    if recipe["format"] == FORMAT_YACS:
+        body = _make_yacs_config(spec, recipe)
+    else:
+        body = _make_lazy_config(spec, recipe)
+    config = {
+        **body,
+        "architecture": spec.architecture,
+        **_top_level(
+            {
+                "bands": spec.bands,
+                "class_names": spec.class_names,
+                "pixel_mean": spec.resolved_pixel_mean(),
+                "pixel_std": spec.resolved_pixel_std(),
+            }
+        ),
+    }
+    check_compiled_features(config)
+    return config
+
+
+def _validate_model_config(model_config: Mapping[str, Any]) -> None:
+    if not isinstance(model_config, Mapping):
+        raise TypeError(f"a model config must be a mapping, got {type(model_config).__name__}")
+    missing = [key for key in _REQUIRED_KEYS if key not in model_config]
+    if missing:
+        raise ValueError(f"model config lacks {missing} (make it with make_model_config)")
+    check_plain_data(model_config)
+    num_bands = model_config["num_bands"]
+    class_names = list(model_config["class_names"])
+    mean, std = list(model_config["pixel_mean"]), list(model_config["pixel_std"])
+    if not isinstance(num_bands, int) or num_bands < 1:
+        raise ValueError(f"num_bands must be a positive integer, got {num_bands!r}")
+    if len(mean) != num_bands or len(std) != num_bands:
+        raise ValueError(f"pixel_mean/pixel_std have {len(mean)}/{len(std)} values for {num_bands} bands")
+    if not class_names:
+        raise ValueError("class_names must not be empty")
+    fmt = model_config["format"]
+    if fmt == FORMAT_YACS:
+        inner = model_config.get("config")
+        if not isinstance(inner, Mapping) or not isinstance(inner.get("MODEL"), Mapping):
+            raise ValueError("a yacs model config needs a 'config' dict with a MODEL section")
+        inner_mean = inner["MODEL"].get("PIXEL_MEAN")
+        inner_std = inner["MODEL"].get("PIXEL_STD")
+        inner_classes = inner["MODEL"].get("ROI_HEADS", {}).get("NUM_CLASSES")
+    elif fmt == FORMAT_LAZY:
+        inner = model_config.get("model")
+        if not isinstance(inner, Mapping) or TARGET_KEY not in inner:
+            raise ValueError("a lazy model config needs a 'model' dict with a _target_")
+        inner_mean, inner_std = inner.get("pixel_mean"), inner.get("pixel_std")
+        inner_classes = inner.get("roi_heads", {}).get("num_classes")
+    else:
+        raise ValueError(f"unknown model config format {fmt!r}; expected 'yacs' or 'lazy'")
+    if inner_mean is None or list(inner_mean) != mean or inner_std is None or list(inner_std) != std:
+        raise ValueError("the model's pixel_mean/pixel_std disagree with the config's top-level values")
+    if inner_classes != len(class_names):
+        raise ValueError(f"the model predicts {inner_classes} classes but class_names has {len(class_names)}")
+
+
+def build_model(model_config: Mapping[str, Any], device: str = "cpu") -> torch.nn.Module:
+    """Build a randomly initialised model, in eval mode, from a `make_model_config`-style dict.
+
+    Nothing in ``model_config`` is executed or imported: yacs configs select detectron2 registry entries,
+    lazy configs are instantiated through the allowlist.  No weights are loaded.
+
+    Raises
+    ------
+    ValueError
+        For a malformed or inconsistent config.
+    UnsafeConfigError
+        For anything that is not plain data or names a callable outside the allowlist.
+    CompiledExtensionMissingError
+        If the model needs ``detectron2._C`` and it is missing.
+    """
+    import torch
+
+    _validate_model_config(model_config)
+    check_compiled_features(model_config)
+    from detectron2.modeling import GeneralizedRCNN
+
+    from . import roi_heads  # Registers our heads in ROI_HEADS_REGISTRY.
+
+    torch_device = torch.device(device)
+    if model_config["format"] == FORMAT_YACS:
+        from detectron2.modeling import build_model as build_detectron2_model
+
+        from .yacs_format import build_cfg
+
+        cfg = build_cfg(model_config["config"])
+        if cfg.MODEL.ROI_HEADS.NAME not in _OUR_ROI_HEADS:
+            raise ValueError(
+                f"ROI heads {cfg.MODEL.ROI_HEADS.NAME!r} are not ours; expected {_OUR_ROI_HEADS}"
+            )
+        if cfg.MODEL.WEIGHTS:
+            raise ValueError("MODEL.WEIGHTS must be empty: weights are never loaded from a config")
+        cfg.MODEL.DEVICE = str(torch_device)
+        model = build_detectron2_model(cfg)
+    else:
+        tree = _resolve_lazy_model(copy.deepcopy(dict(model_config["model"])))
+        if not roi_heads.is_class_probs_head(resolve_target(tree["roi_heads"][TARGET_KEY])):
+            raise ValueError(f"ROI heads {tree['roi_heads'][TARGET_KEY]!r} are not ours ({_OUR_ROI_HEADS})")
+        model = safe_instantiate(tree, "model")
+        if not isinstance(model, GeneralizedRCNN):
+            raise ValueError(f"the model config builds a {type(model).__name__}, not a GeneralizedRCNN")
+        model.to(torch_device)
+    return model.eval()
+
+
+def build_model_from_spec(spec: ModelSpec, device: str = "cpu") -> torch.nn.Module:
+    """``build_model(make_model_config(spec), device)``."""
+    return build_model(make_model_config(spec), device=device)
+
+
+_NOT_YAML = {".py": "a .py config is a Python program and loading it would execute code", ".pkl": "a pickle"}
+
+
+def config_from_detectron2_yaml(
+    path: str | os.PathLike[str],
+    bands: Sequence[str],
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    pixel_mean: Sequence[float] | None = None,
+    pixel_std: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Import a user's detectron2 YAML config as our config-as-data, adapted to ``bands`` and classes.
+
+    Accepts a yacs YAML (with ``_BASE_`` chains, resolved next to the file or in detectron2's model zoo)
+    or a LazyConfig *saved as YAML* (``LazyConfig.save`` output, e.g. from DeepDISC; only its ``model``
+    is used).  The model keeps its own anchors, thresholds and sizes (they belong to its trained weights);
+    the input channels, number of classes and pixel statistics are set, standard/cascade ROI heads become
+    ours (adding ``class_probs``), ``WEIGHTS`` is emptied (recorded as ``original_weights``) and input
+    padding/resizing is switched off.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.yaml`` file.
+    bands : sequence of `str`
+        Input bands in channel order.
+    class_names : sequence of `str`
+        Foreground classes in label order.
+    pixel_mean, pixel_std : sequence of `float`, optional
+        Per-band input normalisation.  By default the file's own values are kept if they have one value
+        per band, otherwise zeros and ones are used.
+
+    Raises
+    ------
+    ValueError
+        For a ``.py`` (or other non-YAML) file - it would execute code - or an unsupported model.
+    UnsafeConfigError
+        For a ``_target_`` outside the allowlist or YAML tags that are not data.
+    """
+    path = Path(path)
+    if path.suffix.lower() in _NOT_YAML:
+        raise ValueError(
+            f"refusing {path}: {_NOT_YAML[path.suffix.lower()]}. Convert it once, in a trusted environment, "
+            "with detectron2.config.LazyConfig.save(LazyConfig.load(file), 'model.yaml') and import the YAML."
+        )
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        raise ValueError(f"refusing {path}: expected a .yaml detectron2 config")
+    bands = _as_str_tuple(bands, "bands")
+    class_names = _as_str_tuple(class_names, "class_names")
+    mean = _as_stats(pixel_mean, len(bands), "pixel_mean", bands)
+    std = _as_stats(pixel_std, len(bands), "pixel_std", bands)
+    document = load_yaml_data(path.read_text(), python_tags=True)
+    if not isinstance(document, dict):
+        raise ValueError(f"{path} does not hold a detectron2 config mapping")
+
+    def pick_stats(own: Any, given: tuple[float, ...] | None, fill: float, what: str) -> list[float]:
+        if given is not None:
+            return list(given)
+        if isinstance(own, list | tuple) and len(own) == len(bands):
+            return [float(v) for v in own]
+        _LOG.warning("%s: %s %s does not match %d bands; using %s", path, what, own, len(bands), fill)
+        return [fill] * len(bands)
+
+    if isinstance(document.get("model"), dict) and TARGET_KEY in document["model"]:
+        model = copy.deepcopy(document["model"])
+        validate_targets(model, "model")  # Refuse hostile targets before looking any closer.
+        _add_shape_spec_targets(model)
+        mean_list = pick_stats(model.get("pixel_mean"), mean, 0.0, "pixel_mean")
+        std_list = pick_stats(model.get("pixel_std"), std, 1.0, "pixel_std")
+        _finish_lazy_model(model, bands, class_names, mean_list, std_list)
+        body: dict[str, Any] = {
+            "format": FORMAT_LAZY,
+            "model": _resolve_lazy_model(model, root=document),
+        }
+        original_weights = str((document.get("train") or {}).get("init_checkpoint") or "")
+    elif "MODEL" in document or "_BASE_" in document:
+        from .yacs_format import build_cfg, cfg_to_data, load_yacs_yaml, model_zoo_config_dir
+
+        cfg = build_cfg(load_yacs_yaml(path, search_dirs=[model_zoo_config_dir()]))
+        original_weights = str(cfg.MODEL.WEIGHTS)
+        mean_list = pick_stats(list(cfg.MODEL.PIXEL_MEAN), mean, 0.0, "pixel_mean")
+        std_list = pick_stats(list(cfg.MODEL.PIXEL_STD), std, 1.0, "pixel_std")
+        _finish_yacs_cfg(cfg, bands, class_names, mean_list, std_list)
+        body = {"format": FORMAT_YACS, "config": cfg_to_data(cfg)}
+    else:
+        raise ValueError(
+            f"{path} is neither a yacs config (MODEL/_BASE_) nor a saved LazyConfig (model._target_)"
+        )
+    config = {
+        **body,
+        "architecture": f"imported:{path.name}",
+        **_top_level(
+            {"bands": bands, "class_names": class_names, "pixel_mean": mean_list, "pixel_std": std_list}
+        ),
+        "imported_from": str(path),
+        "original_weights": original_weights,
+    }
+    check_compiled_features(config)
+    return config
+
+
+_SHAPE_SPEC_FIELDS = frozenset({"channels", "height", "width", "stride"})
+
+
+def _add_shape_spec_targets(node: Any) -> None:
+    """Give plain ``input_shape`` dicts (dataclasses flattened by some exporters) their ShapeSpec target."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "input_shape" and isinstance(value, dict) and TARGET_KEY not in value:
+                if value and set(value) <= _SHAPE_SPEC_FIELDS:
+                    value[TARGET_KEY] = "detectron2.layers.ShapeSpec"
+            _add_shape_spec_targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            _add_shape_spec_targets(value)

@@ -1,0 +1,146 @@
+# This file is part of meas_extensions_deepdisc.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""ROI heads that report per-class probabilities for every detection.
+
+detectron2's `~detectron2.modeling.roi_heads.FastRCNNOutputLayers` keeps only the winning class and its
+score for each detection.  Star/galaxy classification needs the full distribution, so these heads (the
+standard and the cascade Mask R-CNN heads, registered in ``ROI_HEADS_REGISTRY`` as
+``DeepDISCStandardROIHeads`` and ``DeepDISCCascadeROIHeads``) attach to every output `Instances`
+
+``class_probs``
+    float tensor ``[N, num_classes]``: the classifier's probabilities of the foreground classes for the
+    proposal each detection came from, renormalised to sum to 1 (for a softmax classifier this is exactly
+    the softmax over the foreground logits; for the cascade it is the stage-averaged probability, as
+    detectron2 uses for scoring, conditioned on "not background").
+
+The rows are found through the kept-proposal indices that ``fast_rcnn_inference`` returns.  A proposal may
+yield one detection per class above threshold; all of them share that proposal's row, so
+``argmax(class_probs)`` need not equal ``pred_classes``.  Training is unchanged.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DeepDISCCascadeROIHeads",
+    "DeepDISCStandardROIHeads",
+    "fast_rcnn_inference_with_class_probs",
+    "is_class_probs_head",
+]
+
+import torch
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.modeling.roi_heads.cascade_rcnn import CascadeROIHeads
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
+from detectron2.structures import Instances
+
+# Probabilities of all foreground classes may underflow to 0 for a proposal the classifier is sure is
+# background; such rows fall back to the uniform distribution rather than dividing by zero.
+_MIN_FOREGROUND_MASS = 1e-12
+
+
+def fast_rcnn_inference_with_class_probs(
+    boxes: list[torch.Tensor],
+    scores: list[torch.Tensor],
+    image_shapes: list[tuple[int, int]],
+    score_thresh: float,
+    nms_thresh: float,
+    topk_per_image: int,
+) -> list[Instances]:
+    """`detectron2.modeling.roi_heads.fast_rcnn_inference` plus a ``class_probs`` field.
+
+    Parameters are those of ``fast_rcnn_inference``: per-image predicted boxes ``[R, K*4]`` or ``[R, 4]``
+    and probabilities ``[R, K+1]`` (last column background).
+    """
+    instances, kept = fast_rcnn_inference(
+        boxes, scores, image_shapes, score_thresh, nms_thresh, topk_per_image
+    )
+    for result, kept_index, boxes_per_image, scores_per_image in zip(instances, kept, boxes, scores):
+        # fast_rcnn_inference drops proposals with non-finite boxes or scores *before* indexing, so its
+        # indices count only the finite rows; map them back to the rows of `scores_per_image`.
+        finite = torch.isfinite(boxes_per_image).all(dim=1) & torch.isfinite(scores_per_image).all(dim=1)
+        rows = kept_index if bool(finite.all()) else finite.nonzero()[:, 0][kept_index]
+        foreground = scores_per_image[rows, :-1]
+        mass = foreground.sum(dim=1, keepdim=True)
+        uniform = torch.full_like(foreground, 1.0 / max(foreground.shape[1], 1))
+        result.class_probs = torch.where(
+            mass > _MIN_FOREGROUND_MASS, foreground / mass.clamp_min(_MIN_FOREGROUND_MASS), uniform
+        )
+    return instances
+
+
+@ROI_HEADS_REGISTRY.register()
+class DeepDISCStandardROIHeads(StandardROIHeads):
+    """Mask R-CNN `StandardROIHeads` whose inference adds ``class_probs`` to each output `Instances`."""
+
+    def _forward_box(self, features: dict[str, torch.Tensor], proposals: list[Instances]):  # type: ignore[override]
+        if self.training:
+            return super()._forward_box(features, proposals)
+        box_features = self.box_pooler(
+            [features[name] for name in self.box_in_features], [x.proposal_boxes for x in proposals]
+        )
+        predictions = self.box_predictor(self.box_head(box_features))
+        predictor = self.box_predictor
+        return fast_rcnn_inference_with_class_probs(
+            predictor.predict_boxes(predictions, proposals),
+            predictor.predict_probs(predictions, proposals),
+            [x.image_size for x in proposals],
+            predictor.test_score_thresh,
+            predictor.test_nms_thresh,
+            predictor.test_topk_per_image,
+        )
+
+
+@ROI_HEADS_REGISTRY.register()
+class DeepDISCCascadeROIHeads(CascadeROIHeads):
+    """Cascade Mask R-CNN `CascadeROIHeads` whose inference adds ``class_probs`` to each `Instances`."""
+
+    def _forward_box(self, features, proposals, targets=None):  # type: ignore[override]
+        if self.training:
+            return super()._forward_box(features, proposals, targets)
+        # Inference as in CascadeROIHeads: each stage refines the previous stage's boxes; the class
+        # probabilities are averaged over stages and the last stage's boxes are kept.
+        level_features = [features[name] for name in self.box_in_features]
+        image_sizes = [x.image_size for x in proposals]
+        stage_outputs = []
+        previous_boxes = None
+        for stage in range(self.num_cascade_stages):
+            if stage > 0:
+                proposals = self._create_proposals_from_boxes(previous_boxes, image_sizes)
+            predictions = self._run_stage(level_features, proposals, stage)
+            previous_boxes = self.box_predictor[stage].predict_boxes(predictions, proposals)
+            stage_outputs.append((self.box_predictor[stage], predictions, proposals))
+        stage_probs = [predictor.predict_probs(pred, props) for predictor, pred, props in stage_outputs]
+        mean_probs = [sum(per_image) / self.num_cascade_stages for per_image in zip(*stage_probs)]
+        last_predictor, last_predictions, last_proposals = stage_outputs[-1]
+        return fast_rcnn_inference_with_class_probs(
+            last_predictor.predict_boxes(last_predictions, last_proposals),
+            mean_probs,
+            image_sizes,
+            last_predictor.test_score_thresh,
+            last_predictor.test_nms_thresh,
+            last_predictor.test_topk_per_image,
+        )
+
+
+def is_class_probs_head(obj: object) -> bool:
+    """Whether ``obj`` is one of the ROI head classes above (or a subclass): they add ``class_probs``."""
+    return isinstance(obj, type) and issubclass(obj, DeepDISCStandardROIHeads | DeepDISCCascadeROIHeads)
