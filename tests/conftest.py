@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The session-scoped simulated repository (`tiny_repo`) and helpers live in tests/sim_fixtures.py.
+pytest_plugins = ["sim_fixtures"]
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 BUTLER_CONFIG_DIR = (
     PACKAGE_ROOT / "python" / "lsst" / "meas" / "extensions" / "deepdisc" / "butler" / "configs"
