@@ -1,0 +1,304 @@
+# This file is part of meas_extensions_deepdisc.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+"""DeepDiscDetectTask: DeepDISC instance segmentation of whole coadd patches."""
+
+from __future__ import annotations
+
+__all__ = ["DeepDiscDetectConfig", "DeepDiscDetectConnections", "DeepDiscDetectTask"]
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from astropy.table import Table
+
+import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
+import lsst.pipe.base.connectionTypes as cT
+
+from ..butler.conversions import multiband_from_exposures, multiband_from_masked_images
+from ..butler.model_formatter import MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
+from ..butler.tables import to_arrow
+from ..core.catalog import build_catalog
+from ..core.ids import IdPacker
+from ..core.inference import InferenceConfig, run_tiled_inference, select_device
+from ..core.model_package import ModelPackage
+from ..core.multiband import MissingBandError, MultibandImage
+
+
+class DeepDiscDetectConnections(
+    pipeBase.PipelineTaskConnections,
+    dimensions=("tract", "patch", "skymap"),
+    defaultTemplates={"coaddName": "deep"},
+):
+    coadds = cT.Input(
+        doc="Per-band coadds to detect on (legacy name: deepCoadd_calexp, see config/tasks/).",
+        name="{coaddName}_coadd",
+        storageClass="MaskedImageV2",
+        dimensions=("tract", "patch", "band", "skymap"),
+        multiple=True,
+    )
+    model = cT.PrerequisiteInput(
+        doc="DeepDISC model package, found in an input collection such as pretrained_models/<name>.",
+        name=MODEL_DATASET_TYPE,
+        storageClass=MODEL_STORAGE_CLASS,
+        dimensions=(),
+    )
+    catalog = cT.Output(
+        doc="One row per detected source: footprint spans, class, probabilities, fluxes, flags.",
+        name="object_deepdisc",
+        storageClass="ArrowAstropy",
+        dimensions=("tract", "patch", "skymap"),
+    )
+    sourceCatalog = cT.Output(
+        doc="The same detections as an afw SourceCatalog with HeavyFootprints (needs lsst.afw).",
+        name="object_deepdisc_footprints",
+        storageClass="SourceCatalog",
+        dimensions=("tract", "patch", "skymap"),
+    )
+
+    def __init__(self, *, config: DeepDiscDetectConfig) -> None:
+        super().__init__(config=config)
+        if config.coaddStorageClass != self.coadds.storageClass:
+            self.coadds = dataclasses.replace(self.coadds, storageClass=config.coaddStorageClass)
+        if not config.doWriteSourceCatalog:
+            del self.sourceCatalog
+
+
+class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepDiscDetectConnections):
+    bands = pexConfig.ListField[str](
+        doc="Bands to feed the model, in order. Empty: the model package's bands (the usual choice).",
+        default=[],
+    )
+    coaddStorageClass = pexConfig.ChoiceField[str](
+        doc="Storage class of the coadd inputs.",
+        default="MaskedImageV2",
+        allowed={
+            "MaskedImageV2": "lsst.images.MaskedImage (no afw needed)",
+            "ExposureF": "lsst.afw.image.ExposureF (needs lsst.afw)",
+        },
+    )
+    tileSize = pexConfig.Field[int](doc="Inference tile size (pixels).", default=512)
+    tileOverlap = pexConfig.Field[int](
+        doc="Overlap between tiles (pixels); must exceed the largest expected source.", default=96
+    )
+    batchSize = pexConfig.Field[int](doc="Tiles per forward pass.", default=4)
+    device = pexConfig.ChoiceField[str](
+        doc="Torch device.",
+        default="auto",
+        allowed={"auto": "cuda if available", "cpu": "CPU", "cuda": "GPU"},
+    )
+    halfPrecision = pexConfig.Field[bool](doc="fp16 autocast on GPU (ignored on CPU).", default=False)
+    scoreThreshold = pexConfig.Field[float](
+        doc="Minimum detection score kept (on top of the model's own threshold).", default=0.0
+    )
+    stitchMargin = pexConfig.Field[int](
+        doc="Pixels by which tile interiors are widened when stitching, so that a source whose copies in two "
+        "tiles jitter away from the tile boundary is still found once (duplicates are merged).",
+        default=2,
+    )
+    mergeIou = pexConfig.Field[float](
+        doc="Mask IoU above which detections of the same source from different tiles are merged.", default=0.5
+    )
+    edgeMargin = pexConfig.Field[int](
+        doc="Footprints within this many pixels of the patch border get flag_patch_edge.", default=2
+    )
+    invalidMaskPlanes = pexConfig.ListField[str](
+        doc="Mask planes whose pixels carry no data (plus non-finite pixels).", default=["NO_DATA"]
+    )
+    maxInvalidFraction = pexConfig.Field[float](
+        doc="If more than this fraction of the patch is invalid in every band, write an empty catalog.",
+        default=0.999,
+    )
+    doWriteSourceCatalog = pexConfig.Field[bool](
+        doc="Also write an afw SourceCatalog with HeavyFootprints (requires lsst.afw).", default=False
+    )
+    tractBits = pexConfig.Field[int](doc="Bits for the tract in packed source ids.", default=16)
+    patchBits = pexConfig.Field[int](doc="Bits for the patch in packed source ids.", default=12)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.tileOverlap >= self.tileSize:
+            raise pexConfig.FieldValidationError(
+                DeepDiscDetectConfig.tileOverlap, self, "tileOverlap must be smaller than tileSize"
+            )
+
+
+class DeepDiscDetectTask(pipeBase.PipelineTask):
+    """Detect, deblend and classify sources on a coadd patch with a DeepDISC model.
+
+    The model package decides the bands (and their order), the contrast scaling and the classes; the task
+    checks the data against it before any pixel is read, scales the patch, runs tiled inference and writes
+    one catalog row per source with its footprint as spans.
+    """
+
+    ConfigClass = DeepDiscDetectConfig
+    _DefaultName = "deepDiscDetect"
+    config: DeepDiscDetectConfig
+
+    def runQuantum(
+        self,
+        butlerQC: pipeBase.QuantumContext,
+        inputRefs: pipeBase.InputQuantizedConnection,
+        outputRefs: pipeBase.OutputQuantizedConnection,
+    ) -> None:
+        # Model first: a model that cannot serve these data fails before any coadd is read.
+        model_package: ModelPackage = butlerQC.get(inputRefs.model)
+        refs_by_band = {ref.dataId["band"]: ref for ref in inputRefs.coadds}
+        bands = self.select_bands(model_package, list(refs_by_band))
+        coadds = {band: butlerQC.get(refs_by_band[band]) for band in bands}
+        image = self.to_multiband(coadds, bands)
+        data_id = butlerQC.quantum.dataId
+        result = self.run(image, model_package, tract=int(data_id["tract"]), patch=int(data_id["patch"]))
+        butlerQC.put(to_arrow(result.catalog), outputRefs.catalog)
+        if self.config.doWriteSourceCatalog:
+            from ..butler.afw_catalog import make_source_catalog  # lazy: needs lsst.afw
+
+            butlerQC.put(make_source_catalog(result.catalog, image), outputRefs.sourceCatalog)
+
+    def select_bands(self, model_package: ModelPackage, available: list[str]) -> list[str]:
+        """Bands to read, in the model's order; raise before any work if the data cannot serve the model.
+
+        Raises
+        ------
+        MissingBandError
+            If ``config.bands`` disagrees with the model's bands.
+        BandMismatchError
+            If a band the model needs has no coadd for this patch (the message names both band lists).
+        """
+        if self.config.bands and list(self.config.bands) != list(model_package.bands):
+            raise MissingBandError(
+                f"config.bands {list(self.config.bands)} differ from the bands the model "
+                f"{model_package.name!r} was trained on {list(model_package.bands)}; leave config.bands "
+                "empty or use a model for these bands"
+            )
+        model_package.check_bands(available)
+        return list(model_package.bands)
+
+    def to_multiband(self, coadds: Mapping[str, Any], bands: list[str]) -> MultibandImage:
+        """Convert the per-band Butler objects to the core's multi-band image."""
+        if self.config.coaddStorageClass == "ExposureF":
+            return multiband_from_exposures(coadds, bands)
+        return multiband_from_masked_images(coadds, bands)
+
+    def run(
+        self, image: MultibandImage, model_package: ModelPackage, tract: int = 0, patch: int = 0
+    ) -> pipeBase.Struct:
+        """Detect sources on a multi-band image.
+
+        Parameters
+        ----------
+        image : `MultibandImage`
+            The patch, with the model's bands (reordered if needed).
+        model_package : `ModelPackage`
+            The model.
+        tract, patch : `int`
+            Used to pack ids unique across patches.
+
+        Returns
+        -------
+        result : `lsst.pipe.base.Struct`
+            ``catalog`` (`astropy.table.Table`) and ``detections`` (core ``Detections``).
+        """
+        start = time.perf_counter()
+        model_package.check_bands(image.bands)
+        image = image.select_bands(model_package.bands)
+        invalid = image.invalid_pixels(self.config.invalidMaskPlanes)
+        valid_any_band = ~invalid.all(axis=0)
+        id_packer = IdPacker(n_tracts_bits=self.config.tractBits, n_patches_bits=self.config.patchBits)
+        catalog_kwargs = dict(
+            class_names=tuple(model_package.class_names),
+            tract=tract,
+            patch=patch,
+            model_name=model_package.name,
+            model_version=str(model_package.version),
+            id_packer=id_packer,
+            edge_margin=self.config.edgeMargin,
+            nodata_planes=tuple(self.config.invalidMaskPlanes),
+        )
+        invalid_fraction = 1.0 - float(valid_any_band.mean())
+        self.metadata["invalid_fraction"] = invalid_fraction
+        if invalid_fraction > self.config.maxInvalidFraction:
+            self.log.warning(
+                "Patch tract=%d patch=%d: %.1f%% of pixels lack data in all bands; writing an empty catalog.",
+                tract,
+                patch,
+                100 * invalid_fraction,
+            )
+            from ..core.inference import Detections
+
+            detections = Detections.empty(len(model_package.class_names))
+            catalog = build_catalog(detections, image, **catalog_kwargs)
+            self._record(catalog, start, device="none", inference_seconds=0.0)
+            return pipeBase.Struct(catalog=catalog, detections=detections)
+
+        scaled, _ = model_package.scaling.apply(image)
+        device = select_device(self.config.device)
+        model = model_package.build_model(device=str(device))
+        inference_config = InferenceConfig(
+            tile_size=self.config.tileSize,
+            overlap=self.config.tileOverlap,
+            batch_size=self.config.batchSize,
+            device=str(device),
+            half=self.config.halfPrecision,
+            score_threshold=self.config.scoreThreshold,
+            merge_iou=self.config.mergeIou,
+            stitch_margin=self.config.stitchMargin,
+        )
+        self.log.info(
+            "Running %s (%s) on tract=%d patch=%d: %dx%d px, bands %s, device %s",
+            model_package.name,
+            model_package.version,
+            tract,
+            patch,
+            image.width,
+            image.height,
+            "".join(image.bands),
+            device,
+        )
+        t0 = time.perf_counter()
+        detections = run_tiled_inference(
+            model, scaled, xy0=image.xy0, config=inference_config, valid=valid_any_band, log=self.log
+        )
+        inference_seconds = time.perf_counter() - t0
+        catalog = build_catalog(detections, image, **catalog_kwargs)
+        self._record(catalog, start, device=str(device), inference_seconds=inference_seconds)
+        return pipeBase.Struct(catalog=catalog, detections=detections)
+
+    def _record(self, catalog: Table, start: float, device: str, inference_seconds: float) -> None:
+        """Counts and timings in the task metadata (and one summary log line)."""
+        n = len(catalog)
+        counts = {}
+        if n and "class_name" in catalog.colnames:
+            names, numbers = np.unique(np.asarray(catalog["class_name"], dtype=str), return_counts=True)
+            counts = {str(k): int(v) for k, v in zip(names, numbers)}
+        total = time.perf_counter() - start
+        self.metadata["n_sources"] = n
+        for name, value in counts.items():
+            self.metadata[f"n_{name}"] = value
+        self.metadata["inference_seconds"] = inference_seconds
+        self.metadata["total_seconds"] = total
+        self.metadata["device"] = device
+        self.log.info(
+            "Detected %d sources %s in %.1f s (inference %.1f s).", n, counts, total, inference_seconds
+        )

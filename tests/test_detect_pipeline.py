@@ -1,0 +1,138 @@
+"""Integration: ingest a model with the CLI, then `pipetask run` the detection pipeline on the tiny repo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lsst.daf.butler import Butler
+
+from lsst.meas.extensions.deepdisc.core.footprints import spans_to_mask, unflatten_spans
+
+from sim_fixtures import TinyRepo
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("tiny_repo_pipetask")]
+
+BIN = Path(sys.executable).parent
+MODEL_NAME = "tiny-random-detect"
+OUTPUT = "u/test/deepdisc_detect"
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def _pipetask(
+    repo: TinyRepo, package_root: Path, *extra: str, check: bool = True
+) -> subprocess.CompletedProcess:
+    return _run(
+        str(BIN / "pipetask"),
+        "run",
+        "-b",
+        repo.root,
+        "-i",
+        f"{repo.collection},pretrained_models/{MODEL_NAME}",
+        "-o",
+        OUTPUT,
+        "-p",
+        str(package_root / "pipelines" / "DeepDisc.yaml"),
+        "-d",
+        f"skymap='{repo.skymap}'",
+        "-c",
+        "detect:tileSize=256",
+        "-c",
+        "detect:tileOverlap=64",
+        "-j",
+        "1",
+        "--register-dataset-types",
+        *extra,
+        check=check,
+    )
+
+
+@pytest.fixture(scope="module")
+def detected(tiny_repo: TinyRepo, package_root: Path, tmp_path_factory) -> TinyRepo:
+    package = tmp_path_factory.mktemp("model") / "tiny.zip"
+    _run(
+        str(BIN / "deepdisc-model"),
+        "create",
+        "--architecture",
+        "compact-R18-FPN",
+        "--bands",
+        *tiny_repo.bands,
+        "--random-init",
+        "--seed",
+        "3",
+        "--override",
+        "TEST.DETECTIONS_PER_IMAGE=200",
+        "--name",
+        MODEL_NAME,
+        "--output",
+        str(package),
+    )
+    _run(str(BIN / "deepdisc-model"), "ingest", tiny_repo.root, str(package), "--name", MODEL_NAME)
+    _pipetask(tiny_repo, package_root)
+    return tiny_repo
+
+
+def test_every_patch_has_a_catalog(detected: TinyRepo) -> None:
+    listing = _run(
+        str(BIN / "butler"), "query-datasets", detected.root, "object_deepdisc", "--collections", OUTPUT
+    ).stdout
+    for data_id in detected.data_ids:
+        assert f"{data_id['patch']}" in listing
+    butler = Butler.from_config(detected.root, collections=[OUTPUT])
+    refs = list(butler.query_datasets("object_deepdisc", where=f"skymap='{detected.skymap}'"))
+    assert sorted(int(ref.dataId["patch"]) for ref in refs) == sorted(
+        int(d["patch"]) for d in detected.data_ids
+    )
+
+
+def test_catalogs_are_consistent_with_their_patches(detected: TinyRepo) -> None:
+    butler = Butler.from_config(detected.root, collections=[OUTPUT])
+    all_ids = []
+    for data_id in detected.data_ids:
+        catalog = butler.get("object_deepdisc", data_id)
+        coadd = butler.get(
+            "deep_coadd", {**data_id, "band": detected.bands[0]}, collections=detected.collection
+        )
+        bbox = coadd.bbox
+        shape = (bbox.y.size, bbox.x.size)
+        xy0 = (bbox.x.start, bbox.y.start)
+        assert len(catalog) > 0
+        for row in catalog:
+            mask = spans_to_mask(unflatten_spans(row["footprint"]), shape, xy0)  # raises if outside the patch
+            assert mask.sum() == row["footprint_area"]
+        ids = set(np.asarray(catalog["id"]).tolist())
+        parents = set(np.asarray(catalog["parent"]).tolist()) - {0}
+        assert parents <= ids
+        all_ids.extend(ids)
+        columns = butler.get("object_deepdisc", data_id, parameters={"columns": ["id", "coord_ra", "score"]})
+        assert columns.colnames == ["id", "coord_ra", "score"]
+        assert str(columns["coord_ra"].unit) == "deg"
+    assert len(all_ids) == len(set(all_ids)), "ids must be unique across patches"
+
+
+def test_rerun_with_skip_existing_is_a_noop(detected: TinyRepo, package_root: Path) -> None:
+    butler = Butler.from_config(detected.root, collections=[OUTPUT])
+    before = sorted(
+        str(ref.id) for ref in butler.query_datasets("object_deepdisc", where=f"skymap='{detected.skymap}'")
+    )
+    rerun = _pipetask(detected, package_root, "--extend-run", "--skip-existing", check=False)
+    # pipetask builds an empty graph (and says so with a non-zero exit) when every quantum already ran.
+    n_patches = len(detected.data_ids)
+    assert f"no quanta remain ({n_patches} previously succeeded and skipped)" in rerun.stderr + rerun.stdout
+    butler = Butler.from_config(detected.root, collections=[OUTPUT])
+    after = sorted(
+        str(ref.id) for ref in butler.query_datasets("object_deepdisc", where=f"skymap='{detected.skymap}'")
+    )
+    assert after == before

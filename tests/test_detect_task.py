@@ -1,0 +1,140 @@
+"""DeepDiscDetectTask.run and its checks, in process (no Butler): bad input, empty patches, metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from astropy.wcs import WCS
+
+from lsst.meas.extensions.deepdisc.core.footprints import spans_to_mask, unflatten_spans
+from lsst.meas.extensions.deepdisc.core.model_package import BandMismatchError, ModelPackage
+from lsst.meas.extensions.deepdisc.core.models import ModelSpec, build_model_from_spec
+from lsst.meas.extensions.deepdisc.core.multiband import DEFAULT_MASK_PLANES, MissingBandError, MultibandImage
+from lsst.meas.extensions.deepdisc.core.scaling import ScalingSpec
+from lsst.meas.extensions.deepdisc.tasks.detect import DeepDiscDetectConfig, DeepDiscDetectTask
+
+BANDS = ("g", "r", "i")
+
+
+@pytest.fixture(scope="module")
+def package() -> ModelPackage:
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        architecture="compact-R18-FPN",
+        bands=BANDS,
+        overrides={"TEST.DETECTIONS_PER_IMAGE": 100},
+    )
+    model = build_model_from_spec(spec)
+    return ModelPackage.from_model(model, spec, ScalingSpec("asinh_per_band"), name="test-random")
+
+
+def _image(size: int = 160, bands: tuple[str, ...] = BANDS, seed: int = 1) -> MultibandImage:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    cube = rng.normal(0, 1, (len(bands), size, size)).astype(np.float32)
+    for cx, cy in rng.uniform(10, size - 10, (15, 2)):
+        cube += 50 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 8.0)
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [56.0, -30.0]
+    wcs.wcs.crpix = [1.0, 1.0]
+    wcs.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
+    return MultibandImage(
+        bands=bands,
+        image=cube,
+        variance=np.ones_like(cube),
+        mask=np.zeros(cube.shape, np.int32),
+        wcs=wcs,
+        xy0=(4000, 8000),
+    )
+
+
+def _task(**overrides) -> DeepDiscDetectTask:
+    config = DeepDiscDetectConfig()
+    config.tileSize = 128
+    config.tileOverlap = 32
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return DeepDiscDetectTask(config=config)
+
+
+def test_run_writes_a_complete_catalog(package: ModelPackage) -> None:
+    image = _image()
+    task = _task()
+    result = task.run(image, package, tract=3, patch=7)
+    catalog = result.catalog
+    assert len(catalog) == len(result.detections) > 0
+    assert len(set(catalog["id"])) == len(catalog)
+    x0, y0 = image.xy0
+    for row in catalog:
+        mask = spans_to_mask(unflatten_spans(row["footprint"]), image.shape, image.xy0)  # raises if outside
+        assert mask.sum() == row["footprint_area"] > 0
+        assert x0 <= row["centroid_x"] < x0 + image.width and y0 <= row["centroid_y"] < y0 + image.height
+    for column in (
+        "coord_ra",
+        "coord_dec",
+        "score",
+        "class_name",
+        "prob_star",
+        "prob_galaxy",
+        "g_footprintFlux",
+    ):
+        assert column in catalog.colnames
+        assert catalog[column].description
+    assert task.metadata["n_sources"] == len(catalog)
+    assert task.metadata["device"] == "cpu"
+    assert catalog.meta["model"] == "test-random" or "test-random" in str(catalog.meta)
+
+
+def test_reorders_bands_to_the_model(package: ModelPackage) -> None:
+    image = _image()
+    shuffled = image.select_bands(["i", "g", "r"])
+    a = _task().run(image, package).catalog
+    b = _task().run(shuffled, package).catalog
+    np.testing.assert_array_equal(a["id"], b["id"])
+    np.testing.assert_allclose(a["score"], b["score"])
+
+
+def test_missing_band_is_named_before_any_work(package: ModelPackage) -> None:
+    task = _task()
+    with pytest.raises(BandMismatchError, match=r"missing \['i'\]"):
+        task.select_bands(package, ["g", "r", "z"])
+    with pytest.raises(BandMismatchError, match="i"):
+        task.run(_image(bands=("g", "r", "z")), package)
+    with pytest.raises(MissingBandError, match="differ from the bands the model"):
+        _task(bands=["g", "r", "z"]).select_bands(package, ["g", "r", "z"])
+    assert task.select_bands(package, ["i", "r", "g", "u"]) == list(BANDS)
+
+
+def test_all_nodata_patch_gives_an_empty_catalog(package: ModelPackage, caplog) -> None:
+    image = _image()
+    image.image[:] = np.nan
+    image.mask[:] = 1 << DEFAULT_MASK_PLANES["NO_DATA"]
+    task = _task()
+    with caplog.at_level("WARNING"):
+        result = task.run(image, package)
+    assert len(result.catalog) == 0
+    assert "footprint" in result.catalog.colnames and "id" in result.catalog.colnames
+    assert "empty catalog" in caplog.text
+    assert task.metadata["n_sources"] == 0
+
+
+def test_nan_and_nodata_pixels_are_flagged_not_fatal(package: ModelPackage) -> None:
+    image = _image()
+    image.image[:, :40, :] = np.nan
+    image.mask[:, :40, :] |= 1 << DEFAULT_MASK_PLANES["NO_DATA"]
+    catalog = _task().run(image, package).catalog
+    assert np.all(np.isfinite(catalog["score"]))
+    y_local = np.asarray(catalog["centroid_y"]) - image.xy0[1]
+    # Detections centred on invalid pixels are dropped; what touches them carries the flag.
+    assert np.all(y_local >= 40 - 0.5)
+    touching = np.asarray(catalog["nodata_fraction"]) > 0
+    np.testing.assert_array_equal(np.asarray(catalog["flag_nodata"]), touching)
+
+
+def test_config_validation() -> None:
+    config = DeepDiscDetectConfig()
+    config.tileOverlap = config.tileSize
+    with pytest.raises(Exception, match="tileOverlap must be smaller"):
+        config.validate()
