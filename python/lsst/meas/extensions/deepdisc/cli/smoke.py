@@ -38,7 +38,9 @@ from ..core.multiband import MultibandImage
 from ..core.scaling import ScalingSpec
 
 
-def synthetic_image(size: int = 256, bands: tuple[str, ...] = ("g", "r", "i"), seed: int = 0) -> MultibandImage:
+def synthetic_image(
+    size: int = 256, bands: tuple[str, ...] = ("g", "r", "i"), seed: int = 0
+) -> MultibandImage:
     """A noisy multi-band image with a few dozen Gaussian sources of random colours."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[:size, :size]
@@ -83,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     order = np.argsort(-detections.scores)[:5]
     for i in order:
         x0, y0, x1, y1 = detections.boxes[i]
+        spans = detections.footprints[i]
+        area = int(np.sum(spans[:, 2] - spans[:, 1] + 1))
         print(
             f"  box=({x0:.0f},{y0:.0f})-({x1:.0f},{y1:.0f}) score={detections.scores[i]:.3f} "
-            f"class={spec.class_names[int(detections.class_ids[i])]} area={int(np.sum(detections.footprints[i][:, 2] - detections.footprints[i][:, 1] + 1))} px"
+            f"class={spec.class_names[int(detections.class_ids[i])]} area={area} px"
         )
     print("smoke run OK: torch, torchvision ops, detectron2 (no _C), model factory, scaling and tiling work")
     return 0

@@ -1,0 +1,462 @@
+# This file is part of meas_extensions_deepdisc.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Matplotlib figures of the comparison metrics (DeepDISC, scarlet, sep, labels against a reference).
+
+Every builder returns a `matplotlib.figure.Figure` attached to an Agg canvas: no ``pyplot``, no global
+state, no display needed, so the figures can be built in pipeline processes and written by the Butler's
+``Plot`` storage class (PNG).  Inputs are the tables of `~.comparison`: the per-bin summary of
+`~.comparison.summarize_matches` and the match table of `~.comparison.compare_to_reference`.
+
+Methods always get the same colour (`METHOD_COLORS`), classes the same outline colour (`CLASS_COLORS`), so
+figures of different tracts can be compared at a glance.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CLASS_COLORS",
+    "METHOD_COLORS",
+    "OverlayPanel",
+    "blend_outcomes_figure",
+    "classification_figure",
+    "completeness_purity_figure",
+    "draw_footprint_outlines",
+    "figure_to_png_bytes",
+    "iou_figure",
+    "lupton_rgb",
+    "overlay_figure",
+]
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.table import Table
+from astropy.visualization import make_lupton_rgb
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from .blend_outcomes import TRUTH_OUTCOMES
+from .multiband import MultibandImage
+
+METHOD_COLORS: dict[str, str] = {
+    "deepdisc": "#1f77b4",
+    "scarlet": "#ff7f0e",
+    "sep": "#2ca02c",
+    "labels": "#9467bd",
+    "truth": "#7f7f7f",
+}
+"""Line colour of each method (others cycle through `_EXTRA_COLORS`)."""
+
+CLASS_COLORS: dict[str, str] = {"star": "#00ffff", "galaxy": "#ff8c00", "": "#ffffff"}
+"""Footprint outline colour of each class name (``""``: unknown class)."""
+
+_EXTRA_COLORS = ("#d62728", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+_OUTCOME_COLORS = {
+    "isolated_match": "#2ca02c",
+    "resolved_blend": "#98df8a",
+    "unrecognized_blend": "#ff7f0e",
+    "shredded": "#9467bd",
+    "missed": "#d62728",
+    "complex": "#7f7f7f",
+}
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _method_color(method: str, index: int) -> str:
+    return METHOD_COLORS.get(method, _EXTRA_COLORS[index % len(_EXTRA_COLORS)])
+
+
+def figure_to_png_bytes(figure: Figure, dpi: float = 100) -> bytes:
+    """Render a figure to PNG bytes (what the Butler's ``Plot`` storage class writes)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def _binned(summary: Table, methods: Sequence[str] | None) -> tuple[Table, list[str]]:
+    """The per-bin rows of a summary (total rows dropped) and the methods to draw."""
+    for name in ("method", "mag_min", "mag_max"):
+        if name not in summary.colnames:
+            raise KeyError(f"the summary table has no column {name!r}; it has {summary.colnames}")
+    rows = summary
+    if "is_total" in summary.colnames:
+        rows = summary[~np.asarray(summary["is_total"], dtype=bool)]
+    present = list(dict.fromkeys(np.asarray(rows["method"]).astype(str)))
+    chosen = present if methods is None else [m for m in methods if m in present]
+    return rows, chosen
+
+
+def _method_rows(rows: Table, method: str) -> tuple[Table, np.ndarray]:
+    selected = rows[np.asarray(rows["method"]).astype(str) == method]
+    centres = 0.5 * (np.asarray(selected["mag_min"], float) + np.asarray(selected["mag_max"], float))
+    return selected, centres
+
+
+def _reference_label(table: Table) -> str:
+    """The reference's name: the ``reference`` column, else the table metadata, else "reference"."""
+    if "reference" in table.colnames and len(table):
+        return str(table["reference"][0]) or "reference"
+    return str(table.meta.get("reference", "") or "reference")
+
+
+def completeness_purity_figure(
+    summary: Table, methods: Sequence[str] | None = None, title: str = ""
+) -> Figure:
+    """Completeness and purity versus reference magnitude, one line per method.
+
+    Parameters
+    ----------
+    summary : `astropy.table.Table`
+        Output of `~.comparison.summarize_matches`.
+    methods : `~collections.abc.Sequence` [`str`], optional
+        Methods to draw, in this order (default all).
+    title : `str`
+        Figure title.
+    """
+    rows, methods = _binned(summary, methods)
+    figure = _new_figure(10, 4.2)
+    axes = figure.subplots(1, 2, sharex=True)
+    reference = _reference_label(summary)
+    for index, method in enumerate(methods):
+        selected, centres = _method_rows(rows, method)
+        color = _method_color(method, index)
+        axes[0].plot(centres, selected["completeness"], "o-", color=color, label=method)
+        axes[1].plot(centres, selected["purity"], "o-", color=color, label=method)
+    for ax, name in zip(axes, ("Completeness", "Purity")):
+        ax.set_xlabel(f"{reference} magnitude")
+        ax.set_ylabel(name)
+        ax.set_ylim(-0.02, 1.05)
+        ax.grid(alpha=0.3)
+    if methods:
+        axes[0].legend(loc="lower left")
+    figure.suptitle(title or f"Detection versus {reference}")
+    return figure
+
+
+def classification_figure(
+    summary: Table,
+    class_names: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    title: str = "",
+) -> Figure:
+    """Per-class precision, recall and F1 of matched pairs versus reference magnitude.
+
+    One row of panels per class (default: star and galaxy), columns
+    precision, recall, F1; one line per method.  Methods without class information are absent (NaN).
+    """
+    rows, methods = _binned(summary, methods)
+    class_names = list(class_names or ("star", "galaxy"))
+    figure = _new_figure(12, 3.3 * len(class_names))
+    axes = np.atleast_2d(figure.subplots(len(class_names), 3, sharex=True, squeeze=False))
+    reference = _reference_label(summary)
+    for index, method in enumerate(methods):
+        selected, centres = _method_rows(rows, method)
+        color = _method_color(method, index)
+        for row, class_name in enumerate(class_names):
+            for column, metric in enumerate(("precision", "recall", "f1")):
+                name = f"{class_name}_{metric}"
+                if name not in selected.colnames:
+                    continue
+                values = np.asarray(selected[name], dtype=float)
+                if np.all(np.isnan(values)):
+                    continue
+                axes[row, column].plot(centres, values, "o-", color=color, label=method)
+    for row, class_name in enumerate(class_names):
+        for column, metric in enumerate(("Precision", "Recall", "F1")):
+            ax = axes[row, column]
+            ax.set_title(f"{class_name}: {metric}")
+            ax.set_ylim(-0.02, 1.05)
+            ax.grid(alpha=0.3)
+            if row == len(class_names) - 1:
+                ax.set_xlabel(f"{reference} magnitude")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        axes[0, 0].legend(handles, labels, loc="lower left")
+    figure.suptitle(title or f"Star/galaxy classification of matched pairs versus {reference}")
+    return figure
+
+
+def iou_figure(
+    matches: Table, methods: Sequence[str] | None = None, bins: int = 20, title: str = ""
+) -> Figure:
+    """Distributions of the bounding-box and footprint IoU of the matched pairs, per method.
+
+    Parameters
+    ----------
+    matches : `astropy.table.Table`
+        Match table(s) of `~.comparison.compare_to_reference` (stacked patches are fine).
+    methods : `~collections.abc.Sequence` [`str`], optional
+        Methods to draw (default: those with ``<method>_matched`` columns).
+    bins : `int`
+        Histogram bins over ``[0, 1]``.
+    """
+    if methods is None:
+        methods = [c[: -len("_matched")] for c in matches.colnames if c.endswith("_matched")]
+    figure = _new_figure(10, 4.2)
+    axes = figure.subplots(1, 2, sharey=False)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    is_reference = np.ones(len(matches), dtype=bool)
+    if "row_type" in matches.colnames:
+        is_reference = np.asarray(matches["row_type"]).astype(str) == "reference"
+    for index, method in enumerate(methods):
+        if f"{method}_matched" not in matches.colnames:
+            continue
+        matched = is_reference & np.asarray(matches[f"{method}_matched"], dtype=bool)
+        color = _method_color(method, index)
+        for ax, kind in zip(axes, ("bbox", "mask")):
+            values = np.asarray(matches[f"{method}_{kind}_iou"], dtype=float)[matched]
+            values = values[np.isfinite(values)]
+            if not values.size:
+                continue
+            ax.hist(
+                values,
+                bins=edges,
+                histtype="step",
+                linewidth=1.8,
+                color=color,
+                label=f"{method} (median {np.median(values):.2f}, N={values.size})",
+            )
+    for ax, name in zip(axes, ("Bounding-box IoU", "Footprint (mask) IoU")):
+        ax.set_xlabel(name)
+        ax.set_ylabel("Matched pairs")
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", fontsize="small")
+    figure.suptitle(title or f"Segmentation quality of matched pairs versus {_reference_label(matches)}")
+    return figure
+
+
+def blend_outcomes_figure(summary: Table, methods: Sequence[str] | None = None, title: str = "") -> Figure:
+    """Fractions of reference objects by blend outcome versus magnitude: one stacked-bar panel per method."""
+    rows, methods = _binned(summary, methods)
+    n_panels = max(1, len(methods))
+    figure = _new_figure(4.2 * n_panels + 1.8, 4.2)
+    axes = np.atleast_1d(figure.subplots(1, n_panels, sharey=True, squeeze=False)[0])
+    reference = _reference_label(summary)
+    for ax, method in zip(axes, methods):
+        selected, centres = _method_rows(rows, method)
+        width = 0.9 * (np.asarray(selected["mag_max"], float) - np.asarray(selected["mag_min"], float))
+        bottom = np.zeros(len(selected))
+        for outcome in TRUTH_OUTCOMES:
+            column = f"frac_{outcome}"
+            if column not in selected.colnames:
+                continue
+            values = np.nan_to_num(np.asarray(selected[column], dtype=float))
+            ax.bar(centres, values, width=width, bottom=bottom, color=_OUTCOME_COLORS[outcome], label=outcome)
+            bottom += values
+        ax.set_title(method)
+        ax.set_xlabel(f"{reference} magnitude")
+        ax.set_ylim(0, 1.02)
+    axes[0].set_ylabel("Fraction of reference objects")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside right upper", fontsize="small")
+    figure.suptitle(title or f"Blend outcomes versus {reference}")
+    return figure
+
+
+def lupton_rgb(
+    image: MultibandImage,
+    bands: Sequence[str] | None = None,
+    box: tuple[int, int, int, int] | None = None,
+    *,
+    stretch: float | None = None,
+    q: float = 8.0,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Lupton et al. (2004) asinh colour composite of three bands of a region.
+
+    Parameters
+    ----------
+    image : `~.multiband.MultibandImage`
+        The coadd.
+    bands : `~collections.abc.Sequence` [`str`], optional
+        Red, green and blue bands (default: the last three bands, reddest first); one or two bands are
+        repeated.
+    box : `tuple` [`int`, `int`, `int`, `int`], optional
+        ``(x0, y0, width, height)`` in parent coordinates, clipped to the image (default: whole image).
+    stretch : `float`, optional
+        Linear stretch in image units (default: 5 times the robust noise of the summed bands).
+    q : `float`
+        Asinh softening.
+
+    Returns
+    -------
+    rgb : `numpy.ndarray`
+        ``uint8`` array ``[H, W, 3]`` (row 0 = lowest y).
+    xy0 : `tuple` [`int`, `int`]
+        Parent coordinates of ``rgb[0, 0]``.
+    """
+    if bands is None:
+        bands = list(image.bands[::-1][:3])
+    bands = list(bands)
+    if not 1 <= len(bands) <= 3:
+        raise ValueError(f"a colour composite takes 1 to 3 bands, got {bands}")
+    while len(bands) < 3:
+        bands.append(bands[-1])
+    x_img, y_img = image.xy0
+    if box is None:
+        box = (x_img, y_img, image.width, image.height)
+    x0, y0 = max(int(box[0]), x_img), max(int(box[1]), y_img)
+    x1 = min(int(box[0]) + int(box[2]), x_img + image.width)
+    y1 = min(int(box[1]) + int(box[3]), y_img + image.height)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"box {box} does not overlap the image at xy0={image.xy0}, shape={image.shape}")
+    planes = [
+        np.nan_to_num(image.image[image.band_index(band), y0 - y_img : y1 - y_img, x0 - x_img : x1 - x_img])
+        for band in bands
+    ]
+    if stretch is None or stretch <= 0:
+        total = np.sum(planes, axis=0)
+        deviation = np.median(np.abs(total - np.median(total)))
+        stretch = float(5.0 * 1.4826 * deviation) if deviation > 0 else float(np.max(np.abs(total)) or 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # Black pixels divide 0 by 0 inside astropy.
+        rgb = make_lupton_rgb(planes[0], planes[1], planes[2], stretch=stretch, Q=q)
+    return rgb, (x0, y0)
+
+
+def draw_footprint_outlines(
+    rgb: np.ndarray,
+    xy0: tuple[int, int],
+    footprints: Sequence[np.ndarray],
+    colors: Sequence[str],
+) -> np.ndarray:
+    """Paint the outline pixels of footprints on a copy of an RGB image.
+
+    A pixel is on an outline when it belongs to a footprint and one of its four neighbours does not
+    belong to the same footprint (or lies outside the image).  Footprints are painted in order, so where
+    footprints overlap the later one decides the outline.
+
+    Parameters
+    ----------
+    rgb : `numpy.ndarray`
+        ``[H, W, 3]`` image (``uint8`` or float).
+    xy0 : `tuple` [`int`, `int`]
+        Parent coordinates of ``rgb[0, 0]``.
+    footprints : `~collections.abc.Sequence` [`numpy.ndarray`]
+        ``(N, 3)`` spans or flattened spans, parent coordinates; parts outside the image are ignored.
+    colors : `~collections.abc.Sequence` [`str`]
+        Matplotlib colour of each footprint.
+
+    Returns
+    -------
+    painted : `numpy.ndarray`
+        Copy of ``rgb`` with the outlines drawn.
+    """
+    if len(colors) != len(footprints):
+        raise ValueError(f"{len(colors)} colours for {len(footprints)} footprints")
+    height, width = rgb.shape[:2]
+    label = np.zeros((height, width), dtype=np.int64)
+    for k, footprint in enumerate(footprints):
+        spans = np.asarray(footprint, dtype=np.int64).reshape(-1, 3)
+        y = spans[:, 0] - xy0[1]
+        x_begin = np.clip(spans[:, 1] - xy0[0], 0, None)
+        x_end = np.clip(spans[:, 2] - xy0[0], None, width - 1)
+        inside = (y >= 0) & (y < height) & (x_end >= x_begin)
+        for row, first, last in zip(y[inside], x_begin[inside], x_end[inside]):
+            label[row, first : last + 1] = k + 1
+    padded = np.pad(label, 1, constant_values=0)
+    edge = np.zeros_like(label, dtype=bool)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        edge |= padded[dy : dy + height, dx : dx + width] != label
+    edge &= label > 0
+    painted = np.array(rgb, copy=True)
+    scale = 255 if np.issubdtype(painted.dtype, np.integer) else 1.0
+    palette = np.array([to_rgb(c) for c in colors], dtype=float).reshape(-1, 3) * scale
+    rows, cols = np.nonzero(edge)
+    if rows.size:
+        painted[rows, cols] = palette[label[rows, cols] - 1].astype(painted.dtype)
+    return painted
+
+
+@dataclass
+class OverlayPanel:
+    """One panel of `overlay_figure`: a catalog's footprints and class names.
+
+    Parameters
+    ----------
+    title : `str`
+        Panel title (method name and counts, say).
+    footprints : `list` [`numpy.ndarray`]
+        Spans (or flattened spans) in parent coordinates.
+    class_names : `list` [`str`]
+        Class name of each footprint (``""`` unknown).
+    """
+
+    title: str
+    footprints: list[np.ndarray]
+    class_names: list[str]
+
+
+def overlay_figure(
+    rgb: np.ndarray,
+    xy0: tuple[int, int],
+    panels: Sequence[OverlayPanel],
+    *,
+    class_colors: Mapping[str, str] | None = None,
+    title: str = "",
+) -> Figure:
+    """The same colour image once per catalog, with its footprints outlined in the colour of their class.
+
+    Parameters
+    ----------
+    rgb : `numpy.ndarray`
+        ``[H, W, 3]`` colour image (e.g. `lupton_rgb`).
+    xy0 : `tuple` [`int`, `int`]
+        Parent coordinates of ``rgb[0, 0]``; the axes are labelled in parent pixel coordinates.
+    panels : `~collections.abc.Sequence` [`OverlayPanel`]
+        One panel per catalog.
+    class_colors : `~collections.abc.Mapping` [`str`, `str`], optional
+        Outline colour per class name (default `CLASS_COLORS`; unknown names are white).
+    """
+    colors = dict(CLASS_COLORS if class_colors is None else class_colors)
+    n_panels = max(1, len(panels))
+    n_columns = min(n_panels, 2)
+    n_rows = (n_panels + n_columns - 1) // n_columns
+    figure = _new_figure(5.2 * n_columns, 5.2 * n_rows)
+    axes = np.atleast_1d(figure.subplots(n_rows, n_columns, squeeze=False).ravel())
+    height, width = rgb.shape[:2]
+    extent = (xy0[0] - 0.5, xy0[0] + width - 0.5, xy0[1] - 0.5, xy0[1] + height - 0.5)
+    for ax, panel in zip(axes, panels):
+        outline = [colors.get(name, colors.get("", "#ffffff")) for name in panel.class_names]
+        ax.imshow(draw_footprint_outlines(rgb, xy0, panel.footprints, outline), origin="lower", extent=extent)
+        ax.set_title(panel.title)
+        ax.set_xlabel("x (parent pixels)")
+        ax.set_ylabel("y (parent pixels)")
+    for ax in axes[len(panels) :]:
+        ax.set_axis_off()
+    handles = [
+        Line2D([], [], color=color, linewidth=3, label=name or "unknown") for name, color in colors.items()
+    ]
+    if panels:
+        axes[0].legend(handles=handles, loc="upper right", fontsize="small", framealpha=0.6)
+    figure.suptitle(title or "Footprints by class")
+    return figure

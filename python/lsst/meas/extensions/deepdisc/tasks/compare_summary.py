@@ -1,0 +1,233 @@
+# This file is part of meas_extensions_deepdisc.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+"""CompareDeepDiscSummaryTask: tract-level comparison metrics and plots from the per-patch match tables.
+
+Input (dimensions tract, skymap): every patch's ``deepdisc_comparison`` (``multiple=True``).  Outputs:
+``deepdisc_comparison_summary`` (``ArrowAstropy``, one row per method and magnitude bin plus one total row
+per method, see `~lsst.meas.extensions.deepdisc.core.comparison.summarize_matches`) and one ``Plot``
+dataset per figure: ``deepdisc_completeness_purity_plot``, ``deepdisc_classification_plot``,
+``deepdisc_iou_plot`` and ``deepdisc_blend_outcomes_plot``.  The per-patch overlay images are written by
+`~lsst.meas.extensions.deepdisc.tasks.compare.CompareDeepDiscTask` (``deepdisc_overlay_plot``), which has
+the pixels.
+
+Patches are simply stacked: each reference object is counted in the one patch whose inner region holds it
+(see the compare task), so the tract numbers are totals over distinct objects.  COCO AP is not additive and
+stays per patch (``deepdisc_comparison_metrics``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CompareDeepDiscSummaryConfig",
+    "CompareDeepDiscSummaryConnections",
+    "CompareDeepDiscSummaryTask",
+    "stack_match_tables",
+]
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from astropy.table import Table, vstack
+
+import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
+import lsst.pipe.base.connectionTypes as cT
+
+from ..core.comparison import fill_masked_columns, match_table_methods, summarize_matches
+from ..core.plots import (
+    blend_outcomes_figure,
+    classification_figure,
+    completeness_purity_figure,
+    iou_figure,
+)
+
+_TRACT_DIMENSIONS = ("tract", "skymap")
+
+
+class CompareDeepDiscSummaryConnections(pipeBase.PipelineTaskConnections, dimensions=_TRACT_DIMENSIONS):
+    comparisons = cT.Input(
+        doc="Per-patch match tables of CompareDeepDiscTask.",
+        name="deepdisc_comparison",
+        storageClass="ArrowAstropy",
+        dimensions=("tract", "patch", "skymap"),
+        multiple=True,
+    )
+    summary = cT.Output(
+        doc="Metrics per method and magnitude bin over the tract (plus one total row per method).",
+        name="deepdisc_comparison_summary",
+        storageClass="ArrowAstropy",
+        dimensions=_TRACT_DIMENSIONS,
+    )
+    completenessPurityPlot = cT.Output(
+        doc="Completeness and purity versus magnitude for every method.",
+        name="deepdisc_completeness_purity_plot",
+        storageClass="Plot",
+        dimensions=_TRACT_DIMENSIONS,
+    )
+    classificationPlot = cT.Output(
+        doc="Star and galaxy precision, recall and F1 versus magnitude for every method.",
+        name="deepdisc_classification_plot",
+        storageClass="Plot",
+        dimensions=_TRACT_DIMENSIONS,
+    )
+    iouPlot = cT.Output(
+        doc="Bounding-box and footprint IoU distributions of the matched pairs.",
+        name="deepdisc_iou_plot",
+        storageClass="Plot",
+        dimensions=_TRACT_DIMENSIONS,
+    )
+    blendOutcomesPlot = cT.Output(
+        doc="Fractions of reference objects by blend outcome versus magnitude, per method.",
+        name="deepdisc_blend_outcomes_plot",
+        storageClass="Plot",
+        dimensions=_TRACT_DIMENSIONS,
+    )
+
+    def __init__(self, *, config: CompareDeepDiscSummaryConfig) -> None:
+        super().__init__(config=config)
+        if not config.doPlots:
+            for name in ("completenessPurityPlot", "classificationPlot", "iouPlot", "blendOutcomesPlot"):
+                delattr(self, name)
+
+
+class CompareDeepDiscSummaryConfig(
+    pipeBase.PipelineTaskConfig, pipelineConnections=CompareDeepDiscSummaryConnections
+):
+    magBins = pexConfig.ListField[float](
+        doc="Reference-magnitude bin edges (half-open bins).",
+        default=[float(m) for m in range(16, 29)],
+    )
+    classNames = pexConfig.ListField[str](
+        doc="Class names by class id (as in the compare task).", default=["star", "galaxy"]
+    )
+    methods = pexConfig.ListField[str](
+        doc="Methods to summarise and plot, in this order; empty: every method of the match tables.",
+        default=[],
+    )
+    doPlots = pexConfig.Field[bool](doc="Write the Plot datasets.", default=True)
+
+    def validate(self) -> None:
+        super().validate()
+        edges = np.asarray(self.magBins, dtype=float)
+        if edges.size < 2 or np.any(np.diff(edges) <= 0) or not np.all(np.isfinite(edges)):
+            raise pexConfig.FieldValidationError(
+                CompareDeepDiscSummaryConfig.magBins, self, "magBins must be >= 2 increasing finite edges"
+            )
+
+
+def stack_match_tables(tables: Sequence[Table]) -> Table:
+    """Stack per-patch match tables.
+
+    Columns missing from some patches get neutral fill values (`fill_masked_columns`); a method missing
+    from a patch would then count that patch's reference objects as unmatched, so run every patch with the
+    same configuration.
+    """
+    tables = [table for table in tables if table is not None]
+    if not tables:
+        raise ValueError("no match table to stack")
+    stacked = vstack(list(tables), join_type="outer", metadata_conflicts="silent")
+    return fill_masked_columns(stacked)
+
+
+class CompareDeepDiscSummaryTask(pipeBase.PipelineTask):
+    """Summarise the per-patch comparisons of a tract: a metrics table and the comparison plots."""
+
+    ConfigClass = CompareDeepDiscSummaryConfig
+    _DefaultName = "compareDeepDiscSummary"
+    config: CompareDeepDiscSummaryConfig
+
+    def runQuantum(
+        self,
+        butlerQC: pipeBase.QuantumContext,
+        inputRefs: pipeBase.InputQuantizedConnection,
+        outputRefs: pipeBase.OutputQuantizedConnection,
+    ) -> None:
+        tables = [butlerQC.get(ref) for ref in inputRefs.comparisons]
+        tract = int(butlerQC.quantum.dataId["tract"])
+        result = self.run(tables, tract=tract)
+        butlerQC.put(result.summary, outputRefs.summary)
+        if self.config.doPlots:
+            butlerQC.put(result.completenessPurityPlot, outputRefs.completenessPurityPlot)
+            butlerQC.put(result.classificationPlot, outputRefs.classificationPlot)
+            butlerQC.put(result.iouPlot, outputRefs.iouPlot)
+            butlerQC.put(result.blendOutcomesPlot, outputRefs.blendOutcomesPlot)
+
+    def run(self, comparisons: Sequence[Table], tract: int = 0) -> pipeBase.Struct:
+        """Summarise match tables.
+
+        Parameters
+        ----------
+        comparisons : `~collections.abc.Sequence` [`astropy.table.Table`]
+            ``deepdisc_comparison`` of every patch.
+        tract : `int`
+            Tract id, for the titles and the table metadata.
+
+        Returns
+        -------
+        result : `lsst.pipe.base.Struct`
+            ``summary`` (`astropy.table.Table`), ``matches`` (the stacked match table) and, when
+            ``doPlots``, the figures ``completenessPurityPlot``, ``classificationPlot``, ``iouPlot`` and
+            ``blendOutcomesPlot``.
+        """
+        start = time.perf_counter()
+        matches = stack_match_tables(comparisons)
+        methods = list(self.config.methods) or match_table_methods(matches)
+        missing = [m for m in methods if f"{m}_matched" not in matches.colnames]
+        if missing:
+            raise ValueError(
+                f"methods {missing} are not in the match tables (they have {match_table_methods(matches)})"
+            )
+        class_names = list(self.config.classNames)
+        summary = summarize_matches(
+            matches, list(self.config.magBins), class_names=class_names, methods=methods
+        )
+        summary.meta["tract"] = tract
+        summary.meta["n_patches"] = len(comparisons)
+        result = pipeBase.Struct(summary=summary, matches=matches)
+        if self.config.doPlots:
+            reference = summary.meta.get("reference", "reference")
+            suffix = f" (tract {tract}, reference: {reference})"
+            result.completenessPurityPlot = completeness_purity_figure(
+                summary, methods, title="Completeness and purity" + suffix
+            )
+            result.classificationPlot = classification_figure(
+                summary, class_names, methods, title="Star/galaxy classification" + suffix
+            )
+            result.iouPlot = iou_figure(matches, methods, title="IoU of matched pairs" + suffix)
+            result.blendOutcomesPlot = blend_outcomes_figure(
+                summary, methods, title="Blend outcomes" + suffix
+            )
+        totals = summary[np.asarray(summary["is_total"], dtype=bool)]
+        for row in totals:
+            self.metadata[f"{row['method']}_completeness"] = float(row["completeness"])
+            self.metadata[f"{row['method']}_purity"] = float(row["purity"])
+            self.log.info(
+                "tract %d, %s vs %s: completeness %.3f, purity %.3f over %d reference objects",
+                tract,
+                row["method"],
+                summary.meta.get("reference", "reference"),
+                row["completeness"],
+                row["purity"],
+                row["n_ref"],
+            )
+        self.metadata["total_seconds"] = time.perf_counter() - start
+        return result
