@@ -39,6 +39,7 @@ from __future__ import annotations
 __all__ = ["build_parser", "main"]
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import shlex
@@ -178,6 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--replace", action="store_true", help="replace a different package already in that collection"
     )
     ingest.set_defaults(handler=_ingest)
+
+    export = commands.add_parser(
+        "export", help="write a deepdisc_model from a Butler collection (e.g. a training run) to a file"
+    )
+    export.add_argument("repo", help="Butler repository (path, URI or label)")
+    export.add_argument("collection", help="collection holding the deepdisc_model dataset")
+    export.add_argument("--output", type=Path, required=True, metavar="PKG.zip")
+    export.add_argument(
+        "--half",
+        action="store_true",
+        help="store float32 weights as float16 (half the size; the model computes in float32 after loading)",
+    )
+    export.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    export.set_defaults(handler=_export)
     return parser
 
 
@@ -323,6 +338,41 @@ def _ingest(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "unchanged": "already present (same content), nothing to do:",
     }
     print(f"{messages[result.status]} {package.name!r} as deepdisc_model in collection {result.run!r}")
+    return 0
+
+
+def half_precision_weights(package: ModelPackage) -> ModelPackage:
+    """A copy of the package whose float32 weights are stored as float16 (recorded in the provenance)."""
+    import torch
+
+    state_dict = {
+        key: tensor.to(torch.float16) if tensor.dtype == torch.float32 else tensor
+        for key, tensor in package.state_dict.items()
+    }
+    provenance = {**package.provenance, "weights_stored_as": "float16 (exported with --half)"}
+    return dataclasses.replace(package, state_dict=state_dict, provenance=provenance)
+
+
+def _export(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from ..butler.model_formatter import MODEL_DATASET_TYPE, ensure_butler_config_path
+
+    if args.output.exists() and not args.force:
+        raise CommandError(f"{args.output} exists; pass --force to overwrite it")
+    ensure_butler_config_path()
+    from lsst.daf.butler import Butler
+
+    with Butler.from_config(args.repo) as butler:
+        refs = list(butler.query_datasets(MODEL_DATASET_TYPE, collections=args.collection, explain=False))
+        if not refs:
+            raise CommandError(f"no {MODEL_DATASET_TYPE} dataset in collection {args.collection!r}")
+        package: ModelPackage = butler.get(refs[0])
+    if args.half:
+        package = half_precision_weights(package)
+    if args.force and args.output.exists():
+        args.output.unlink()
+    package.save(args.output)
+    size = args.output.stat().st_size / 2**20
+    print(f"wrote {args.output} ({size:.1f} MiB): {package.name!r} version {package.version}")
     return 0
 
 
