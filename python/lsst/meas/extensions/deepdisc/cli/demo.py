@@ -1,0 +1,291 @@
+# This file is part of meas_extensions_deepdisc.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+"""``make demo``: the whole DeepDISC workflow on a simulated repository, with a summary and an HTML report.
+
+Steps (each is skipped when its outputs already exist, so a re-run is quick):
+
+1. build the ``small`` simulated DRP repository (8 patches of ~1 k pixels in ugrizy, truth, a deblending run
+   with scarlet-format models, object tables);
+2. obtain a model: the compact package shipped in ``models/`` (trained on *other* simulated patches by
+   ``bin/train-demo-model.sh``), or with ``--train`` a short CPU training run through
+   ``pipelines/DeepDiscTrain.yaml``;
+3. ``pipetask run`` detection + comparison (``pipelines/DeepDiscCompare.yaml``);
+4. print the tract summary (DeepDISC vs the scarlet-style deblender vs sep, against truth) and write
+   ``report.html`` with the plots from the Butler.
+"""
+
+from __future__ import annotations
+
+__all__ = ["main"]
+
+import argparse
+import html
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[6]
+SHIPPED_MODEL = PACKAGE_ROOT / "models" / "deepdisc-compact-sim.zip"
+PRESET = "small"
+OUTPUT_COLLECTION = "u/demo/deepdisc"
+TRAIN_COLLECTION = "u/demo/train"
+PLOTS = (
+    ("deepdisc_completeness_purity_plot", "Completeness and purity vs magnitude"),
+    ("deepdisc_classification_plot", "Star/galaxy precision, recall, F1 vs magnitude"),
+    ("deepdisc_blend_outcomes_plot", "Blend outcomes vs magnitude"),
+    ("deepdisc_iou_plot", "IoU of matched pairs"),
+)
+METHOD_LABELS = {"deepdisc": "DeepDISC", "scarlet": "scarlet-style deblender", "sep": "sep baseline"}
+
+_start = time.perf_counter()
+
+
+def _say(message: str) -> None:
+    print(f"[demo {time.perf_counter() - _start:6.0f} s] {message}", flush=True)
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _run(args: list[str]) -> None:
+    _say("$ " + " ".join(args))
+    subprocess.run(args, check=True, env=os.environ.copy())
+
+
+def _butler(repo: Path):
+    from lsst.daf.butler import Butler
+
+    return Butler.from_config(str(repo))
+
+
+def _has(repo: Path, dataset_type: str, collection: str) -> bool:
+    from lsst.daf.butler import MissingCollectionError, MissingDatasetTypeError
+
+    with _butler(repo) as butler:
+        try:
+            return bool(butler.query_datasets(dataset_type, collections=collection, explain=False, limit=1))
+        except (MissingCollectionError, MissingDatasetTypeError):
+            return False
+
+
+def build_repo(repo: Path) -> str:
+    """Step 1: the simulated repository (idempotent); returns the skymap name."""
+    from ..sim.repo import build_sim_repo
+
+    _say(f"step 1/4: simulated repository '{PRESET}' at {repo} (existing patches are kept)")
+    info = build_sim_repo(str(repo), preset=PRESET)
+    _say(
+        f"repository ready: {len(info.data_ids)} patches, bands {''.join(info.bands)}, "
+        f"collection {info.collection}"
+    )
+    return info.skymap
+
+
+def obtain_model(repo: Path, skymap: str, train: bool, collection: str) -> str:
+    """Step 2: the model package collection to use as input."""
+    if not train and SHIPPED_MODEL.exists():
+        from ..core.model_package import ModelPackage
+
+        package = ModelPackage.load(SHIPPED_MODEL)
+        _say(
+            f"step 2/4: shipped model {SHIPPED_MODEL.name}: {package.name} {package.version}, "
+            f"bands {''.join(package.bands)}, reproduced by bin/train-demo-model.sh"
+        )
+        _run([_bin("deepdisc-model"), "ingest", str(repo), str(SHIPPED_MODEL), "--name", package.name])
+        return f"pretrained_models/{package.name}"
+    if not train:
+        _say(f"step 2/4: no shipped model at {SHIPPED_MODEL}; training a compact model on CPU instead")
+    if _has(repo, "deepdisc_model", TRAIN_COLLECTION):
+        _say(f"step 2/4: reusing the model trained earlier in {TRAIN_COLLECTION}")
+        return TRAIN_COLLECTION
+    _say("step 2/4: training a compact model with pipelines/DeepDiscTrain.yaml (short CPU schedule)")
+    _run(
+        [
+            _bin("pipetask"),
+            "run",
+            "-b",
+            str(repo),
+            "-i",
+            collection,
+            "-o",
+            TRAIN_COLLECTION,
+            "-p",
+            str(PACKAGE_ROOT / "pipelines" / "DeepDiscTrain.yaml"),
+            "-C",
+            f"labels:{PACKAGE_ROOT / 'config' / 'tasks' / 'labels_deepdisc.py'}",
+            "-C",
+            f"train:{PACKAGE_ROOT / 'config' / 'tasks' / 'train_cpu_demo.py'}",
+            "-d",
+            f"skymap='{skymap}'",
+            "--register-dataset-types",
+            "-j",
+            "1",
+        ]
+    )
+    return TRAIN_COLLECTION
+
+
+def detect_and_compare(repo: Path, skymap: str, inputs: list[str], jobs: int) -> None:
+    """Step 3: detection and comparison with pipetask (skipped when the summary exists)."""
+    if _has(repo, "deepdisc_comparison_summary", OUTPUT_COLLECTION):
+        _say(
+            f"step 3/4: detection and comparison already in {OUTPUT_COLLECTION}; delete the output folder "
+            "to start over"
+        )
+        return
+    _say("step 3/4: detection + comparison with pipelines/DeepDiscCompare.yaml")
+    args = [
+        _bin("pipetask"),
+        "run",
+        "-b",
+        str(repo),
+        "-i",
+        ",".join(inputs),
+        "-o",
+        OUTPUT_COLLECTION,
+        "-p",
+        str(PACKAGE_ROOT / "pipelines" / "DeepDiscCompare.yaml"),
+        "-d",
+        f"skymap='{skymap}'",
+        "--register-dataset-types",
+        "-j",
+        str(jobs),
+    ]
+    if _has(repo, "object_deepdisc", OUTPUT_COLLECTION):
+        args += ["--extend-run", "--skip-existing"]  # an interrupted earlier run: finish what is missing
+    _run(args)
+
+
+def summary_table(summary: Table) -> Table:
+    """One row per method: the headline numbers (all magnitudes) with blend-outcome fractions."""
+    totals = summary[np.asarray(summary["is_total"], dtype=bool)]
+    rows = Table()
+    rows["method"] = [METHOD_LABELS.get(str(m), str(m)) for m in totals["method"]]
+    for column, label in (
+        ("completeness", "completeness"),
+        ("purity", "purity"),
+        ("f1", "F1"),
+        ("star_f1", "star F1"),
+        ("galaxy_f1", "galaxy F1"),
+        ("median_mask_iou", "median mask IoU"),
+    ):
+        if column in totals.colnames:
+            rows[label] = np.round(np.asarray(totals[column], dtype=float), 3)
+    for column in [c for c in totals.colnames if c.startswith("frac_")]:
+        rows[column.removeprefix("frac_").replace("_", " ")] = np.round(np.asarray(totals[column], float), 3)
+    rows.meta["reference"] = str(totals["reference"][0]) if "reference" in totals.colnames else "truth"
+    rows.meta["n_ref"] = int(totals["n_ref"][0]) if "n_ref" in totals.colnames else 0
+    return rows
+
+
+def write_report(repo: Path, skymap: str, output: Path) -> Table:
+    """Step 4: summary table (printed) and report.html with the plots."""
+    _say("step 4/4: summary and report")
+    figures = output / "report"
+    figures.mkdir(parents=True, exist_ok=True)
+    with _butler(repo) as butler:
+        summary_refs = list(
+            butler.query_datasets(
+                "deepdisc_comparison_summary", collections=OUTPUT_COLLECTION, where=f"skymap='{skymap}'"
+            )
+        )
+        summary = butler.get(summary_refs[0])
+        images = []
+        for dataset_type, title in PLOTS:
+            for ref in butler.query_datasets(dataset_type, collections=OUTPUT_COLLECTION, explain=False):
+                target = figures / f"{dataset_type}_tract{ref.dataId['tract']}.png"
+                target.write_bytes(butler.getURI(ref).read())
+                images.append((title, target))
+        overlays = sorted(
+            butler.query_datasets("deepdisc_overlay_plot", collections=OUTPUT_COLLECTION, explain=False),
+            key=lambda ref: int(ref.dataId["patch"]),
+        )
+        for ref in overlays[:2]:
+            target = figures / f"overlay_tract{ref.dataId['tract']}_patch{ref.dataId['patch']}.png"
+            target.write_bytes(butler.getURI(ref).read())
+            images.append((f"Overlay, tract {ref.dataId['tract']} patch {ref.dataId['patch']}", target))
+    table = summary_table(summary)
+    print()
+    print(
+        f"DeepDISC vs the scarlet-style deblender vs sep on the '{PRESET}' simulated tract "
+        f"(reference: {table.meta['reference']}, {table.meta['n_ref']} objects):"
+    )
+    table.pprint(max_width=-1, max_lines=-1)
+    print()
+    buffer = io.StringIO()
+    table.write(buffer, format="ascii.html")
+    rows_html = buffer.getvalue().split("<body>")[-1].split("</body>")[0]
+    body = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>DeepDISC demo report</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto} img{max-width:100%}"
+        " table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body>",
+        "<h1>DeepDISC on a simulated Rubin tract</h1>",
+        f"<p>Repository <code>{html.escape(str(repo))}</code>, outputs in collection "
+        f"<code>{OUTPUT_COLLECTION}</code>. Reference: {html.escape(table.meta['reference'])}.</p>",
+        rows_html,
+    ]
+    for title, path in images:
+        body.append(f"<h2>{html.escape(title)}</h2><img src='report/{path.name}' alt='{html.escape(title)}'>")
+    body.append("</body></html>")
+    report = output / "report.html"
+    report.write_text("\n".join(body))
+    _say(f"report written: {report} ({len(images)} figures)")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; see the module docstring."""
+    parser = argparse.ArgumentParser(description="Run the DeepDISC workflow on a simulated repository.")
+    parser.add_argument("--output", type=Path, default=Path("demo_output"), help="working directory")
+    parser.add_argument(
+        "--train", action="store_true", help="train a compact model instead of the shipped one"
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="pipetask processes")
+    parser.add_argument("--clean", action="store_true", help="delete the output directory first")
+    args = parser.parse_args(argv)
+    if args.clean and args.output.exists():
+        shutil.rmtree(args.output)
+    args.output.mkdir(parents=True, exist_ok=True)
+    repo = (args.output / "repo").resolve()
+    from ..butler.model_formatter import ensure_butler_config_path
+
+    ensure_butler_config_path()  # our storage classes, also for the pipetask child processes
+    skymap = build_repo(repo)
+    from ..sim.repo import default_collection
+
+    collection = default_collection(PRESET)
+    model_collection = obtain_model(repo, skymap, args.train, collection)
+    detect_and_compare(repo, skymap, [collection, model_collection], args.jobs)
+    write_report(repo, skymap, args.output.resolve())
+    _say("done: open " + str((args.output / "report.html").resolve()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
