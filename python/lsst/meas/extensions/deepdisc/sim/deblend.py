@@ -53,10 +53,12 @@ from __future__ import annotations
 
 __all__ = [
     "DEBLENDER_NAME",
+    "TEMPLATE_PROFILES",
     "DeblendResult",
     "DeblenderConfig",
     "deblend_patch",
     "detect_sources",
+    "exponential_mixture",
 ]
 
 import math

@@ -97,7 +97,9 @@ def model_psf_variance(model_psf: np.ndarray) -> float:
     return float(0.5 * np.sum(model * (dx**2 + dy**2)) / model.sum())
 
 
-def gaussian_morph(covariance: np.ndarray, center: tuple[float, float], box: tuple[int, int, int, int]):
+def gaussian_morph(
+    covariance: np.ndarray, center: tuple[float, float], box: tuple[int, int, int, int]
+) -> np.ndarray:
     """Elliptical Gaussian sampled at pixel centres of ``box``, maximum 1.
 
     Parameters

@@ -81,14 +81,18 @@ class DeblendedSource:
     parent_id: int
     peak: tuple[float, float]  # (x, y) parent coordinates
     origin: tuple[int, int]  # (y0, x0) of the morphology box
-    spectrum: np.ndarray  # [C] flux per band (nJy)
+    spectrum: np.ndarray  # [C] per-band amplitude at the morph peak (nJy/pix); flux = spectrum * morph.sum()
     morph: np.ndarray  # [h, w], float32, max 1 (scarlet convention)
     is_isolated: bool = False
 
 
 @dataclass
 class DeblendedBlend:
-    """A parent footprint and the sources the deblender fitted in it."""
+    """A parent footprint and the sources the deblender fitted in it.
+
+    A parent may have no children when the deblender skipped or failed on it (see the ``object_deblend``
+    flags).
+    """
 
     parent_id: int
     origin: tuple[int, int]  # (y0, x0) of the parent bbox
