@@ -14,7 +14,7 @@ config.modelOverrides = {  # noqa: F821
 }
 # asinh(flux / noise) per band: independent of flux units and depth, finite everywhere.
 config.scalingName = "asinh_per_band"  # noqa: F821
-config.scalingParams = {"softening_sigma": "1.0"}  # noqa: F821
+config.scalingParams = {"softening_sigma": 1.0}  # noqa: F821
 config.tileSize = 256  # noqa: F821
 config.validationFraction = 0.125  # noqa: F821
 config.scheduleUnit = "iteration"  # noqa: F821

@@ -311,12 +311,16 @@ def _safe_path_parts(collection: str) -> list[str]:
 
 
 def _parse_value(value: Any) -> Any:
-    """A config dict value: strings that look like YAML flow collections (``[...]``, ``{...}``) are parsed."""
-    if isinstance(value, str) and value.strip().startswith(("[", "{")):
+    """A config dict value: strings are read as YAML scalars or flow collections.
+
+    Values given on the command line (``-c train:scalingParams=...``) are always strings, so ``"1.0"`` must
+    become a number and ``"[0, 0, 0]"`` a list; other strings stay strings.
+    """
+    if isinstance(value, str):
         try:
             return yaml.safe_load(value)
         except yaml.YAMLError as err:
-            raise ValueError(f"cannot parse {value!r} as a YAML list or mapping: {err}") from None
+            raise ValueError(f"cannot parse {value!r} as a YAML value: {err}") from None
     return value
 
 
