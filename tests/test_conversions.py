@@ -249,3 +249,10 @@ def test_exposures_with_an_afw_like_api(monkeypatch) -> None:
     exposures["r"]._box = _Box(101, 200, mb.width, mb.height)
     with pytest.raises(ValueError, match="bounding box"):
         multiband_from_exposures(exposures, ["g", "r"])
+
+
+def test_multiband_from_coadds_dispatches_on_storage_class() -> None:
+    from lsst.meas.extensions.deepdisc.butler.conversions import multiband_from_coadds
+
+    with pytest.raises(ValueError, match="unsupported coadd storage class 'ImageF'"):
+        multiband_from_coadds({}, ["g"], "ImageF")

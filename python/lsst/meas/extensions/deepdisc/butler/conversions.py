@@ -41,6 +41,7 @@ from __future__ import annotations
 __all__ = [
     "LEGACY_TO_IMAGES_PLANES",
     "masked_image_from_multiband",
+    "multiband_from_coadds",
     "multiband_from_exposures",
     "multiband_from_masked_images",
     "sky_projection_from_wcs",
@@ -421,3 +422,24 @@ def multiband_from_exposures(exposures: Mapping[str, Any], bands: Sequence[str])
         xy0=(x0, y0),
         metadata=metadata,
     )
+
+
+def multiband_from_coadds(
+    coadds: Mapping[str, Any], bands: Sequence[str], storage_class: str = "MaskedImageV2"
+) -> MultibandImage:
+    """Per-band coadds as the tasks read them (their ``coaddStorageClass``) to a `MultibandImage`.
+
+    Parameters
+    ----------
+    coadds : `~collections.abc.Mapping` [`str`, `object`]
+        Band to ``lsst.images.MaskedImage`` (``MaskedImageV2``) or ``lsst.afw.image.ExposureF``.
+    bands : `~collections.abc.Sequence` [`str`]
+        Bands to stack, in order.
+    storage_class : `str`
+        ``"MaskedImageV2"`` or ``"ExposureF"`` (needs lsst.afw).
+    """
+    if storage_class == "ExposureF":
+        return multiband_from_exposures(coadds, bands)
+    if storage_class == "MaskedImageV2":
+        return multiband_from_masked_images(coadds, bands)
+    raise ValueError(f"unsupported coadd storage class {storage_class!r}; use MaskedImageV2 or ExposureF")

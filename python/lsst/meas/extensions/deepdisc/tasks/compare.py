@@ -61,7 +61,7 @@ import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
-from ..butler.conversions import multiband_from_exposures, multiband_from_masked_images
+from ..butler.conversions import multiband_from_coadds
 from ..core.baseline import run_sep_baseline
 from ..core.comparison import (
     ComparisonCatalog,
@@ -422,9 +422,7 @@ class CompareDeepDiscTask(pipeBase.PipelineTask):
 
     def to_multiband(self, coadds: Mapping[str, Any], bands: list[str]) -> MultibandImage:
         """Convert the per-band Butler objects to the core's multi-band image."""
-        if self.config.coaddStorageClass == "ExposureF":
-            return multiband_from_exposures(coadds, bands)
-        return multiband_from_masked_images(coadds, bands)
+        return multiband_from_coadds(coadds, bands, self.config.coaddStorageClass)
 
     def run(
         self,

@@ -36,7 +36,7 @@ import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
-from ..butler.conversions import multiband_from_exposures, multiband_from_masked_images
+from ..butler.conversions import multiband_from_coadds
 from ..butler.model_formatter import MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 from ..butler.tables import to_arrow
 from ..core.catalog import build_catalog
@@ -197,9 +197,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
 
     def to_multiband(self, coadds: Mapping[str, Any], bands: list[str]) -> MultibandImage:
         """Convert the per-band Butler objects to the core's multi-band image."""
-        if self.config.coaddStorageClass == "ExposureF":
-            return multiband_from_exposures(coadds, bands)
-        return multiband_from_masked_images(coadds, bands)
+        return multiband_from_coadds(coadds, bands, self.config.coaddStorageClass)
 
     def run(
         self, image: MultibandImage, model_package: ModelPackage, tract: int = 0, patch: int = 0

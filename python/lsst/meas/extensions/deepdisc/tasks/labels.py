@@ -57,7 +57,7 @@ import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
-from ..butler.conversions import multiband_from_exposures, multiband_from_masked_images
+from ..butler.conversions import multiband_from_coadds
 from ..butler.labels_io import scarlet_models_from_butler
 from ..butler.tables import to_arrow
 from ..core.labels import CLASS_SOURCES, DETECTION_WEIGHTINGS, LabelConfig, build_labels, labels_to_coco
@@ -299,9 +299,7 @@ class BuildDeepDiscLabelsTask(pipeBase.PipelineTask):
 
     def to_multiband(self, coadds: Mapping[str, Any], bands: list[str]) -> MultibandImage:
         """Convert the per-band Butler objects to the core's multi-band image."""
-        if self.config.coaddStorageClass == "ExposureF":
-            return multiband_from_exposures(coadds, bands)
-        return multiband_from_masked_images(coadds, bands)
+        return multiband_from_coadds(coadds, bands, self.config.coaddStorageClass)
 
     def run(
         self,
