@@ -186,8 +186,12 @@ def test_incremental_build_and_deterministic_bytes(tmp_path, caplog) -> None:
     )
     assert (more.written, more.skipped) == (1, 1)
     assert "patch 1/2 (tract 0, patch 0): already complete, skipped" in caplog.text
-    assert "patch 2/2 (tract 0, patch 1): simulated in" in caplog.text and "ETA 0 s" in caplog.text
-    other = build_sim_repo(tmp_path / "b", preset="tiny", patches=[0], simulate=gaussian_patch, seed=5)
+    assert "patch 2/2 (tract 0, patch 1) written in" in caplog.text and "ETA 0 s" in caplog.text
+    # Worker processes (jobs=2) write exactly what the serial build wrote.
+    other = build_sim_repo(
+        tmp_path / "b", preset="tiny", patches=[0, 1], simulate=gaussian_patch, seed=5, jobs=2
+    )
+    assert other.written == 2
     butler_a = Butler.from_config(more.root, collections=more.collection)
     butler_b = Butler.from_config(other.root, collections=other.collection)
     for data_id in other.data_ids:

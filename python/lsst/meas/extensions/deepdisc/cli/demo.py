@@ -39,6 +39,7 @@ __all__ = ["main"]
 import argparse
 import html
 import io
+import logging
 import os
 import shutil
 import subprocess
@@ -94,12 +95,12 @@ def _has(repo: Path, dataset_type: str, collection: str) -> bool:
             return False
 
 
-def build_repo(repo: Path) -> str:
+def build_repo(repo: Path, jobs: int) -> str:
     """Step 1: the simulated repository (idempotent); returns the skymap name."""
     from ..sim.repo import build_sim_repo
 
     _say(f"step 1/4: simulated repository '{PRESET}' at {repo} (existing patches are kept)")
-    info = build_sim_repo(str(repo), preset=PRESET)
+    info = build_sim_repo(str(repo), preset=PRESET, jobs=jobs)
     _say(
         f"repository ready: {len(info.data_ids)} patches, bands {''.join(info.bands)}, "
         f"collection {info.collection}"
@@ -266,9 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--train", action="store_true", help="train a compact model instead of the shipped one"
     )
-    parser.add_argument("--jobs", type=int, default=2, help="pipetask processes")
+    parser.add_argument("--jobs", type=int, default=2, help="processes for the simulation and for pipetask")
     parser.add_argument("--clean", action="store_true", help="delete the output directory first")
     args = parser.parse_args(argv)
+    # Progress lines of the simulation (per patch, with rate and ETA) come through logging.
+    logging.basicConfig(format="[%(name)s] %(message)s")
+    logging.getLogger("lsst.meas.extensions.deepdisc").setLevel(logging.INFO)
     if args.clean and args.output.exists():
         shutil.rmtree(args.output)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -276,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..butler.model_formatter import ensure_butler_config_path
 
     ensure_butler_config_path()  # our storage classes, also for the pipetask child processes
-    skymap = build_repo(repo)
+    skymap = build_repo(repo, args.jobs)
     from ..sim.repo import default_collection
 
     collection = default_collection(PRESET)

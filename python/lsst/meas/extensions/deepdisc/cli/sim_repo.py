@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only register the skymap/band records, dataset types and collections (no simulation)",
     )
+    parser.add_argument(
+        "-j", "--jobs", type=int, default=1, help="patches simulated at once in worker processes (default 1)"
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser
 
@@ -99,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             patches=[] if args.records_only else args.patches,
             tracts=args.tracts,
             run=args.run,
+            jobs=args.jobs,
         )
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
         print(f"deepdisc-sim-repo: error: {err}", file=sys.stderr)

@@ -80,8 +80,10 @@ __all__ = [
 import hashlib
 import json
 import logging
+import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -487,6 +489,7 @@ def build_sim_repo(
     run: str | None = None,
     create: bool | None = None,
     simulate: SimulateFunction | None = None,
+    jobs: int = 1,
 ) -> SimRepoInfo:
     """Simulate patches and write them, with their dimension records, into a Butler repository.
 
@@ -516,6 +519,9 @@ def build_sim_repo(
     simulate : callable, optional
         ``simulate(preset, tract, patch_x, patch_y, seed, truth_models=...) -> SimulatedPatch``;
         default ``sim.scene.simulate_patch``.
+    jobs : `int`
+        Patches simulated at once in worker processes (the Butler writes stay in this process, in order).
+        ``simulate`` must then be picklable (a module-level function).
 
     Returns
     -------
@@ -560,10 +566,9 @@ def build_sim_repo(
     )
     tract_height, tract_width = preset.tract_shape
     total = len(tract_ids) * len(patch_list)
-    busy = 0.0  # Seconds spent on the patches written so far (skipped ones cost ~nothing).
+    pending = []  # (done index, tract, patch_x, patch_y, data_id, missing) of the patches to simulate
     done = 0
     for tract in tract_ids:
-        pixel_frame = _tract_frame(skymap, tract, tract_height, tract_width)
         for patch_x, patch_y in patch_list:
             patch = preset.patch_index(patch_x, patch_y)
             data_id = {"skymap": skymap, "tract": tract, "patch": patch}
@@ -579,27 +584,53 @@ def build_sim_repo(
                     "patch %d/%d (tract %d, patch %d): already complete, skipped", done, total, tract, patch
                 )
                 continue
-            patch_start = time.perf_counter()
-            sim = simulate(preset, tract, patch_x, patch_y, seeds[tract], truth_models=truth_models)
-            simulated = time.perf_counter()
+            pending.append((done, tract, patch_x, patch_y, data_id, missing))
+
+    def submit(executor: Executor | None, item: tuple) -> Future:
+        _, tract, patch_x, patch_y, _, _ = item
+        args = (preset, tract, patch_x, patch_y, seeds[tract])
+        if executor is None:
+            future: Future = Future()
+            future.set_result(simulate(*args, truth_models=truth_models))
+            return future
+        return executor.submit(simulate, *args, truth_models=truth_models)
+
+    start = time.perf_counter()
+    frames = {tract: _tract_frame(skymap, tract, tract_height, tract_width) for tract in tract_ids}
+    executor = (
+        ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+        if jobs > 1 and len(pending) > 1
+        else None
+    )
+    try:
+        # A window of `jobs` patches in flight bounds the memory held by finished, unwritten patches.
+        window = max(1, jobs)
+        futures = [submit(executor, item) for item in pending[:window]]
+        for index, item in enumerate(pending):
+            number, tract, _, _, data_id, missing = item
+            sim = futures[index].result()
+            if index + window < len(pending):
+                futures.append(submit(executor, pending[index + window]))
             metadata = _patch_metadata(sim, preset, seeds[tract], truth_models, skymap)
-            _write_patch(butler, sim, data_id, missing, metadata, run, pixel_frame)
+            write_start = time.perf_counter()
+            _write_patch(butler, sim, data_id, missing, metadata, run, frames[tract])
             written = time.perf_counter()
             info.written += 1
-            busy += written - patch_start
-            per_patch = busy / info.written
+            per_patch = (written - start) / info.written
             _log.info(
-                "patch %d/%d (tract %d, patch %d): simulated in %.1f s, written in %.1f s; "
-                "%.1f patches/min, ETA %.0f s",
-                done,
+                "patch %d/%d (tract %d, patch %d) written in %.1f s; %.1f patches/min, ETA %.0f s",
+                number,
                 total,
                 tract,
-                patch,
-                simulated - patch_start,
-                written - simulated,
+                data_id["patch"],
+                written - write_start,
                 60.0 / per_patch if per_patch > 0 else float("inf"),
-                (total - done) * per_patch,
+                (len(pending) - info.written) * per_patch,
             )
+            del sim
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
     return info
 
 
