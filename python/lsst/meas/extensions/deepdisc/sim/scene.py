@@ -719,9 +719,10 @@ def simulate_patch(
         n_detections = result.n_detections
     timings["deblend"] = time.perf_counter() - start
     # DETECTED: the parent footprints, in every band.
-    detected = np.zeros((geometry.height, geometry.width), dtype=bool)
-    for blend in blends:
-        detected |= spans_to_mask(blend.spans, detected.shape, (geometry.x0, geometry.y0))
+    # One rasterisation of all spans (the union; overlaps are fine): a full-patch mask per blend cost
+    # ~0.1 s x tens of thousands of blends on benchmark-size patches.
+    all_spans = np.concatenate([blend.spans for blend in blends]) if blends else np.zeros((0, 3), np.int32)
+    detected = spans_to_mask(all_spans, (geometry.height, geometry.width), (geometry.x0, geometry.y0))
     mask[:, detected & ~no_data] |= 1 << planes["DETECTED"]
     multiband.mask = mask
 
