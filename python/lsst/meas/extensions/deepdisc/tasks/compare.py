@@ -75,6 +75,7 @@ from ..core.comparison import (
 from ..core.footprints import spans_centroid
 from ..core.multiband import MissingBandError, MultibandImage
 from ..core.plots import OverlayPanel, lupton_rgb, overlay_figure
+from .coadd_inputs import coadd_storage_class_field, use_coadd_storage_class
 
 _PATCH_DIMENSIONS = ("tract", "patch", "skymap")
 
@@ -145,8 +146,7 @@ class CompareDeepDiscConnections(
         super().__init__(config=config)
         if config.deblendStorageClass != self.deblend.storageClass:
             self.deblend = dataclasses.replace(self.deblend, storageClass=config.deblendStorageClass)
-        if config.coaddStorageClass != self.coadds.storageClass:
-            self.coadds = dataclasses.replace(self.coadds, storageClass=config.coaddStorageClass)
+        self.coadds = use_coadd_storage_class(self.coadds, config.coaddStorageClass)
         if not config.doObjectTable:
             del self.objects
         if not config.doTruth:
@@ -189,14 +189,7 @@ class CompareDeepDiscConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Com
             "SourceCatalog": "lsst.afw.table.SourceCatalog with footprints (needs lsst.afw)",
         },
     )
-    coaddStorageClass = pexConfig.ChoiceField[str](
-        doc="Storage class of the coadd inputs.",
-        default="MaskedImageV2",
-        allowed={
-            "MaskedImageV2": "lsst.images.MaskedImage (no afw needed)",
-            "ExposureF": "lsst.afw.image.ExposureF (needs lsst.afw)",
-        },
-    )
+    coaddStorageClass = coadd_storage_class_field()
     classNames = pexConfig.ListField[str](doc="Class names by class id.", default=["star", "galaxy"])
     refBand = pexConfig.Field[str](doc="Band of every magnitude (truth, measured).", default="i")
     truthMagColumn = pexConfig.Field[str](

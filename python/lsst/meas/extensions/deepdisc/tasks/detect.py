@@ -24,7 +24,6 @@ from __future__ import annotations
 
 __all__ = ["DeepDiscDetectConfig", "DeepDiscDetectConnections", "DeepDiscDetectTask"]
 
-import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -44,6 +43,7 @@ from ..core.ids import IdPacker
 from ..core.inference import InferenceConfig, run_tiled_inference, select_device
 from ..core.model_package import ModelPackage
 from ..core.multiband import MissingBandError, MultibandImage
+from .coadd_inputs import coadd_storage_class_field, use_coadd_storage_class
 
 
 class DeepDiscDetectConnections(
@@ -79,8 +79,7 @@ class DeepDiscDetectConnections(
 
     def __init__(self, *, config: DeepDiscDetectConfig) -> None:
         super().__init__(config=config)
-        if config.coaddStorageClass != self.coadds.storageClass:
-            self.coadds = dataclasses.replace(self.coadds, storageClass=config.coaddStorageClass)
+        self.coadds = use_coadd_storage_class(self.coadds, config.coaddStorageClass)
         if not config.doWriteSourceCatalog:
             del self.sourceCatalog
 
@@ -90,14 +89,7 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
         doc="Bands to feed the model, in order. Empty: the model package's bands (the usual choice).",
         default=[],
     )
-    coaddStorageClass = pexConfig.ChoiceField[str](
-        doc="Storage class of the coadd inputs.",
-        default="MaskedImageV2",
-        allowed={
-            "MaskedImageV2": "lsst.images.MaskedImage (no afw needed)",
-            "ExposureF": "lsst.afw.image.ExposureF (needs lsst.afw)",
-        },
-    )
+    coaddStorageClass = coadd_storage_class_field()
     tileSize = pexConfig.Field[int](doc="Inference tile size (pixels).", default=512)
     tileOverlap = pexConfig.Field[int](
         doc="Overlap between tiles (pixels); must exceed the largest expected source.", default=96

@@ -63,6 +63,7 @@ from ..butler.tables import to_arrow
 from ..core.labels import CLASS_SOURCES, DETECTION_WEIGHTINGS, LabelConfig, build_labels, labels_to_coco
 from ..core.multiband import MissingBandError, MultibandImage
 from ..core.scarlet_io import ScarletModelData
+from .coadd_inputs import coadd_storage_class_field, use_coadd_storage_class
 
 _PATCH_DIMENSIONS = ("tract", "patch", "skymap")
 
@@ -113,8 +114,7 @@ class BuildDeepDiscLabelsConnections(
 
     def __init__(self, *, config: BuildDeepDiscLabelsConfig) -> None:
         super().__init__(config=config)
-        if config.coaddStorageClass != self.coadds.storageClass:
-            self.coadds = dataclasses.replace(self.coadds, storageClass=config.coaddStorageClass)
+        self.coadds = use_coadd_storage_class(self.coadds, config.coaddStorageClass)
         if config.scarletModelStorageClass != self.scarletModels.storageClass:
             self.scarletModels = dataclasses.replace(
                 self.scarletModels, storageClass=config.scarletModelStorageClass
@@ -128,14 +128,7 @@ class BuildDeepDiscLabelsConnections(
 class BuildDeepDiscLabelsConfig(
     pipeBase.PipelineTaskConfig, pipelineConnections=BuildDeepDiscLabelsConnections
 ):
-    coaddStorageClass = pexConfig.ChoiceField[str](
-        doc="Storage class of the coadd inputs.",
-        default="MaskedImageV2",
-        allowed={
-            "MaskedImageV2": "lsst.images.MaskedImage (no afw needed)",
-            "ExposureF": "lsst.afw.image.ExposureF (needs lsst.afw)",
-        },
-    )
+    coaddStorageClass = coadd_storage_class_field()
     scarletModelStorageClass = pexConfig.ChoiceField[str](
         doc="Storage class of the scarlet models.",
         default="ScarletModelArchive",

@@ -112,6 +112,7 @@ from ..core.scaling import SCALINGS, ScalingSpec
 from ..core.training import LAST_CHECKPOINT_FILE, TrainingConfig, plot_training_history, train_model
 from ..core.training_data import TrainingExample
 from ..version import __version__
+from .coadd_inputs import coadd_storage_class_field, use_coadd_storage_class
 
 PatchKey = tuple[int, int]
 """A patch as ``(tract, patch)``."""
@@ -186,8 +187,7 @@ class DeepDiscTrainConnections(
 
     def __init__(self, *, config: DeepDiscTrainConfig) -> None:
         super().__init__(config=config)
-        if config.coaddStorageClass != self.coadds.storageClass:
-            self.coadds = dataclasses.replace(self.coadds, storageClass=config.coaddStorageClass)
+        self.coadds = use_coadd_storage_class(self.coadds, config.coaddStorageClass)
         if not config.doWritePlot:
             del self.trainingPlot
 
@@ -501,14 +501,7 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
         "(re-running resumes); 0: run to the end.",
         default=0,
     )
-    coaddStorageClass = pexConfig.ChoiceField[str](
-        doc="Storage class of the coadd inputs.",
-        default="MaskedImageV2",
-        allowed={
-            "MaskedImageV2": "lsst.images.MaskedImage (no afw needed)",
-            "ExposureF": "lsst.afw.image.ExposureF (needs lsst.afw)",
-        },
-    )
+    coaddStorageClass = coadd_storage_class_field()
     doWritePlot = pexConfig.Field[bool](doc="Write deepdisc_training_plot.", default=True)
 
     def scaling_spec(self) -> ScalingSpec:
