@@ -22,7 +22,12 @@
 
 from __future__ import annotations
 
-__all__ = ["COADD_STORAGE_CLASSES", "coadd_storage_class_field", "use_coadd_storage_class"]
+__all__ = [
+    "COADD_STORAGE_CLASSES",
+    "coadd_input_connection",
+    "coadd_storage_class_field",
+    "use_coadd_storage_class",
+]
 
 import dataclasses
 
@@ -33,6 +38,17 @@ COADD_STORAGE_CLASSES: dict[str, str] = {
     "MaskedImageV2": "lsst.images.MaskedImage (no afw needed)",
     "ExposureF": "lsst.afw.image.ExposureF (needs lsst.afw)",
 }
+
+
+def coadd_input_connection(doc: str) -> cT.Input:
+    """The per-band coadd input of a patch task (``multiple=True`` over band; storage class switchable)."""
+    return cT.Input(
+        doc=doc,
+        name="{coaddName}_coadd",
+        storageClass="MaskedImageV2",
+        dimensions=("tract", "patch", "band", "skymap"),
+        multiple=True,
+    )
 
 
 def coadd_storage_class_field() -> pexConfig.ChoiceField:

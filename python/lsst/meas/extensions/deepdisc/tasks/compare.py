@@ -75,7 +75,7 @@ from ..core.comparison import (
 from ..core.footprints import spans_centroid
 from ..core.multiband import MissingBandError, MultibandImage
 from ..core.plots import OverlayPanel, lupton_rgb, overlay_figure
-from .coadd_inputs import coadd_storage_class_field, use_coadd_storage_class
+from .coadd_inputs import coadd_input_connection, coadd_storage_class_field, use_coadd_storage_class
 
 _PATCH_DIMENSIONS = ("tract", "patch", "skymap")
 
@@ -115,13 +115,7 @@ class CompareDeepDiscConnections(
         storageClass="ArrowAstropy",
         dimensions=_PATCH_DIMENSIONS,
     )
-    coadds = cT.Input(
-        doc="Per-band coadds: pixels of the sep baseline and of the overlay plot.",
-        name="{coaddName}_coadd",
-        storageClass="MaskedImageV2",
-        dimensions=("tract", "patch", "band", "skymap"),
-        multiple=True,
-    )
+    coadds = coadd_input_connection("Per-band coadds: pixels of the sep baseline and of the overlay plot.")
     comparison = cT.Output(
         doc="Per-source match table: every reference object's match in each method, plus unmatched "
         "detections.",

@@ -43,7 +43,7 @@ from ..core.ids import IdPacker
 from ..core.inference import InferenceConfig, run_tiled_inference, select_device
 from ..core.model_package import ModelPackage
 from ..core.multiband import MissingBandError, MultibandImage
-from .coadd_inputs import coadd_storage_class_field, use_coadd_storage_class
+from .coadd_inputs import coadd_input_connection, coadd_storage_class_field, use_coadd_storage_class
 
 
 class DeepDiscDetectConnections(
@@ -51,12 +51,8 @@ class DeepDiscDetectConnections(
     dimensions=("tract", "patch", "skymap"),
     defaultTemplates={"coaddName": "deep"},
 ):
-    coadds = cT.Input(
-        doc="Per-band coadds to detect on (legacy name: deepCoadd_calexp, see config/tasks/).",
-        name="{coaddName}_coadd",
-        storageClass="MaskedImageV2",
-        dimensions=("tract", "patch", "band", "skymap"),
-        multiple=True,
+    coadds = coadd_input_connection(
+        "Per-band coadds to detect on (legacy name: deepCoadd_calexp, see config/tasks/)."
     )
     model = cT.PrerequisiteInput(
         doc="DeepDISC model package, found in an input collection such as pretrained_models/<name>.",

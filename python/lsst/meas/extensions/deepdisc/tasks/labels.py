@@ -63,7 +63,7 @@ from ..butler.tables import to_arrow
 from ..core.labels import CLASS_SOURCES, DETECTION_WEIGHTINGS, LabelConfig, build_labels, labels_to_coco
 from ..core.multiband import MissingBandError, MultibandImage
 from ..core.scarlet_io import ScarletModelData
-from .coadd_inputs import coadd_storage_class_field, use_coadd_storage_class
+from .coadd_inputs import coadd_input_connection, coadd_storage_class_field, use_coadd_storage_class
 
 _PATCH_DIMENSIONS = ("tract", "patch", "skymap")
 
@@ -73,13 +73,7 @@ class BuildDeepDiscLabelsConnections(
     dimensions=_PATCH_DIMENSIONS,
     defaultTemplates={"coaddName": "deep"},
 ):
-    coadds = cT.Input(
-        doc="Per-band coadds the scarlet models were fitted to.",
-        name="{coaddName}_coadd",
-        storageClass="MaskedImageV2",
-        dimensions=("tract", "patch", "band", "skymap"),
-        multiple=True,
-    )
+    coadds = coadd_input_connection("Per-band coadds the scarlet models were fitted to.")
     scarletModels = cT.Input(
         doc="Scarlet deblender models of the patch (storage class set by scarletModelStorageClass).",
         name="object_scarlet_models",

@@ -112,7 +112,7 @@ from ..core.scaling import SCALINGS, ScalingSpec
 from ..core.training import LAST_CHECKPOINT_FILE, TrainingConfig, plot_training_history, train_model
 from ..core.training_data import TrainingExample
 from ..version import __version__
-from .coadd_inputs import coadd_storage_class_field, use_coadd_storage_class
+from .coadd_inputs import coadd_input_connection, coadd_storage_class_field, use_coadd_storage_class
 
 PatchKey = tuple[int, int]
 """A patch as ``(tract, patch)``."""
@@ -157,13 +157,7 @@ class DeepDiscTrainConnections(
         dimensions=_PATCH_DIMENSIONS,
         multiple=True,
     )
-    coadds = cT.Input(
-        doc="Per-band coadds the labels were made on (read one patch at a time).",
-        name="{coaddName}_coadd",
-        storageClass="MaskedImageV2",
-        dimensions=("tract", "patch", "band", "skymap"),
-        multiple=True,
-    )
+    coadds = coadd_input_connection("Per-band coadds the labels were made on (read one patch at a time).")
     model = cT.Output(
         doc="The trained model package; DeepDiscDetectTask takes it as its prerequisite input.",
         name=MODEL_DATASET_TYPE,
