@@ -19,11 +19,11 @@ setup:
 	@bin/setup-venv.sh
 
 lint: setup
-	$(PY) -m ruff check python tests bench
-	$(PY) -m ruff format --check python tests bench
+	$(PY) -m ruff check python tests bench config
+	$(PY) -m ruff format --check python tests bench config
 
 test: setup
-	$(PY) -m ruff check python tests bench
+	$(PY) -m ruff check python tests bench config
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 demo: setup

@@ -21,17 +21,19 @@ from lsst.meas.extensions.deepdisc.core.scarlet_io import (
     ScarletFormatError,
     ScarletModelData,
     ScarletSourceData,
-    deblended_from_model_data,
     decode_metadata,
     difference_kernel,
     encode_metadata,
-    model_data_from_deblended,
     read_scarlet_models,
     render_source_model,
     scarlet_models_to_bytes,
     write_scarlet_models,
 )
 from lsst.meas.extensions.deepdisc.sim.presets import get_preset
+from lsst.meas.extensions.deepdisc.sim.scarlet_archive import (
+    deblended_from_model_data,
+    model_data_from_deblended,
+)
 
 from sim_fixtures import MODEL_PSF_SIGMA, PSF_SIGMA, gaussian_image, gaussian_patch
 

@@ -17,7 +17,6 @@ from lsst.meas.extensions.deepdisc.cli import sim_repo as sim_repo_cli
 from lsst.meas.extensions.deepdisc.core.footprints import unflatten_spans
 from lsst.meas.extensions.deepdisc.core.scarlet_io import (
     ScarletModelData,
-    model_data_from_deblended,
     read_scarlet_models,
 )
 from lsst.meas.extensions.deepdisc.sim import repo as sim_repo
@@ -33,6 +32,7 @@ from lsst.meas.extensions.deepdisc.sim.repo import (
     build_sim_repo,
     load_sim_metadata,
 )
+from lsst.meas.extensions.deepdisc.sim.scarlet_archive import model_data_from_deblended
 
 from sim_fixtures import gaussian_patch
 

@@ -2,4 +2,4 @@
 #   pipetask run ... -p pipelines/DeepDiscTrain.yaml#labels \
 #       -C labels:$MEAS_EXTENSIONS_DEEPDISC_DIR/config/tasks/labels_stack.py
 # The Butler needs meas_extensions_scarlet to read them (the Rubin stack).
-config.scarletModelStorageClass = "LsstScarletModelData"  # noqa: F821
+config.scarletModelStorageClass = "LsstScarletModelData"

@@ -4,8 +4,8 @@
 # The loss drops visibly in well under a minute on one CPU core; the model is not a useful detector.
 #   pipetask run ... -p pipelines/DeepDiscTrain.yaml \
 #       -C train:$MEAS_EXTENSIONS_DEEPDISC_DIR/config/tasks/train_cpu_short.py
-config.architecture = "compact-R18-FPN"  # noqa: F821
-config.modelOverrides = {  # noqa: F821
+config.architecture = "compact-R18-FPN"
+config.modelOverrides = {
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 64,
     "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 300,
     "MODEL.RPN.POST_NMS_TOPK_TRAIN": 100,
@@ -13,18 +13,18 @@ config.modelOverrides = {  # noqa: F821
     "MODEL.RPN.POST_NMS_TOPK_TEST": 300,
     "MODEL.ROI_BOX_HEAD.FC_DIM": 64,
 }
-config.tileSize = 128  # noqa: F821
-config.validationFraction = 0.5  # noqa: F821
-config.scheduleUnit = "iteration"  # noqa: F821
-config.headsLength = 10  # noqa: F821
-config.fullLength = 30  # noqa: F821
-config.lrSteps = [20]  # noqa: F821
-config.headsLr = 0.02  # noqa: F821
-config.fullLr = 0.02  # noqa: F821
-config.batchSize = 2  # noqa: F821
-config.cropFraction = 0.0  # noqa: F821
-config.evalPeriod = 10  # noqa: F821
-config.checkpointPeriod = 10  # noqa: F821
-config.logPeriod = 5  # noqa: F821
-config.device = "cpu"  # noqa: F821
-config.amp = False  # noqa: F821
+config.tileSize = 128
+config.validationFraction = 0.5
+config.scheduleUnit = "iteration"
+config.headsLength = 10
+config.fullLength = 30
+config.lrSteps = [20]
+config.headsLr = 0.02
+config.fullLr = 0.02
+config.batchSize = 2
+config.cropFraction = 0.0
+config.evalPeriod = 10
+config.checkpointPeriod = 10
+config.logPeriod = 5
+config.device = "cpu"
+config.amp = False

@@ -97,8 +97,8 @@ from lsst.sphgeom import ConvexPolygon, LonLat, UnitVector3d
 from .. import __version__
 from ..butler.conversions import masked_image_from_multiband
 from ..butler.tables import to_arrow
-from ..core.scarlet_io import model_data_from_deblended
 from .presets import SimPreset, get_preset, make_tract_wcs
+from .scarlet_archive import model_data_from_deblended
 from .types import SimulatedPatch
 
 _log = logging.getLogger(__name__)
