@@ -340,3 +340,39 @@ def test_bad_input_raises() -> None:
         _build(hollow, image)
     with pytest.raises(ValueError, match="edge_margin"):
         _build(detections, image, edge_margin=-1)
+
+
+@pytest.mark.parametrize("bad_value", [0.0, -1.0, np.nan, np.inf])
+def test_bad_variance_is_left_out_of_errors_and_flagged(bad_value: float) -> None:
+    masks, detections = _scene()
+    image = _image()
+    good = _build(detections, image)
+    assert not np.any(good["flag_bad_variance"])
+    assert np.all(np.isfinite(good["g_footprintFluxErr"])) and np.all(good["g_footprintFluxErr"] > 0)
+    # One pixel of source C gets bad variance in g; all of source A's pixels in r.
+    rows, cols = np.nonzero(masks[2])
+    image.variance[0, rows[0], cols[0]] = bad_value
+    image.variance[1][masks[0]] = bad_value
+    catalog = _build(detections, image)
+    assert list(catalog["flag_bad_variance"]) == [True, True, True]  # B shares A's pixels in r
+    # C: the bad pixel is left out of the g error, which stays finite and positive.
+    expected = np.sqrt(np.sum(image.variance[0][masks[2]][1:].astype(np.float64)))
+    assert np.isclose(catalog["g_footprintFluxErr"][2], expected)
+    # A: no usable variance pixel in r: NaN, never 0.
+    assert np.isnan(catalog["r_footprintFluxErr"][0])
+    assert np.isfinite(catalog["r_footprintFluxErr"][1]) and catalog["r_footprintFluxErr"][1] > 0
+    assert catalog.meta["counts"]["flag_bad_variance"] == 3
+    assert np.all(np.isfinite(catalog["g_footprintFlux"]))
+
+
+def test_primary_flags_default_true_until_set() -> None:
+    from lsst.meas.extensions.deepdisc.core.catalog import set_primary_flags
+
+    _, detections = _scene()
+    catalog = _build(detections, _image())
+    assert np.all(catalog["detect_isPrimary"]) and "no patch or tract region" in catalog.meta["primary_flags"]
+    set_primary_flags(catalog, np.array([True, False, True]), np.array([True, True, False]), source="test")
+    assert list(catalog["detect_isPrimary"]) == [True, False, False]
+    assert catalog.meta["primary_flags"] == "test" and catalog.meta["counts"]["primary"] == 1
+    with pytest.raises(ValueError, match="rows"):
+        set_primary_flags(catalog, np.array([True]), np.array([True]), source="test")

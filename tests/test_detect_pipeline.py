@@ -136,3 +136,59 @@ def test_rerun_with_skip_existing_is_a_noop(detected: TinyRepo, package_root: Pa
         str(ref.id) for ref in butler.query_datasets("object_deepdisc", where=f"skymap='{detected.skymap}'")
     )
     assert after == before
+
+
+def test_primary_rows_of_overlapping_patches_hold_each_position_once(detected: TinyRepo) -> None:
+    butler = Butler.from_config(detected.root, collections=[OUTPUT])
+    regions = {
+        int(record.id): record.region
+        for record in butler.query_dimension_records("patch", skymap=detected.skymap, explain=False)
+    }
+    keep_meta = {"strip_astropy_meta_yaml": False}
+    catalogs = {
+        int(d["patch"]): butler.get("object_deepdisc", d, parameters=keep_meta) for d in detected.data_ids
+    }
+    owners_of_primary = []
+    for patch, catalog in catalogs.items():
+        assert catalog.meta["primary_flags"] == "patch and tract regions of the data ID"
+        primary = np.asarray(catalog["detect_isPrimary"], dtype=bool)
+        inner = np.asarray(catalog["detect_isPatchInner"], dtype=bool)
+        assert np.array_equal(primary, inner & np.asarray(catalog["detect_isTractInner"], dtype=bool))
+        assert primary.any() and (~inner).any(), "each patch has rows in its overlap border"
+        lon = np.radians(np.asarray(catalog["coord_ra"], dtype=float))
+        lat = np.radians(np.asarray(catalog["coord_dec"], dtype=float))
+        inside = {other: np.asarray(region.contains(lon, lat), bool) for other, region in regions.items()}
+        # A row is patch-inner exactly when its centroid is in its own patch's inner region ...
+        assert np.array_equal(inner, inside[patch])
+        # ... and the rows whose centroid belongs to the neighbour are never primary here.
+        for other, flags in inside.items():
+            if other != patch:
+                assert not np.any(primary & flags)
+        owners_of_primary.append(np.stack([inside[p] for p in sorted(regions)])[:, primary])
+    owners = np.concatenate(owners_of_primary, axis=1)
+    assert np.all(owners.sum(axis=0) == 1), "every primary row belongs to exactly one patch"
+
+
+def test_resume_after_an_interruption_between_the_catalog_and_the_metadata(
+    detected: TinyRepo, package_root: Path
+) -> None:
+    """The state a kill leaves between a quantum's catalog write and its metadata write, then the resume."""
+    butler = Butler.from_config(detected.root, collections=[OUTPUT], writeable=True)
+    data_id = detected.data_ids[0]
+    catalog_before = butler.get("object_deepdisc", data_id)
+    metadata_ref = butler.find_dataset("detect_metadata", data_id, collections=OUTPUT)
+    assert metadata_ref is not None
+    butler.pruneDatasets([metadata_ref], disassociate=True, unstore=True, purge=True)
+    # The skip-existing resume alone cannot replace the catalog the interrupted quantum left.
+    refused = _pipetask(detected, package_root, "--extend-run", "--skip-existing", check=False)
+    assert refused.returncode != 0
+    assert "OutputExistsError" in refused.stderr + refused.stdout
+    # The documented command re-runs just that quantum.
+    resumed = _pipetask(detected, package_root, "--extend-run", "--skip-existing", "--clobber-outputs")
+    assert "1 quanta successfully" in resumed.stderr + resumed.stdout
+    butler = Butler.from_config(detected.root, collections=[OUTPUT])
+    catalog_after = butler.get("object_deepdisc", data_id)
+    assert np.array_equal(np.asarray(catalog_after["id"]), np.asarray(catalog_before["id"]))
+    assert np.allclose(np.asarray(catalog_after["score"]), np.asarray(catalog_before["score"]))
+    for other in detected.data_ids:
+        assert butler.get("detect_metadata", other) is not None

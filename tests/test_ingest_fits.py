@@ -199,3 +199,72 @@ def test_missing_variance_is_estimated(tmp_path) -> None:
     assert mb.xy0 == XY0
     assert np.sqrt(mb.variance[0, 0, 0]) == pytest.approx(4.0, rel=0.1)
     assert not mb.mask.any() and mb.mask_planes == DEFAULT_MASK_PLANES
+
+
+def _with(path: Path, source: Path, edit) -> Path:
+    """A copy of a plain file with ``edit(hdus)`` applied."""
+    with fits.open(source) as hdus:
+        copy = fits.HDUList([hdu.copy() for hdu in hdus])
+    edit(copy)
+    copy.writeto(path)
+    return path
+
+
+def _datasets(root: str, run: str) -> list:
+    butler = Butler.from_config(root)
+    if run not in butler.registry.queryCollections():
+        return []
+    return list(butler.query_datasets(DEEP_COADD, collections=run, find_first=False, explain=False))
+
+
+def test_a_failed_ingest_writes_nothing_and_the_fixed_rerun_works(tmp_path, repo, capsys) -> None:
+    root, _ = repo
+    good = {band: _plain_file(tmp_path / f"{band}.fits", seed) for seed, band in enumerate("gri", 5)}
+
+    def unnamed_bit(hdus: fits.HDUList) -> None:
+        hdus["MASK"].data[5:8, 5:9] |= 1 << 20
+
+    broken = dict(good, i=_with(tmp_path / "i_bad.fits", good["i"], unnamed_bit))
+    argv = [root, "--tract", "0", "--patch", "0", "--run", "ingest/atomic"]
+    args = argv + [f"--band={band}={path}" for band, path in broken.items()]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "i_bad.fits" in err and "band 'i'" in err and "bit(s) [20]" in err and "MP_<PLANE>" in err
+    assert _datasets(root, "ingest/atomic") == []  # Bands g and r were not written either.
+    # The documented way out: drop the unnamed bit (or name it); the same command then succeeds.
+    assert main(args + ["--unknown-mask-bits", "drop"]) == 0
+    assert len(_datasets(root, "ingest/atomic")) == 3
+    butler = Butler.from_config(root)
+    stored = butler.get(DEEP_COADD, skymap=repo[1], tract=0, patch=0, band="i", collections="ingest/atomic")
+    mb = multiband_from_masked_images({"i": stored}, ["i"])
+    np.testing.assert_array_equal(mb.mask[0], _arrays(7)[2])  # The named planes as written, bit 20 gone.
+
+
+def test_bands_on_different_sky_grids_are_refused_naming_both(tmp_path, repo) -> None:
+    root, _ = repo
+    butler = Butler.from_config(root, writeable=True)
+    g = _plain_file(tmp_path / "g.fits", 1)
+
+    def shifted(hdus: fits.HDUList) -> None:
+        hdus[0].header["CRPIX1"] += 0.5
+
+    r = _with(tmp_path / "r_shifted.fits", _plain_file(tmp_path / "r.fits", 2), shifted)
+    with pytest.raises(IngestError, match=r"r_shifted\.fits.*band 'r'.*g\.fits.*band 'g'"):
+        ingest_fits(butler, {"g": g, "r": r}, tract=0, patch=0, run="ingest/sky")
+    assert _datasets(root, "ingest/sky") == []
+
+
+@pytest.mark.parametrize(
+    ("value", "counted"), [(0.0, "1 zero"), (-2.0, "1 negative"), (np.nan, "1 non-finite")]
+)
+def test_bad_variance_is_counted_and_reported(tmp_path, caplog, value: float, counted: str) -> None:
+    def bad_pixel(hdus: fits.HDUList) -> None:
+        hdus["VARIANCE"].data[3, 4] = value
+
+    path = _with(tmp_path / "bad.fits", _plain_file(tmp_path / "g.fits", 1), bad_pixel)
+    mb = read_band_fits(path, "g")
+    counts = mb.metadata["variance_counts"]
+    assert sum(counts.values()) == 1
+    assert counts[counted.removeprefix("1 ").replace("-", "_")] == 1
+    assert "flag_bad_variance" in caplog.text and counted in caplog.text

@@ -284,20 +284,20 @@ def test_ingest_is_idempotent_and_refuses_different_content(
     repo = tmp_path / "repo"
     Butler.makeRepo(str(repo))
     first = _small_package(tmp_path / "first.zip", "small", "1")
-    assert main(["ingest", str(repo), str(first)]) == 0
+    assert main(["ingest", str(repo), str(first), "--no-check-model"]) == 0
     assert (
         "ingested 'small' as deepdisc_model in collection 'pretrained_models/small'"
         in capsys.readouterr().out
     )
-    assert main(["ingest", str(repo), str(first)]) == 0
+    assert main(["ingest", str(repo), str(first), "--no-check-model"]) == 0
     assert "already present (same content), nothing to do" in capsys.readouterr().out
 
     second = _small_package(tmp_path / "second.zip", "small", "2")
-    assert main(["ingest", str(repo), str(second)]) == 1
+    assert main(["ingest", str(repo), str(second), "--no-check-model"]) == 1
     assert "already holds a different deepdisc_model" in capsys.readouterr().err
-    assert main(["ingest", str(repo), str(second), "--replace"]) == 0
+    assert main(["ingest", str(repo), str(second), "--replace", "--no-check-model"]) == 0
     assert "replaced" in capsys.readouterr().out
-    assert main(["ingest", str(repo), str(first), "--name", "small-v1"]) == 0
+    assert main(["ingest", str(repo), str(first), "--name", "small-v1", "--no-check-model"]) == 0
 
     with Butler.from_config(str(repo)) as butler:
         refs = {ref.run: ref for ref in butler.registry.queryDatasets("deepdisc_model", collections="*")}
@@ -337,3 +337,37 @@ def test_the_installed_command_runs_as_a_process(created: Path) -> None:
 def test_inspect_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", str(tmp_path / "missing.zip")]) == 1
     assert "no model package file" in capsys.readouterr().err
+
+
+def test_weights_that_do_not_fit_are_refused_by_inspect_and_ingest(
+    created: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lsst.daf.butler import Butler
+
+    package = ModelPackage.load(created)
+    state = dict(package.state_dict)
+    key = next(k for k, v in state.items() if v.ndim == 4)
+    state[key] = torch.zeros(3, 3)
+    misfit = tmp_path / "misfit.zip"
+    ModelPackage(
+        name="misfit",
+        version="1",
+        model_config=package.model_config,
+        state_dict=state,
+        bands=package.bands,
+        scaling=package.scaling,
+        class_names=package.class_names,
+    ).save(misfit)
+    assert main(["inspect", str(misfit)]) == 1
+    err = capsys.readouterr().err
+    assert "do not fit the model" in err and key in err
+    assert main(["inspect", str(misfit), "--no-check-model"]) == 0  # The file itself is intact.
+    assert "model check" not in capsys.readouterr().out
+    repo = tmp_path / "repo"
+    Butler.makeRepo(str(repo))
+    assert main(["ingest", str(repo), str(misfit)]) == 1
+    assert "do not fit the model" in capsys.readouterr().err
+    with Butler.from_config(str(repo)) as butler:
+        assert not list(butler.registry.queryCollections("pretrained_models/*"))
+    assert main(["inspect", str(created)]) == 0
+    assert "model check    : weights load" in capsys.readouterr().out

@@ -677,3 +677,35 @@ def test_butler_put_get_and_idempotent_ingest(tmp_path: Path) -> None:
 
     with pytest.raises(TypeError, match="writes ModelPackage"):
         DeepDiscModelFormatter.to_bytes(object.__new__(DeepDiscModelFormatter), {"not": "a package"})
+
+
+# ----------------------------------------------------------------------------- operating point ---
+
+
+def test_score_threshold_round_trips_and_old_packages_have_none(tmp_path: Path) -> None:
+    package = _tiny_package(score_threshold=0.35)
+    loaded = ModelPackage.load(package.save(tmp_path / "tiny.deepdisc.zip"))
+    assert loaded.score_threshold == 0.35 and loaded == package
+    assert "score threshold: 0.35" in loaded.summary()
+    plain = _tiny_package()
+    assert plain.score_threshold is None and "score_threshold" not in plain.metadata_dict()
+    assert ModelPackage.from_bytes(plain.to_bytes()).score_threshold is None
+    for bad in (1.5, -0.1, "high", True):
+        with pytest.raises(ModelPackageError, match="score_threshold"):
+            _tiny_package(score_threshold=bad)
+
+
+def test_build_model_sets_the_score_threshold_lower_or_higher(
+    compact: tuple[torch.nn.Module, ModelPackage],
+) -> None:
+    _, package = compact
+    thresholds = lambda model: {  # noqa: E731
+        module.test_score_thresh for module in model.modules() if hasattr(module, "test_score_thresh")
+    }
+    default = thresholds(package.build_model("cpu"))
+    assert len(default) == 1
+    low = package.build_model("cpu", score_threshold=0.01)
+    high = package.build_model("cpu", score_threshold=0.9)
+    assert thresholds(low) == {0.01} and thresholds(high) == {0.9}
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        package.build_model("cpu", score_threshold=2.0)

@@ -70,7 +70,7 @@ from lsst.images import (
     get_legacy_visit_image_mask_planes,
 )
 
-from ..core.multiband import MissingBandError, MultibandImage
+from ..core.multiband import MissingBandError, MultibandImage, same_sky_grid, set_bit_numbers
 
 _log = logging.getLogger(__name__)
 
@@ -210,8 +210,8 @@ def masked_image_from_multiband(
         unknown = bits & ~np.int64(sum(1 << bit for bit in mb.mask_planes.values()))
         if np.any(unknown):
             raise ValueError(
-                f"band {band!r}: mask bits {sorted({int(b) for b in np.unique(unknown) if b})} are set but "
-                f"not named in mask_planes {mb.mask_planes}"
+                f"band {band!r}: mask bit(s) {set_bit_numbers(unknown)} are set but not named in mask_planes "
+                f"{mb.mask_planes}"
             )
     metadata: dict[str, Any] = {"band": band}
     fwhm = mb.metadata.get("psf_fwhm_arcsec")
@@ -229,17 +229,6 @@ def _image_unit_scale(unit: u.UnitBase | None, band: str) -> float:
     except u.UnitConversionError:
         _log.warning("band %r has unit %s, not a flux density; values kept as they are", band, unit)
         return 1.0
-
-
-def _same_sky(wcs_a: WCS | None, wcs_b: WCS | None, shape: tuple[int, int], x0: int, y0: int) -> bool:
-    """Whether two parent-coordinate WCSs agree at the image corners within a milli-pixel."""
-    if wcs_a is None or wcs_b is None:
-        return wcs_a is None and wcs_b is None
-    x = np.array([x0, x0 + shape[1] - 1, x0, x0 + shape[1] - 1], dtype=float)
-    y = np.array([y0, y0, y0 + shape[0] - 1, y0 + shape[0] - 1], dtype=float)
-    ra, dec = wcs_a.pixel_to_world_values(x, y)
-    xb, yb = wcs_b.world_to_pixel_values(ra, dec)
-    return bool(np.all(np.hypot(xb - x, yb - y) < 1e-3))
 
 
 def multiband_from_masked_images(images: Mapping[str, MaskedImage], bands: Sequence[str]) -> MultibandImage:
@@ -308,7 +297,8 @@ def multiband_from_masked_images(images: Mapping[str, MaskedImage], bands: Seque
     fwhm = {}
     for index, band in enumerate(bands):
         masked = images[band]
-        if index and not _same_sky(wcs, wcs_from_sky_projection(masked.sky_projection, bbox), shape, x0, y0):
+        other = wcs_from_sky_projection(masked.sky_projection, bbox)
+        if index and not same_sky_grid(wcs, other, shape, (x0, y0)):
             raise ValueError(f"band {band!r} is not on the same sky grid as band {bands[0]!r}")
         scale = _image_unit_scale(masked.unit, band)
         image[index] = masked.image.array * scale

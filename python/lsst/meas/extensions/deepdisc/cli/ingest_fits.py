@@ -56,7 +56,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from ..core.multiband import DEFAULT_MASK_PLANES, MultibandImage
+from ..core.multiband import DEFAULT_MASK_PLANES, MultibandImage, same_sky_grid, set_bit_numbers
 
 _log = logging.getLogger(__name__)
 
@@ -134,8 +134,59 @@ def _flux_scale(header: fits.Header, unit: str | None, path: Path) -> tuple[floa
         ) from None
 
 
+def _check_mask_bits(
+    mask: np.ndarray, planes: Mapping[str, int], path: Path, band: str, unknown_mask_bits: str
+) -> np.ndarray:
+    """Unnamed mask bits: an error naming them and the fix, or (``"drop"``) cleared with a warning."""
+    named = sum(1 << bit for bit in planes.values())
+    unknown = mask & ~np.int64(named)
+    if not np.any(unknown):
+        return mask
+    numbers = set_bit_numbers(unknown)
+    if unknown_mask_bits == "drop":
+        _log.warning(
+            "%s (band %r): dropping mask bit(s) %s that no MP_<PLANE> keyword names (%d pixels)",
+            path,
+            band,
+            numbers,
+            int(np.count_nonzero(unknown)),
+        )
+        return mask & np.int64(named)
+    raise IngestError(
+        f"{path} (band {band!r}): mask bit(s) {numbers} are set in {int(np.count_nonzero(unknown))} "
+        "pixels but not named; add an MP_<PLANE> = <bit> keyword to the MASK header for each, or pass "
+        "--unknown-mask-bits drop to clear them"
+    )
+
+
+def _report_variance(variance: np.ndarray, image: np.ndarray, path: Path, band: str) -> dict[str, int]:
+    """Count variance pixels that cannot weight an error (where the image has data) and warn about them."""
+    has_data = np.isfinite(image)
+    counts = {
+        "zero": int(np.count_nonzero(has_data & (variance == 0))),
+        "negative": int(np.count_nonzero(has_data & (variance < 0))),
+        "non_finite": int(np.count_nonzero(has_data & ~np.isfinite(variance))),
+    }
+    if any(counts.values()):
+        _log.warning(
+            "%s (band %r): the variance plane has %d zero, %d negative and %d non-finite pixels where the "
+            "image has data; detection leaves them out of the flux errors and flags the sources "
+            "(flag_bad_variance)",
+            path,
+            band,
+            counts["zero"],
+            counts["negative"],
+            counts["non_finite"],
+        )
+    return counts
+
+
 def read_band_fits(
-    path: str | Path, band: str, unit: str | None = None, xy0: tuple[int, int] = (0, 0)
+    path: str | Path,
+    band: str,
+    unit: str | None = None,
+    xy0: tuple[int, int] = (0, 0),
+    unknown_mask_bits: str = "error",
 ) -> MultibandImage:
     """Read one band's FITS file (plain image or Rubin ``ExposureF`` layout) as a one-band image.
 
@@ -149,6 +200,9 @@ def read_band_fits(
         Pixel unit, overriding ``BUNIT`` (default nJy).
     xy0 : `tuple` [`int`, `int`]
         Parent origin used when the header records none.
+    unknown_mask_bits : `str`
+        ``"error"``: mask bits that no ``MP_<PLANE>`` keyword names are an error; ``"drop"``: they are
+        cleared, with a warning.
 
     Returns
     -------
@@ -158,7 +212,8 @@ def read_band_fits(
     Raises
     ------
     IngestError
-        Unreadable file, no 2-d image, no celestial WCS, planes of different shapes, bad unit.
+        Unreadable file, no 2-d image, no celestial WCS, planes of different shapes, bad unit, unnamed mask
+        bits.
     """
     path = Path(path)
     if not path.is_file():
@@ -190,11 +245,13 @@ def read_band_fits(
         if mask_hdu is not None:
             mask = np.asarray(mask_hdu.data).astype(np.int64)
             planes = _mask_planes(mask_hdu.header, path)
+            mask = _check_mask_bits(mask, planes, path, band, unknown_mask_bits)
         else:
             mask = np.zeros(image.shape, dtype=np.int64)
             planes = dict(DEFAULT_MASK_PLANES)
         if variance_hdu is not None:
             variance = np.asarray(variance_hdu.data, dtype=np.float64) * scale**2
+            variance_counts = _report_variance(variance, image, path, band)
         else:
             finite = image[np.isfinite(image)] * scale
             if finite.size == 0:
@@ -206,6 +263,7 @@ def read_band_fits(
                 sigma,
             )
             variance = np.full(image.shape, sigma**2)
+            variance_counts = {"estimated": int(variance.size)}
     return MultibandImage(
         bands=(band,),
         image=(image * scale)[None],
@@ -214,7 +272,12 @@ def read_band_fits(
         mask_planes=planes,
         wcs=wcs,
         xy0=origin,
-        metadata={"unit": "nJy", "source_unit": unit_name, "source_file": str(path)},
+        metadata={
+            "unit": "nJy",
+            "source_unit": unit_name,
+            "source_file": str(path),
+            "variance_counts": variance_counts,
+        },
     )
 
 
@@ -276,8 +339,13 @@ def ingest_fits(
     unit: str | None = None,
     xy0: tuple[int, int] = (0, 0),
     dataset_type: str = "deep_coadd",
+    unknown_mask_bits: str = "error",
 ) -> list[Any]:
-    """Put per-band FITS coadds into a repository as ``deep_coadd``.
+    """Put per-band FITS coadds into a repository as ``deep_coadd``, all bands or none.
+
+    Every file is read and checked (image, WCS, units, mask bits, shapes and sky grid across bands, the
+    conversion to the stored type) before anything is written, and the writes share one Butler
+    transaction, so a failure leaves the repository as it was and the same command can be re-run.
 
     Parameters
     ----------
@@ -302,6 +370,8 @@ def ingest_fits(
     dataset_type : `str`
         Dataset type to write (storage class ``MaskedImageV2``, dimensions tract, patch, band, skymap); use
         another name where ``deep_coadd`` already exists as an ``ExposureF`` (a real DRP repository).
+    unknown_mask_bits : `str`
+        ``"error"`` or ``"drop"`` (see `read_band_fits`).
 
     Returns
     -------
@@ -311,8 +381,8 @@ def ingest_fits(
     Raises
     ------
     IngestError
-        Missing/invalid files, missing WCS, shape mismatches between bands, unregistered dimension records,
-        datasets already present.
+        Missing/invalid files, missing WCS, shape or sky-grid mismatches between bands, unnamed mask bits,
+        unregistered dimension records, datasets already present.
     """
     from lsst.daf.butler import CollectionType, DatasetType
     from lsst.sphgeom import LonLat, UnitVector3d
@@ -324,13 +394,22 @@ def ingest_fits(
         raise IngestError("no band given: use --band BAND=FILE (once per band)")
     bands = list(files)
     data_id, region = _check_records(butler, skymap, tract, patch, bands)
-    images = {band: read_band_fits(files[band], band, unit=unit, xy0=xy0) for band in bands}
+    images = {
+        band: read_band_fits(files[band], band, unit=unit, xy0=xy0, unknown_mask_bits=unknown_mask_bits)
+        for band in bands
+    }
     reference = images[bands[0]]
     for band in bands[1:]:
         if images[band].shape != reference.shape or images[band].xy0 != reference.xy0:
             raise IngestError(
                 f"band {band!r} ({images[band].shape} at xy0 {images[band].xy0}) does not match band "
                 f"{bands[0]!r} ({reference.shape} at xy0 {reference.xy0}): bands must cover the same pixels"
+            )
+        if not same_sky_grid(reference.wcs, images[band].wcs, reference.shape, reference.xy0, 0.01):
+            raise IngestError(
+                f"the WCS of {files[band]} (band {band!r}) does not put its pixels where the WCS of "
+                f"{files[bands[0]]} (band {bands[0]!r}) does (more than 0.01 pixel apart at a corner): "
+                "the bands of a coadd must share one sky grid"
             )
     centre_ra, centre_dec = reference.pixel_to_sky(
         reference.xy0[0] + (reference.width - 1) / 2.0, reference.xy0[1] + (reference.height - 1) / 2.0
@@ -358,11 +437,17 @@ def ingest_fits(
     for band in bands:
         if butler.find_dataset(dataset_type, {**data_id, "band": band}, collections=run) is not None:
             raise IngestError(f"{dataset_type} for {data_id} band {band!r} already exists in run {run!r}")
+    masked = {}
+    for band in bands:  # Everything is converted before the first write.
+        try:
+            masked[band] = masked_image_from_multiband(images[band], band)
+        except ValueError as err:
+            raise IngestError(f"{files[band]} (band {band!r}): {err}") from None
     refs = []
-    for band in bands:
-        masked = masked_image_from_multiband(images[band], band)
-        refs.append(butler.put(masked, dataset_type, {**data_id, "band": band}, run=run))
-        _log.info("ingested %s as %s %s band %s", files[band], dataset_type, data_id, band)
+    with butler.transaction():
+        for band in bands:
+            refs.append(butler.put(masked[band], dataset_type, {**data_id, "band": band}, run=run))
+            _log.info("ingested %s as %s %s band %s", files[band], dataset_type, data_id, band)
     if collection:
         butler.registry.registerCollection(collection, CollectionType.CHAINED)
         chain = list(butler.registry.getCollectionChain(collection))
@@ -415,7 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dataset-type", default="deep_coadd", help="dataset type to write (default deep_coadd)"
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--unknown-mask-bits",
+        choices=("error", "drop"),
+        default="error",
+        help="mask bits that no MP_<PLANE> keyword names: refuse the file (default) or clear them",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="logging level (default INFO; DEBUG shows tracebacks)"
+    )
     return parser
 
 
@@ -442,9 +535,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             unit=args.unit,
             xy0=tuple(args.xy0),
             dataset_type=args.dataset_type,
+            unknown_mask_bits=args.unknown_mask_bits,
         )
     except IngestError as err:
         print(f"deepdisc-ingest-fits: error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # Anything unforeseen: one line, the traceback only when debugging.
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        print(
+            f"deepdisc-ingest-fits: error: {type(err).__name__}: {err} (no dataset was written; "
+            "--log-level DEBUG shows the traceback)",
+            file=sys.stderr,
+        )
         return 1
     print(f"ingested {len(refs)} {args.dataset_type} dataset(s) into run {args.run!r}")
     return 0

@@ -166,9 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="verify and describe a package")
     inspect.add_argument("package", type=Path, metavar="PKG.zip")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
-    inspect.add_argument(
-        "--check-model", action="store_true", help="also build the model and load the weights (slower)"
-    )
+    _add_check_model_options(inspect)
     inspect.set_defaults(handler=_inspect)
 
     ingest = commands.add_parser("ingest", help="put a package into a Butler repository")
@@ -178,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument(
         "--replace", action="store_true", help="replace a different package already in that collection"
     )
+    _add_check_model_options(ingest)
     ingest.set_defaults(handler=_ingest)
 
     export = commands.add_parser(
@@ -194,6 +193,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true", help="overwrite an existing output file")
     export.set_defaults(handler=_export)
     return parser
+
+
+def _add_check_model_options(command: argparse.ArgumentParser) -> None:
+    """``--check-model`` (the default) / ``--no-check-model`` of ``inspect`` and ``ingest``."""
+    command.add_argument(
+        "--check-model",
+        dest="check_model",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="build the model on the CPU (nothing is downloaded) and check that the weights fit it exactly "
+        "(default); --no-check-model skips this for speed",
+    )
+
+
+def _check_model(package: ModelPackage) -> None:
+    """Build the package's model and load its weights strictly (`ModelPackageError` names what is wrong)."""
+    package.build_model("cpu")
 
 
 def _read_detectron2_config(path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -309,7 +325,7 @@ def _create(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _inspect(args: argparse.Namespace, argv: Sequence[str]) -> int:
     package = ModelPackage.load(args.package)
     if args.check_model:
-        package.build_model("cpu")
+        _check_model(package)
     if args.json:
         description = package.describe()
         description["file"] = str(args.package)
@@ -325,6 +341,8 @@ def _inspect(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _ingest(args: argparse.Namespace, argv: Sequence[str]) -> int:
     package = ModelPackage.load(args.package)
+    if args.check_model:
+        _check_model(package)  # Before the repository is touched.
     from ..butler.model_formatter import ensure_butler_config_path, ingest_model_package
 
     ensure_butler_config_path()

@@ -41,7 +41,9 @@ Conventions (decided here and recorded in the table metadata):
   image inside the footprint; the unweighted footprint centroid when the footprint has no positive flux.
   ``coord_ra/dec`` are the image WCS at that centroid (NaN without a WCS).
 * **Footprint fluxes**: ``<band>_footprintFlux`` sums the band over the footprint (valid pixels);
-  ``<band>_footprintFluxErr`` is the square root of the summed variance over the same pixels.
+  ``<band>_footprintFluxErr`` is the square root of the summed variance over the same pixels, leaving out
+  pixels whose variance is zero, negative or non-finite.  ``flag_bad_variance`` marks a footprint with such
+  pixels (in any band), or without a variance plane; an error with no usable pixel is NaN, never 0.
 * **Apportioned fluxes**: each footprint pixel's flux is split among the sources whose footprints cover it
   in proportion to their *weights*, a source's weight being the positive part of its footprint flux in the
   detection image (equal shares when all covering weights are zero).  Pixels covered by one source go
@@ -51,6 +53,10 @@ Conventions (decided here and recorded in the table metadata):
   invalid in any band, ``flag_nodata`` when it is positive; ``flag_saturated`` when any footprint pixel has
   a ``saturated_planes`` bit in any band; ``flag_merged_duplicate`` when a duplicate from another tile was
   merged into the detection.
+* **Primary flags**: ``detect_isPatchInner``, ``detect_isTractInner`` and ``detect_isPrimary`` (both), with
+  the Rubin object tables' meanings, are set by `set_primary_flags` from the patch's and tract's inner
+  regions (the detection task does it from the data ID's records); `build_catalog` alone sets them true
+  and records in ``meta["primary_flags"]`` that no region was applied.
 
 Image values are taken to be in nJy per pixel (Rubin coadds).  Everything is vectorised over a flat list of
 footprint pixels, so thousands of sources cost a few array passes.
@@ -58,7 +64,7 @@ footprint pixels, so thousands of sources cost a few array passes.
 
 from __future__ import annotations
 
-__all__ = ["APPORTION_RULE", "build_catalog", "catalog_columns"]
+__all__ = ["APPORTION_RULE", "build_catalog", "catalog_columns", "set_primary_flags"]
 
 from collections.abc import Sequence
 from typing import Any
@@ -160,8 +166,34 @@ def catalog_columns(bands: Sequence[str], class_names: Sequence[str]) -> list[tu
         ),
         ("flag_nodata", bool, None, "Footprint has pixels without data (non-finite or NO_DATA) in some band"),
         ("flag_saturated", bool, None, "Footprint has a saturated pixel in some band"),
+        (
+            "flag_bad_variance",
+            bool,
+            None,
+            "Footprint has valid pixels with zero, negative or non-finite variance in some band (left out "
+            "of the flux errors; an error with no usable pixel is NaN)",
+        ),
         ("flag_patch_edge", bool, None, "Footprint reaches within edge_margin pixels of the image border"),
         ("flag_merged_duplicate", bool, None, "A duplicate detection from an overlapping tile was merged in"),
+        (
+            "detect_isPatchInner",
+            bool,
+            None,
+            "Centroid lies in the patch's inner region (true for every row when the region is unknown)",
+        ),
+        (
+            "detect_isTractInner",
+            bool,
+            None,
+            "Centroid lies in the tract's inner region (true for every row when the region is unknown)",
+        ),
+        (
+            "detect_isPrimary",
+            bool,
+            None,
+            "detect_isPatchInner and detect_isTractInner: the primary rows of all patches hold each "
+            "source once",
+        ),
         ("tile_index", np.int32, None, "Inference tile the detection was kept from"),
         ("tract", np.int64, None, "Tract id"),
         ("patch", np.int64, None, "Patch index within the tract"),
@@ -234,6 +266,32 @@ def _families(owner: np.ndarray, linear: np.ndarray, n: int) -> tuple[np.ndarray
     return labels, order, group
 
 
+def set_primary_flags(catalog: Table, patch_inner: np.ndarray, tract_inner: np.ndarray, source: str) -> None:
+    """Set ``detect_isPatchInner``, ``detect_isTractInner`` and ``detect_isPrimary`` of a catalog in place.
+
+    Parameters
+    ----------
+    catalog : `astropy.table.Table`
+        A `build_catalog` table.
+    patch_inner, tract_inner : `numpy.ndarray`
+        Per row, whether the centroid lies in the patch's and the tract's inner region.
+    source : `str`
+        Where the regions came from, recorded as ``meta["primary_flags"]``.
+    """
+    patch_inner = np.asarray(patch_inner, dtype=bool).reshape(-1)
+    tract_inner = np.asarray(tract_inner, dtype=bool).reshape(-1)
+    if patch_inner.size != len(catalog) or tract_inner.size != len(catalog):
+        raise ValueError(
+            f"{patch_inner.size} patch and {tract_inner.size} tract flags for a catalog of "
+            f"{len(catalog)} rows"
+        )
+    catalog["detect_isPatchInner"] = patch_inner
+    catalog["detect_isTractInner"] = tract_inner
+    catalog["detect_isPrimary"] = patch_inner & tract_inner
+    catalog.meta["primary_flags"] = source
+    catalog.meta.setdefault("counts", {})["primary"] = int(np.sum(patch_inner & tract_inner))
+
+
 def build_catalog(
     detections: Detections,
     image: MultibandImage,
@@ -300,6 +358,8 @@ def build_catalog(
     saturated_bits = image.plane_bits(saturated_planes)
     invalid_any = np.zeros(owner.size, dtype=bool)
     saturated_any = np.zeros(owner.size, dtype=bool)
+    bad_variance_any = np.zeros(owner.size, dtype=bool)
+    no_error = np.zeros(n, dtype=bool)
     clean = np.empty((n_bands, owner.size), dtype=np.float64)
     footprint_flux = np.zeros((n_bands, n))
     footprint_var = np.full((n_bands, n), np.nan)
@@ -315,7 +375,16 @@ def build_catalog(
         footprint_flux[b] = np.bincount(owner, weights=clean[b], minlength=n)
         if image.variance is not None:
             variance = _gather(image.variance[b], linear).astype(np.float64)
-            footprint_var[b] = np.bincount(owner, weights=np.where(invalid, 0.0, variance), minlength=n)
+            # Zero, negative or non-finite variance: the pixel counts for the flux but not for its error.
+            bad = ~invalid & ~(np.isfinite(variance) & (variance > 0))
+            bad_variance_any |= bad
+            good = ~invalid & ~bad
+            footprint_var[b] = np.bincount(owner, weights=np.where(good, variance, 0.0), minlength=n)
+            has_good = np.bincount(owner, weights=good, minlength=n) > 0
+            footprint_var[b][~has_good] = np.nan
+            no_error |= ~has_good
+        else:
+            no_error[:] = True
     detection = clean.sum(axis=0)
 
     # Centroids weighted by the positive detection flux; unweighted where there is none.
@@ -392,6 +461,7 @@ def build_catalog(
     with np.errstate(invalid="ignore", divide="ignore"):
         nodata_fraction = np.where(area > 0, nodata_count / np.maximum(area, 1), 0.0)
     saturated = np.bincount(owner, weights=saturated_any, minlength=n) > 0
+    bad_variance = (np.bincount(owner, weights=bad_variance_any, minlength=n) > 0) | no_error
 
     footprint_column = np.empty(n, dtype=object)
     for i, spans_i in enumerate(detections.footprints):
@@ -423,8 +493,12 @@ def build_catalog(
         "nodata_fraction": nodata_fraction,
         "flag_nodata": nodata_count > 0,
         "flag_saturated": saturated,
+        "flag_bad_variance": bad_variance,
         "flag_patch_edge": patch_edge,
         "flag_merged_duplicate": detections.merged_duplicate,
+        "detect_isPatchInner": np.ones(n, dtype=bool),
+        "detect_isTractInner": np.ones(n, dtype=bool),
+        "detect_isPrimary": np.ones(n, dtype=bool),
         "tile_index": detections.tile_index,
         "tract": np.full(n, tract),
         "patch": np.full(n, patch),
@@ -460,11 +534,13 @@ def build_catalog(
                 "merged_duplicates": int(np.sum(detections.merged_duplicate)),
                 "flag_nodata": int(np.sum(nodata_count > 0)),
                 "flag_saturated": int(np.sum(saturated)),
+                "flag_bad_variance": int(np.sum(bad_variance)),
                 "flag_patch_edge": int(np.sum(patch_edge)),
             },
             "id_layout": id_packer.to_dict(),
             "edge_margin": int(edge_margin),
             "apportion_rule": APPORTION_RULE,
+            "primary_flags": "not set (no patch or tract region given)",
             "inference": _plain(detections.stats),
         }
     )

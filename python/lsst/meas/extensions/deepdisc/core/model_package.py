@@ -62,6 +62,7 @@ __all__ = [
     "StateDictDiff",
     "compare_state_dicts",
     "load_checkpoint_state_dict",
+    "set_score_threshold",
 ]
 
 import datetime
@@ -123,6 +124,8 @@ _METADATA_KEYS = (
     "package_version",
     "format_version",
 )
+# Keys a package may carry (older packages lack them; they are written only when set).
+_OPTIONAL_METADATA_KEYS = ("score_threshold",)
 
 
 class ModelPackageError(ValueError):
@@ -230,6 +233,26 @@ def compare_state_dicts(
         if key in given and tuple(expected[key].shape) != tuple(given[key].shape)
     )
     return StateDictDiff(missing=missing, unexpected=unexpected, shape_mismatches=mismatches)
+
+
+def set_score_threshold(model: torch.nn.Module, threshold: float) -> int:
+    """Set the test score threshold of every box predictor of ``model``; returns how many were set.
+
+    Raises
+    ------
+    ValueError
+        If ``threshold`` is outside ``[0, 1]`` or the model has no box predictor with such a threshold.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"score threshold must be in [0, 1], got {threshold}")
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "test_score_thresh"):
+            module.test_score_thresh = float(threshold)
+            count += 1
+    if not count:
+        raise ValueError(f"{type(model).__name__} has no box predictor with a test score threshold")
+    return count
 
 
 def _file_sha256(path: Path) -> str:
@@ -513,6 +536,10 @@ class ModelPackage:
     provenance : `dict`
         Plain data: training data and collections, iterations, metrics, source checkpoint sha256,
         creation time (UTC), command line.
+    score_threshold : `float` or `None`
+        The operating point: the detection score threshold chosen on validation data when the model was
+        trained (`None`: not recorded; the model config's own ``SCORE_THRESH_TEST`` applies).  The detection
+        task uses it unless configured otherwise, and `build_model` can set any other.
     package_version : `str`
         Version of meas_extensions_deepdisc that created the package.
     format_version : `int`
@@ -530,6 +557,7 @@ class ModelPackage:
     pixel_std: tuple[float, ...] | None = None
     architecture: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    score_threshold: float | None = None
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -559,6 +587,12 @@ class ModelPackage:
         if not isinstance(self.provenance, Mapping):
             raise ModelPackageError(f"provenance must be a mapping, got {type(self.provenance).__name__}")
         self.provenance = _to_plain(self.provenance, "provenance")
+        if self.score_threshold is not None:
+            if isinstance(self.score_threshold, bool) or not isinstance(self.score_threshold, (int, float)):
+                raise ModelPackageError(f"score_threshold must be a number, got {self.score_threshold!r}")
+            if not 0.0 <= float(self.score_threshold) <= 1.0:
+                raise ModelPackageError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+            self.score_threshold = float(self.score_threshold)
         if not isinstance(self.state_dict, Mapping) or not self.state_dict:
             raise ModelPackageError("state_dict must be a non-empty mapping of names to tensors")
         for key, tensor in self.state_dict.items():
@@ -707,13 +741,18 @@ class ModelPackage:
 
     # ------------------------------------------------------------------ using the model
 
-    def build_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+    def build_model(
+        self, device: str | torch.device = "cpu", score_threshold: float | None = None
+    ) -> torch.nn.Module:
         """Build the network from ``model_config`` and load the weights (``strict=True``), in eval mode.
 
         Parameters
         ----------
         device : `str` or `torch.device`
             Where the model runs.
+        score_threshold : `float`, optional
+            Detection score threshold of the built model's box predictors (every cascade stage), lower or
+            higher than the config's ``SCORE_THRESH_TEST``; `None` keeps the config's.
 
         Returns
         -------
@@ -749,6 +788,8 @@ class ModelPackage:
             )
         model.load_state_dict(self.state_dict, strict=True)
         self._check_model_consistency(model)
+        if score_threshold is not None:
+            set_score_threshold(model, score_threshold)
         model.eval()
         return model
 
@@ -847,6 +888,7 @@ class ModelPackage:
             "provenance": self.provenance,
             "package_version": self.package_version,
             "format_version": self.format_version,
+            **({} if self.score_threshold is None else {"score_threshold": self.score_threshold}),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -881,6 +923,8 @@ class ModelPackage:
             f"  classes        : {', '.join(f'{i}={c}' for i, c in enumerate(self.class_names))}",
             f"  scaling        : {scaling.name} ({params}); invalid planes {list(scaling.invalid_planes)}",
             f"  pixel mean/std : {mean} / {std}",
+            "  score threshold: "
+            + ("(model config's)" if self.score_threshold is None else f"{self.score_threshold:g}"),
             f"  weights        : {weights['tensors']} tensors, {weights['values']:,} values, "
             f"{weights['bytes'] / 2**20:.1f} MiB ({dtypes})",
             f"  format         : {FORMAT_NAME} v{self.format_version}, written by "
@@ -1164,7 +1208,7 @@ class ModelPackage:
         metadata = members[METADATA_MEMBER]
         if not isinstance(metadata, dict):
             raise ModelPackageError(f"{METADATA_MEMBER} must be a mapping")
-        unknown = sorted(set(metadata) - set(_METADATA_KEYS))
+        unknown = sorted(set(metadata) - set(_METADATA_KEYS) - set(_OPTIONAL_METADATA_KEYS))
         missing = [key for key in _METADATA_KEYS if key not in metadata]
         if unknown or missing:
             raise ModelPackageError(f"{METADATA_MEMBER} has unknown keys {unknown} / lacks keys {missing}")
@@ -1191,6 +1235,7 @@ class ModelPackage:
             pixel_std=metadata["pixel_std"],
             architecture=metadata["architecture"],
             provenance=metadata["provenance"],
+            score_threshold=metadata.get("score_threshold"),
             package_version=metadata["package_version"],
             format_version=metadata["format_version"],
         )

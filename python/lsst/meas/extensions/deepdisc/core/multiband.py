@@ -29,7 +29,7 @@ astropy WCS and the parent-coordinate origin ``xy0 = (x0, y0)`` of pixel ``[0, 0
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_MASK_PLANES", "MissingBandError", "MultibandImage"]
+__all__ = ["DEFAULT_MASK_PLANES", "MissingBandError", "MultibandImage", "same_sky_grid", "set_bit_numbers"]
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -239,3 +239,40 @@ class MultibandImage:
             raise ValueError("this image has no WCS")
         ra, dec = self.wcs.pixel_to_world_values(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
         return np.asarray(ra) % 360.0, np.asarray(dec)
+
+
+def same_sky_grid(
+    wcs_a: WCS | None,
+    wcs_b: WCS | None,
+    shape: tuple[int, int],
+    xy0: tuple[int, int],
+    tolerance_px: float = 1e-3,
+) -> bool:
+    """Whether two parent-coordinate WCSs put the corners of an image on the same sky within a tolerance.
+
+    Parameters
+    ----------
+    wcs_a, wcs_b : `astropy.wcs.WCS` or `None`
+        The two WCSs (two missing WCSs agree; one missing does not).
+    shape : `tuple` [`int`, `int`]
+        ``(height, width)`` of the image.
+    xy0 : `tuple` [`int`, `int`]
+        Parent coordinates of its first pixel.
+    tolerance_px : `float`
+        Largest allowed offset, in pixels of ``wcs_b``.
+    """
+    if wcs_a is None or wcs_b is None:
+        return wcs_a is None and wcs_b is None
+    x0, y0 = xy0
+    x = np.array([x0, x0 + shape[1] - 1, x0, x0 + shape[1] - 1], dtype=float)
+    y = np.array([y0, y0, y0 + shape[0] - 1, y0 + shape[0] - 1], dtype=float)
+    ra, dec = wcs_a.pixel_to_world_values(x, y)
+    xb, yb = wcs_b.world_to_pixel_values(ra, dec)
+    return bool(np.all(np.hypot(xb - x, yb - y) < tolerance_px))
+
+
+def set_bit_numbers(bits: np.ndarray) -> list[int]:
+    """The bit numbers (0 = least significant) set anywhere in an integer array."""
+    values = np.asarray(bits).astype(np.int64).ravel()
+    combined = int(np.bitwise_or.reduce(values)) if values.size else 0
+    return [number for number in range(64) if (combined >> number) & 1]

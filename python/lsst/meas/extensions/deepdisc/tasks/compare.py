@@ -62,6 +62,7 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
 from ..butler.conversions import multiband_from_coadds
+from ..butler.regions import inside_region, patch_and_tract_regions
 from ..core.baseline import run_sep_baseline
 from ..core.comparison import (
     ComparisonCatalog,
@@ -325,19 +326,6 @@ def source_catalog_to_table(catalog: Any) -> Table:
     return table
 
 
-def _inside_region(region: Any, ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
-    """Whether each position is in a sphgeom region; positions with unknown coordinates count as inside."""
-    ra_deg = np.asarray(ra_deg, dtype=np.float64)
-    dec_deg = np.asarray(dec_deg, dtype=np.float64)
-    known = np.isfinite(ra_deg) & np.isfinite(dec_deg)
-    inside = np.ones(ra_deg.size, dtype=bool)
-    if known.any():
-        inside[known] = np.asarray(
-            region.contains(np.radians(ra_deg[known]), np.radians(dec_deg[known])), dtype=bool
-        )
-    return inside
-
-
 class CompareDeepDiscTask(pipeBase.PipelineTask):
     """Compare DeepDISC, scarlet and a sep baseline with a reference catalog, on one patch.
 
@@ -397,12 +385,7 @@ class CompareDeepDiscTask(pipeBase.PipelineTask):
         """The patch's inner sky region from the expanded data ID, or `None` (with a warning)."""
         if not self.config.doInnerRegion:
             return None
-        region = None
-        try:
-            if data_id.hasRecords():
-                region = data_id.records["patch"].region
-        except (AttributeError, KeyError, LookupError):
-            region = None
+        region, _ = patch_and_tract_regions(data_id)
         if region is None:
             self.log.warning("The data ID has no patch region: counting every object of the patch.")
         return region
@@ -494,7 +477,7 @@ class CompareDeepDiscTask(pipeBase.PipelineTask):
             )
         if inner_region is not None:
             for catalog in catalogs.values():
-                catalog.in_region = _inside_region(inner_region, catalog.ra, catalog.dec)
+                catalog.in_region = inside_region(inner_region, catalog.ra, catalog.dec)
 
         reference = catalogs.pop(reference_name)
         image_bbox = None if image is None else (image.xy0[0], image.xy0[1], image.width, image.height)

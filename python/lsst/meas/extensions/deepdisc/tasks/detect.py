@@ -24,6 +24,7 @@ from __future__ import annotations
 
 __all__ = ["DeepDiscDetectConfig", "DeepDiscDetectConnections", "DeepDiscDetectTask"]
 
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -37,8 +38,9 @@ import lsst.pipe.base.connectionTypes as cT
 
 from ..butler.conversions import multiband_from_coadds
 from ..butler.model_formatter import MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
+from ..butler.regions import inside_region, patch_and_tract_regions
 from ..butler.tables import to_arrow
-from ..core.catalog import build_catalog
+from ..core.catalog import build_catalog, set_primary_flags
 from ..core.ids import IdPacker
 from ..core.inference import InferenceConfig, run_tiled_inference, select_device
 from ..core.model_package import ModelPackage
@@ -98,7 +100,11 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
     )
     halfPrecision = pexConfig.Field[bool](doc="fp16 autocast on GPU (ignored on CPU).", default=False)
     scoreThreshold = pexConfig.Field[float](
-        doc="Minimum detection score kept (on top of the model's own threshold).", default=0.0
+        doc="Detection score threshold of the model, lower or higher than the one it was packaged with. "
+        "None: the package's operating point (chosen on validation data when it was trained; "
+        "`deepdisc-model inspect` shows it), else the model config's SCORE_THRESH_TEST.",
+        default=None,
+        optional=True,
     )
     stitchMargin = pexConfig.Field[int](
         doc="Pixels by which tile interiors are widened when stitching, so that a source whose copies in two "
@@ -130,6 +136,10 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
             raise pexConfig.FieldValidationError(
                 DeepDiscDetectConfig.tileOverlap, self, "tileOverlap must be smaller than tileSize"
             )
+        if self.scoreThreshold is not None and not 0.0 <= self.scoreThreshold <= 1.0:
+            raise pexConfig.FieldValidationError(
+                DeepDiscDetectConfig.scoreThreshold, self, "scoreThreshold must be in [0, 1] or None"
+            )
 
 
 class DeepDiscDetectTask(pipeBase.PipelineTask):
@@ -157,7 +167,15 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         coadds = {band: butlerQC.get(refs_by_band[band]) for band in bands}
         image = self.to_multiband(coadds, bands)
         data_id = butlerQC.quantum.dataId
-        result = self.run(image, model_package, tract=int(data_id["tract"]), patch=int(data_id["patch"]))
+        patch_region, tract_region = patch_and_tract_regions(data_id)
+        result = self.run(
+            image,
+            model_package,
+            tract=int(data_id["tract"]),
+            patch=int(data_id["patch"]),
+            patch_region=patch_region,
+            tract_region=tract_region,
+        )
         butlerQC.put(to_arrow(result.catalog), outputRefs.catalog)
         if self.config.doWriteSourceCatalog:
             from ..butler.afw_catalog import make_source_catalog  # lazy: needs lsst.afw
@@ -188,7 +206,13 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         return multiband_from_coadds(coadds, bands, self.config.coaddStorageClass)
 
     def run(
-        self, image: MultibandImage, model_package: ModelPackage, tract: int = 0, patch: int = 0
+        self,
+        image: MultibandImage,
+        model_package: ModelPackage,
+        tract: int = 0,
+        patch: int = 0,
+        patch_region: Any | None = None,
+        tract_region: Any | None = None,
     ) -> pipeBase.Struct:
         """Detect sources on a multi-band image.
 
@@ -200,6 +224,9 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             The model.
         tract, patch : `int`
             Used to pack ids unique across patches.
+        patch_region, tract_region : `lsst.sphgeom.Region`, optional
+            The patch's and the tract's inner regions, for ``detect_isPatchInner``, ``detect_isTractInner``
+            and ``detect_isPrimary``; without them every row is flagged inner (with a warning).
 
         Returns
         -------
@@ -235,19 +262,25 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
 
             detections = Detections.empty(len(model_package.class_names))
             catalog = build_catalog(detections, image, **catalog_kwargs)
+            self.flag_primary(catalog, patch_region, tract_region)
             self._record(catalog, start, device="none", inference_seconds=0.0)
             return pipeBase.Struct(catalog=catalog, detections=detections)
 
         scaled, _ = model_package.scaling.apply(image)
         device = select_device(self.config.device)
-        model = model_package.build_model(device=str(device))
+        score_threshold = (
+            self.config.scoreThreshold
+            if self.config.scoreThreshold is not None
+            else model_package.score_threshold
+        )
+        model = model_package.build_model(device=str(device), score_threshold=score_threshold)
+        self.metadata["score_threshold"] = math.nan if score_threshold is None else score_threshold
         inference_config = InferenceConfig(
             tile_size=self.config.tileSize,
             overlap=self.config.tileOverlap,
             batch_size=self.config.batchSize,
             device=str(device),
             half=self.config.halfPrecision,
-            score_threshold=self.config.scoreThreshold,
             merge_iou=self.config.mergeIou,
             stitch_margin=self.config.stitchMargin,
         )
@@ -268,8 +301,27 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         )
         inference_seconds = time.perf_counter() - t0
         catalog = build_catalog(detections, image, **catalog_kwargs)
+        self.flag_primary(catalog, patch_region, tract_region)
         self._record(catalog, start, device=str(device), inference_seconds=inference_seconds)
         return pipeBase.Struct(catalog=catalog, detections=detections)
+
+    def flag_primary(self, catalog: Table, patch_region: Any | None, tract_region: Any | None) -> None:
+        """Set the primary flags of ``catalog`` from the inner regions (warn when they are unknown)."""
+        if patch_region is None or tract_region is None:
+            missing = [name for name, r in (("patch", patch_region), ("tract", tract_region)) if r is None]
+            self.log.warning(
+                "No %s region: detect_isPrimary is true for every row, so the patch overlaps are not "
+                "resolved; concatenated patches will hold the sources of their overlaps twice",
+                " and ".join(missing),
+            )
+            return
+        ra, dec = np.asarray(catalog["coord_ra"]), np.asarray(catalog["coord_dec"])
+        set_primary_flags(
+            catalog,
+            inside_region(patch_region, ra, dec),
+            inside_region(tract_region, ra, dec),
+            source="patch and tract regions of the data ID",
+        )
 
     def _record(self, catalog: Table, start: float, device: str, inference_seconds: float) -> None:
         """Counts and timings in the task metadata (and one summary log line)."""
@@ -280,6 +332,15 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             counts = {str(k): int(v) for k, v in zip(names, numbers)}
         total = time.perf_counter() - start
         self.metadata["n_sources"] = n
+        n_bad_variance = int(np.sum(catalog["flag_bad_variance"])) if n else 0
+        self.metadata["n_bad_variance"] = n_bad_variance
+        if n_bad_variance:
+            self.log.warning(
+                "%d of %d sources cover pixels with zero, negative or non-finite variance: their flux errors "
+                "leave those pixels out (NaN when none is left) and flag_bad_variance is set",
+                n_bad_variance,
+                n,
+            )
         for name, value in counts.items():
             self.metadata[f"n_{name}"] = value
         self.metadata["inference_seconds"] = inference_seconds
