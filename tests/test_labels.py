@@ -40,17 +40,26 @@ from lsst.meas.extensions.deepdisc.core.coco import CATEGORY_ID_OFFSET
 from lsst.meas.extensions.deepdisc.core.footprints import spans_to_mask, unflatten_spans
 from lsst.meas.extensions.deepdisc.core.labels import (
     LabelConfig,
-    build_labels,
     empty_labels,
     examples_to_coco,
     labels_to_coco,
     labels_to_examples,
     tile_origins,
 )
+from lsst.meas.extensions.deepdisc.core.labels import build_labels as core_build_labels
 from lsst.meas.extensions.deepdisc.core.multiband import DEFAULT_MASK_PLANES, MissingBandError, MultibandImage
 from lsst.meas.extensions.deepdisc.core.scaling import ScalingSpec
-from lsst.meas.extensions.deepdisc.core.scarlet_io import model_data_from_deblended
+from lsst.meas.extensions.deepdisc.sim.scarlet_archive import model_data_from_deblended
 from lsst.meas.extensions.deepdisc.sim.types import DeblendedBlend, DeblendedSource
+
+STACK_RULE = {"threshold_mode": "model", "detection_weighting": "sum"}
+
+
+def build_labels(*args, **kwargs):
+    """`build_labels` with the stack's "model > threshold" rule unless a test names another: most tests
+    here check footprints against rendered models exactly, which that rule makes simple."""
+    return core_build_labels(*args, **{**STACK_RULE, **kwargs})
+
 
 BANDS = ("g", "r")
 PSF_SIGMA = {"g": 1.7, "r": 1.4}
@@ -354,6 +363,26 @@ def test_classes_from_a_reference_catalog(scene):
     )
     assert list(checked["source_id"]) == [11, 21]
     assert checked.meta["n_dropped"]["reference_mag_mismatch"] == 1
+    # Keeping unmatched sources with their extendedness class keeps every footprint.
+    kept = build_labels(
+        image,
+        models,
+        objects,
+        class_source="reference",
+        reference=reference,
+        reference_mag_column="mag_{band}",
+        reference_unmatched="extendedness",
+    )
+    extendedness = dict(zip(objects["objectId"].tolist(), np.asarray(objects["refExtendedness"]).tolist()))
+    assert list(kept["source_id"]) == [11, 12, 21, 31]
+    assert kept.meta["n_class_from_extendedness"] == 2
+    assert sum(kept.meta["n_dropped"].values()) == 0
+    for row in kept:
+        if int(row["source_id"]) in (12, 31):
+            expected = "galaxy" if extendedness[int(row["source_id"])] >= 0.5 else "star"
+            assert row["class_name"] == expected
+    with pytest.raises(ValueError, match="reference_unmatched"):
+        LabelConfig(reference_unmatched="guess")
 
 
 def test_bad_inputs_give_clear_errors(scene):
@@ -466,3 +495,15 @@ def test_coco_export_round_trips_the_masks(scene):
     assert np.array_equal(decoded.astype(bool), examples[0].masks()[0])
     empty = labels_to_coco(empty_labels(), image)
     assert empty["annotations"] == []
+
+
+def test_default_rule_is_truth_aligned_and_shared_with_the_task() -> None:
+    from lsst.meas.extensions.deepdisc.tasks.labels import BuildDeepDiscLabelsConfig
+
+    default = LabelConfig()
+    assert (default.threshold_mode, default.sigma_threshold, default.detection_weighting) == (
+        "background_sigma",
+        1.0,
+        "inverse_variance",
+    )
+    assert BuildDeepDiscLabelsConfig().label_config() == default

@@ -60,6 +60,7 @@ PLOTS = (
     ("deepdisc_classification_plot", "Star/galaxy precision, recall, F1 vs magnitude"),
     ("deepdisc_blend_outcomes_plot", "Blend outcomes vs magnitude"),
     ("deepdisc_iou_plot", "IoU of matched pairs"),
+    ("deepdisc_precision_recall_plot", "DeepDISC precision-recall over score thresholds"),
 )
 METHOD_LABELS = {"deepdisc": "DeepDISC", "scarlet": "scarlet-style deblender", "sep": "sep baseline"}
 
@@ -179,7 +180,7 @@ def detect_and_compare(repo: Path, skymap: str, inputs: list[str], jobs: int) ->
         str(jobs),
     ]
     if _has(repo, "object_deepdisc", OUTPUT_COLLECTION):
-        args += ["--extend-run", "--skip-existing"]  # an interrupted earlier run: finish what is missing
+        args += ["--extend-run", "--skip-existing", "--clobber-outputs"]  # finish an interrupted run
     _run(args)
 
 
@@ -202,6 +203,37 @@ def summary_table(summary: Table) -> Table:
         rows[column.removeprefix("frac_").replace("_", " ")] = np.round(np.asarray(totals[column], float), 3)
     rows.meta["reference"] = str(totals["reference"][0]) if "reference" in totals.colnames else "truth"
     rows.meta["n_ref"] = int(totals["n_ref"][0]) if "n_ref" in totals.colnames else 0
+    return rows
+
+
+MAGNITUDE_EDGES = (16.0, 22.0, 23.0, 24.0, 25.0, 26.0, 27.0)
+"""Truth i-magnitude bins of the per-magnitude table (the summary's 1-mag bins, merged below 22)."""
+
+
+def per_magnitude_table(summary: Table, edges: tuple[float, ...] = MAGNITUDE_EDGES) -> Table:
+    """Completeness and purity per magnitude bin and method, next to the all-magnitude values.
+
+    Bins of the comparison summary that fall inside a wider bin are merged by adding their counts (matched
+    and total references for completeness, matched and total detections for purity).
+    """
+    binned = summary[~np.asarray(summary["is_total"], dtype=bool)]
+    totals = summary[np.asarray(summary["is_total"], dtype=bool)]
+    rows = Table()
+    methods = [str(m) for m in totals["method"]]
+    rows["method"] = [METHOD_LABELS.get(m, m) for m in methods]
+    for quantity, matched, count in (
+        ("completeness", "n_ref_matched", "n_ref"),
+        ("purity", "n_det_matched", "n_det"),
+    ):
+        for low, high in zip(edges[:-1], edges[1:]):
+            values = []
+            for method in methods:
+                block = binned[np.asarray(binned["method"], dtype=str) == method]
+                inside = (np.asarray(block["mag_min"]) >= low) & (np.asarray(block["mag_max"]) <= high)
+                total = int(np.sum(block[count][inside]))
+                values.append(round(float(np.sum(block[matched][inside])) / total, 3) if total else np.nan)
+            rows[f"{quantity[0].upper()} {low:g}-{high:g}"] = values
+        rows[f"{quantity[0].upper()} all"] = np.round(np.asarray(totals[quantity], dtype=float), 3)
     return rows
 
 
@@ -239,9 +271,18 @@ def write_report(repo: Path, skymap: str, output: Path) -> Table:
     )
     table.pprint(max_width=-1, max_lines=-1)
     print()
-    buffer = io.StringIO()
-    table.write(buffer, format="ascii.html")
-    rows_html = buffer.getvalue().split("<body>")[-1].split("</body>")[0]
+    by_magnitude = per_magnitude_table(summary)
+    print(
+        "Completeness (C) and purity (P) per truth i-magnitude bin (an unmatched detection counts at its "
+        "measured magnitude):"
+    )
+    by_magnitude.pprint(max_width=-1, max_lines=-1)
+    print()
+    rows_html = ""
+    for part in (table, by_magnitude):
+        buffer = io.StringIO()
+        part.write(buffer, format="ascii.html")
+        rows_html += buffer.getvalue().split("<body>")[-1].split("</body>")[0]
     body = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>DeepDISC demo report</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto} img{max-width:100%}"

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "repo", help="repository root (created if missing) or an existing repository's config"
     )
-    parser.add_argument("--preset", default="tiny", help="simulation preset: tiny, small, benchmark")
+    parser.add_argument("--preset", default="tiny", help="simulation preset: tiny, small, train, benchmark")
     parser.add_argument("--seed", type=int, help="base seed (default: each tract's seed from the preset)")
     parser.add_argument("--collection", help="CHAINED input collection (default sim/<preset>)")
     parser.add_argument("--run", help="RUN collection (default <collection>/run)")

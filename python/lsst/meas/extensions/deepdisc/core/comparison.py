@@ -40,7 +40,8 @@ Match table
 `compare_to_reference` returns one row per evaluated reference object (``row_type = "reference"``) with, for
 every method ``m``: ``m_matched``, ``m_id`` (0 when unmatched), ``m_match_type`` (``iou``/``distance``/empty),
 ``m_iou`` (the IoU used for matching), ``m_bbox_iou``, ``m_mask_iou``, ``m_distance`` (pixels), ``m_class_id``
-(predicted class of the match, -1 unknown), ``m_mag`` (measured magnitude of the match) and ``m_outcome``
+(predicted class of the match, -1 unknown), ``m_mag`` (measured magnitude of the match), ``m_score`` (its
+score; NaN for methods without scores) and ``m_outcome``
 (blend outcome of the reference object's friends-of-friends group against method ``m``); then one row per
 unmatched evaluated detection (``row_type = "detection"``) with ``det_method``, ``det_id``, ``det_x``,
 ``det_y``, ``det_mag``, ``det_class_id``, ``det_score`` and ``det_outcome``.  `summarize_matches` turns a
@@ -59,6 +60,7 @@ __all__ = [
     "flux_to_mag",
     "labels_catalog",
     "match_table_methods",
+    "precision_recall_from_matches",
     "match_table_reference",
     "restrict_match",
     "scarlet_catalog",
@@ -186,18 +188,7 @@ class ComparisonCatalog:
 
     def subset(self, keep: np.ndarray) -> SourceArrays:
         """The sources selected by a boolean mask, as new `~.matching.SourceArrays`."""
-        keep = np.asarray(keep, dtype=bool)
-        s = self.sources
-        index = np.flatnonzero(keep)
-        return SourceArrays(
-            x=s.x[index],
-            y=s.y[index],
-            bbox=None if s.bbox is None else s.bbox[index],
-            spans=None if s.spans is None else [s.spans[i] for i in index],
-            class_id=None if s.class_id is None else s.class_id[index],
-            score=None if s.score is None else s.score[index],
-            mag=None if s.mag is None else s.mag[index],
-        )
+        return self.sources.select(np.asarray(keep, dtype=bool))
 
 
 def truth_catalog(
@@ -654,6 +645,10 @@ def compare_to_reference(
         mag_of_match = np.full(n_ref_rows, np.nan)
         mag_of_match[has] = det.mag[det_index[has]]
         ref_columns[f"{name}_mag"] = mag_of_match
+        score_of_match = np.full(n_ref_rows, np.nan)
+        if det.score is not None:
+            score_of_match[has] = det.score[det_index[has]]
+        ref_columns[f"{name}_score"] = score_of_match
         ref_columns[f"{name}_outcome"] = np.asarray(outcomes.truth["outcome"], dtype="U18")[ref_rows]
 
         # Unmatched evaluated detections.
@@ -787,6 +782,67 @@ def _metrics_table(rows: list[dict[str, Any]]) -> Table:
     return Table(
         {"tract": np.zeros(0, np.int64), "patch": np.zeros(0, np.int64), "method": np.zeros(0, "U16")}
     )
+
+
+def precision_recall_from_matches(matches: Table, method: str, thresholds: Sequence[float]) -> Table:
+    """Precision (purity) and recall (completeness) of a method's detections above each score threshold.
+
+    The one-to-one matching of the match table (made on the whole catalog) is kept: at threshold ``t``, a
+    reference object counts as found when its match scores at least ``t``, and the detections are the
+    matched and unmatched ones scoring at least ``t``.  This is exact for thresholds where no match would
+    change hands, and a close approximation otherwise.
+
+    Parameters
+    ----------
+    matches : `astropy.table.Table`
+        A (stacked) match table of `compare_to_reference` with ``<method>_score`` and ``det_score``.
+    method : `str`
+        The method (its detections must carry scores).
+    thresholds : sequence of `float`
+        Score thresholds.
+
+    Returns
+    -------
+    curve : `astropy.table.Table`
+        ``threshold``, ``n_ref``, ``n_det``, ``n_matched``, ``precision``, ``recall``, ``f1``.
+
+    Raises
+    ------
+    ValueError
+        If the method has no scores in the table.
+    """
+    row_type = np.asarray(matches["row_type"], dtype=str)
+    ref = matches[row_type == "reference"]
+    column = f"{method}_score"
+    if column not in matches.colnames:
+        raise ValueError(f"the match table has no {column!r} column: method {method!r} has no scores")
+    matched_scores = np.asarray(ref[column], dtype=np.float64)[np.asarray(ref[f"{method}_matched"], bool)]
+    dets = matches[(row_type == "detection") & (np.asarray(matches["det_method"], dtype=str) == method)]
+    lonely_scores = np.asarray(dets["det_score"], dtype=np.float64) if len(dets) else np.zeros(0)
+    if (
+        np.isnan(matched_scores).all()
+        and np.isnan(lonely_scores).all()
+        and (matched_scores.size or lonely_scores.size)
+    ):
+        raise ValueError(f"method {method!r} has no detection scores")
+    grid = np.asarray(sorted({float(t) for t in thresholds}), dtype=np.float64)
+    n_matched = np.array([np.sum(matched_scores >= t) for t in grid], dtype=np.int64)
+    n_det = n_matched + np.array([np.sum(lonely_scores >= t) for t in grid], dtype=np.int64)
+    n_ref = len(ref)
+    precision = np.divide(n_matched, n_det, out=np.full(grid.size, np.nan), where=n_det > 0)
+    recall = n_matched / n_ref if n_ref else np.full(grid.size, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = 2 * precision * recall / (precision + recall)
+    curve = Table()
+    curve["threshold"] = grid
+    curve["n_ref"] = np.full(grid.size, n_ref, dtype=np.int64)
+    curve["n_det"] = n_det
+    curve["n_matched"] = n_matched
+    curve["precision"] = precision
+    curve["recall"] = recall
+    curve["f1"] = np.nan_to_num(f1, nan=0.0)
+    curve.meta["method"] = method
+    return curve
 
 
 def match_table_methods(matches: Table) -> list[str]:

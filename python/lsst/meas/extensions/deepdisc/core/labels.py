@@ -29,7 +29,10 @@ Footprints
 ----------
 Every source model is rendered convolved to each band's observed PSF (`~.scarlet_io.ModelRenderer`) and
 clipped to the patch; footprints are, by default, also clipped to the box of the scarlet blend the source
-was fitted in (as ``meas_extensions_scarlet`` does).  Two rules turn the rendered model ``M_b`` into a mask:
+was fitted in (as ``meas_extensions_scarlet`` does).  Two rules turn the rendered model ``M_b`` into a mask;
+the default is ``"background_sigma"`` at 1 sigma with inverse-variance weights, which keeps every deblended
+source down to the detection limit and reproduces the simulation's truth footprints from exact models (the
+label audit, ``bench/label_audit.py``, measures each rule):
 
 ``threshold_mode="model"``
     Pixels where ``max_b M_b > model_threshold``.  With the default threshold 0 this is the stack's rule
@@ -87,6 +90,7 @@ from __future__ import annotations
 __all__ = [
     "CLASS_SOURCES",
     "DETECTION_WEIGHTINGS",
+    "REFERENCE_UNMATCHED",
     "THRESHOLD_MODES",
     "LabelConfig",
     "background_sigmas",
@@ -135,6 +139,9 @@ CLASS_SOURCES = ("extendedness", "reference")
 DETECTION_WEIGHTINGS = ("sum", "inverse_variance")
 """Band weights of the detection image: DeepDISC's plain sum, or inverse-variance weights."""
 
+REFERENCE_UNMATCHED = ("drop", "extendedness")
+"""What `build_labels` does with sources that have no reference match (``class_source="reference"``)."""
+
 _AB_ZEROPOINT_NJY = 31.4  # AB magnitude of 1 nJy.
 
 
@@ -175,6 +182,11 @@ class LabelConfig:
         Reference catalog column, true for stars (bool, or numeric non-zero).
     reference_mag_column : `str`
         Reference magnitude column, ``{band}`` replaced by the label's magnitude band; empty: no check.
+    reference_unmatched : `str`
+        What happens to a source without a (magnitude-consistent) reference match: ``"drop"`` it, or keep
+        it with its ``"extendedness"`` class (counted as ``n_class_from_extendedness`` in the metadata).
+        Dropping teaches the model that such sources are background; keeping them keeps every footprint
+        the deblender found.
     min_area : `int`
         Smallest footprint (pixels, after removing pixels without data).
     max_no_data_fraction : `float`
@@ -198,10 +210,10 @@ class LabelConfig:
         Object-table column copied to ``is_primary`` (all true when absent).
     """
 
-    threshold_mode: str = "model"
+    threshold_mode: str = "background_sigma"
     model_threshold: float = 0.0
-    sigma_threshold: float = 5.0
-    detection_weighting: str = "sum"
+    sigma_threshold: float = 1.0
+    detection_weighting: str = "inverse_variance"
     clip_to_blend_box: bool = True
     class_source: str = "extendedness"
     extendedness_column: str = "refExtendedness"
@@ -213,6 +225,7 @@ class LabelConfig:
     reference_dec_column: str = "dec"
     reference_star_column: str = "is_star"
     reference_mag_column: str = ""
+    reference_unmatched: str = "drop"
     min_area: int = 1
     max_no_data_fraction: float = 0.3
     no_data_planes: tuple[str, ...] = ("NO_DATA",)
@@ -249,6 +262,10 @@ class LabelConfig:
         if not self.reference_match_radius_arcsec > 0:
             raise ValueError(
                 f"reference_match_radius_arcsec must be positive, got {self.reference_match_radius_arcsec}"
+            )
+        if self.reference_unmatched not in REFERENCE_UNMATCHED:
+            raise ValueError(
+                f"reference_unmatched must be one of {REFERENCE_UNMATCHED}, got {self.reference_unmatched!r}"
             )
         if not self.reference_max_delta_mag > 0:
             raise ValueError(f"reference_max_delta_mag must be positive, got {self.reference_max_delta_mag}")
@@ -647,7 +664,9 @@ def build_labels(
         rows.append(row)
 
     if reference_arrays is not None and rows:
-        rows = _classify_by_reference(rows, reference, reference_arrays, config, dropped)
+        fallback = {"n_class_from_extendedness": 0}
+        rows = _classify_by_reference(rows, reference, reference_arrays, config, dropped, fallback)
+        meta.update(fallback)
     meta["n_dropped"] = dropped
     if not rows:
         return empty_labels(config, **meta)
@@ -753,6 +772,7 @@ def _classify_by_reference(
     reference_arrays: tuple[SkyCoord, np.ndarray],
     config: LabelConfig,
     dropped: dict[str, int],
+    fallback: dict[str, int],
 ) -> list[dict[str, Any]]:
     """Class of the nearest reference object within the radius (and magnitude tolerance)."""
     coords, is_star = reference_arrays
@@ -761,14 +781,25 @@ def _classify_by_reference(
     if not (np.all(np.isfinite(ra)) and np.all(np.isfinite(dec))):
         raise ValueError("reference matching needs sky positions: give the image a WCS or coord_ra/dec")
     kept = []
+
+    def unmatched(row: dict[str, Any], reason: str) -> None:
+        value = row.get("extendedness", math.nan)
+        if config.reference_unmatched == "extendedness" and math.isfinite(value):
+            row["class_id"] = config.galaxy_id if value >= config.extendedness_threshold else config.star_id
+            fallback["n_class_from_extendedness"] += 1
+            kept.append(row)
+        else:
+            dropped[reason] += 1
+
     if len(coords) == 0:
-        dropped["no_reference_match"] += len(rows)
+        for row in rows:
+            unmatched(row, "no_reference_match")
         return kept
     index, separation, _ = SkyCoord(ra * u.deg, dec * u.deg).match_to_catalog_sky(coords)
     separation = separation.to_value(u.arcsec)
     for row, match, sep in zip(rows, np.atleast_1d(index), np.atleast_1d(separation)):
         if sep > config.reference_match_radius_arcsec:
-            dropped["no_reference_match"] += 1
+            unmatched(row, "no_reference_match")
             continue
         if config.reference_mag_column and math.isfinite(config.reference_max_delta_mag):
             name = config.reference_mag_column.format(band=row["mag_band"])
@@ -780,7 +811,7 @@ def _classify_by_reference(
                 and math.isfinite(row["mag"])
                 and abs(reference_mag - row["mag"]) > config.reference_max_delta_mag
             ):
-                dropped["reference_mag_mismatch"] += 1
+                unmatched(row, "reference_mag_mismatch")
                 continue
         row["class_id"] = config.star_id if is_star[match] else config.galaxy_id
         row["ref_separation_arcsec"] = float(sep)

@@ -206,6 +206,20 @@ class SourceArrays:
     def __len__(self) -> int:
         return int(self.x.size)
 
+    def select(self, keep: np.ndarray) -> SourceArrays:
+        """The sources selected by a boolean mask or an index array, as new `SourceArrays`."""
+        keep = np.asarray(keep)
+        index = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64).reshape(-1)
+        return SourceArrays(
+            x=self.x[index],
+            y=self.y[index],
+            bbox=None if self.bbox is None else self.bbox[index],
+            spans=None if self.spans is None else [self.spans[i] for i in index],
+            class_id=None if self.class_id is None else self.class_id[index],
+            score=None if self.score is None else self.score[index],
+            mag=None if self.mag is None else self.mag[index],
+        )
+
     @classmethod
     def from_table(
         cls,

@@ -33,6 +33,7 @@ figures of different tracts can be compared at a glance.
 from __future__ import annotations
 
 __all__ = [
+    "precision_recall_figure",
     "CLASS_COLORS",
     "METHOD_COLORS",
     "OverlayPanel",
@@ -252,6 +253,42 @@ def iou_figure(
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="upper left", fontsize="small")
     figure.suptitle(title or f"Segmentation quality of matched pairs versus {_reference_label(matches)}")
+    return figure
+
+
+def precision_recall_figure(
+    curves: Table, operating_points: dict[str, float] | None = None, title: str = ""
+) -> Figure:
+    """Precision (purity) against recall (completeness) over score thresholds, per scored method.
+
+    Parameters
+    ----------
+    curves : `astropy.table.Table`
+        Stacked `~.comparison.precision_recall_from_matches` tables with a ``method`` column.
+    operating_points : `dict` [`str`, `float`], optional
+        Per method, the score threshold its catalog was made with (marked on the curve).
+    """
+    figure = _new_figure(6.5, 5)
+    ax = figure.subplots()
+    methods = list(dict.fromkeys(np.asarray(curves["method"], dtype=str))) if len(curves) else []
+    for index, method in enumerate(methods):
+        rows = curves[np.asarray(curves["method"], dtype=str) == method]
+        color = _method_color(method, index)
+        recall = np.asarray(rows["recall"], dtype=float)
+        precision = np.asarray(rows["precision"], dtype=float)
+        thresholds = np.asarray(rows["threshold"], dtype=float)
+        ax.plot(recall, precision, "-o", color=color, markersize=3, label=method)
+        for x, y, t in zip(recall[::2], precision[::2], thresholds[::2]):
+            ax.annotate(f"{t:.2f}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
+        if operating_points and method in operating_points:
+            at = int(np.argmin(np.abs(thresholds - operating_points[method])))
+            ax.plot(recall[at], precision[at], "*", color=color, markersize=14, label=f"{method} catalog")
+    ax.set_xlabel("Recall (completeness)")
+    ax.set_ylabel("Precision (purity)")
+    ax.grid(alpha=0.3)
+    if methods:
+        ax.legend(loc="lower left", fontsize="small")
+    figure.suptitle(title or "Precision-recall over score thresholds")
     return figure
 
 

@@ -62,12 +62,14 @@ __all__ = [
     "TrainingResult",
     "backbone_body",
     "evaluate_detections",
+    "infer_examples",
     "learning_rate_at",
     "load_matching_weights",
     "plot_training_history",
     "train_model",
 ]
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
@@ -90,6 +92,7 @@ from safetensors.torch import save_file as save_safetensors
 from .augment import AugmentConfig, augment_example
 from .footprints import spans_centroid
 from .model_package import StateDictDiff, compare_state_dicts
+from .threads import configure_torch
 from .training_data import TrainingExample, to_detectron2_dict
 
 _LOG = logging.getLogger(__name__)
@@ -100,6 +103,8 @@ STATE_FORMAT_VERSION = 1
 
 # Metrics for which smaller is better when used as ``best_metric``.
 _LOWER_IS_BETTER = frozenset({"val_loss"})
+# Label-magnitude bins of the validation recall (``recall_mag_<low>_<high>`` in the history).
+RECALL_MAG_EDGES = (16.0, 22.0, 23.0, 24.0, 25.0, 26.0)
 _AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -163,6 +168,11 @@ class TrainingConfig:
         ``"mask"`` (footprint IoU) or ``"bbox"``.
     keep_checkpoints : `int`
         Number of periodic checkpoints kept on disk (older ones are deleted); 0 keeps all.
+    num_threads : `int`
+        Torch CPU threads (`.threads.torch_threads`): 0 picks ``$OMP_NUM_THREADS`` or the available cores.
+        Denormals are flushed to zero as well.
+    prefetch : `bool`
+        Build (augment and rasterise) the next batch in a background thread while the current step runs.
     """
 
     heads_iterations: int
@@ -193,10 +203,18 @@ class TrainingConfig:
     eval_iou: float = 0.5
     eval_iou_type: str = "mask"
     keep_checkpoints: int = 2
+    num_threads: int = 0
+    prefetch: bool = True
 
     def __post_init__(self) -> None:
         self.lr_steps = tuple(int(step) for step in self.lr_steps)
-        for name in ("heads_iterations", "full_iterations", "warmup_iterations", "keep_checkpoints"):
+        for name in (
+            "heads_iterations",
+            "full_iterations",
+            "warmup_iterations",
+            "keep_checkpoints",
+            "num_threads",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.total_iterations < 1:
@@ -596,6 +614,45 @@ def _training_batch(
     return batch
 
 
+class _BatchSource:
+    """Training batches by iteration, the next one built in a background thread while a step runs.
+
+    A batch is a pure function of ``(seed, iteration)``, so prefetching changes no result.
+    """
+
+    def __init__(self, examples: Sequence[TrainingExample], config: TrainingConfig, total: int) -> None:
+        self._examples = examples
+        self._config = config
+        self._total = total
+        self._executor = (
+            concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepdisc-batch")
+            if config.prefetch
+            else None
+        )
+        self._pending: dict[int, concurrent.futures.Future] = {}
+
+    def get(self, iteration: int) -> list[dict[str, Any]]:
+        """The batch of ``iteration``; schedules the one after it."""
+        future = self._pending.pop(iteration, None)
+        batch = (
+            future.result()
+            if future is not None
+            else _training_batch(self._examples, self._config, iteration)
+        )
+        following = iteration + 1
+        if self._executor is not None and following < self._total and following not in self._pending:
+            self._pending[following] = self._executor.submit(
+                _training_batch, self._examples, self._config, following
+            )
+        return batch
+
+    def close(self) -> None:
+        """Stop the background thread (a pending batch is dropped)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+
+
 def _check_examples(
     train: Sequence[TrainingExample], val: Sequence[TrainingExample], model: torch.nn.Module
 ) -> None:
@@ -728,6 +785,7 @@ def _truth_arrays(example: TrainingExample) -> Any:
         y=np.array([y for _, y in centres], dtype=np.float64),
         spans=[label.spans for label in example.instances],
         class_id=example.class_ids,
+        mag=np.array([label.magnitude for label in example.instances], dtype=np.float64),
     )
 
 
@@ -814,6 +872,56 @@ def _coco_ap(
     return {"ap": scores.ap, "ap50": scores.ap50}
 
 
+def infer_examples(
+    model: Any,
+    examples: Sequence[TrainingExample],
+    device: str = "auto",
+    seed: int = 0,
+    log: logging.Logger | None = None,
+) -> tuple[list[Any], list[Any]]:
+    """Run a model on labelled examples, each as one tile of the production inference path.
+
+    Parameters
+    ----------
+    model : `torch.nn.Module` or callable
+        A detectron2 ``GeneralizedRCNN``-style model (put in eval mode and on ``device``).
+    examples : `~collections.abc.Sequence` [`TrainingExample`]
+        Labelled, scaled examples.
+    device : `str`
+        Torch device name (``"auto"``: CUDA when available).
+    seed : `int`
+        Seed of a forked torch RNG (the caller's random stream is not disturbed).
+    log : `logging.Logger`, optional
+        For warnings (per-image lines are suppressed).
+
+    Returns
+    -------
+    truths, detections : `list` [`.matching.SourceArrays`]
+        Per example: its labels, and every detection the model returned (with scores).
+    """
+    from .inference import InferenceConfig, run_tiled_inference
+
+    torch_device = _resolve_device(device)
+    quiet = _QuietLog(log or _LOG)
+    num_classes = _num_classes(model, examples)
+    truths, found = [], []
+    with _forked_rng(torch_device, seed):
+        for example in examples:
+            inference = InferenceConfig(
+                tile_size=max(example.height, example.width),
+                overlap=0,
+                batch_size=1,
+                device=str(torch_device),
+                progress_interval_s=1e9,
+            )
+            detections = run_tiled_inference(
+                model, example.image, config=inference, log=quiet, num_classes=num_classes
+            )
+            truths.append(_truth_arrays(example))
+            found.append(_detection_arrays(detections))
+    return truths, found
+
+
 def evaluate_detections(
     model: Any,
     examples: Sequence[TrainingExample],
@@ -843,47 +951,35 @@ def evaluate_detections(
         ``precision``, ``recall``, ``f1`` (pooled over the examples; 0 when there is nothing to count),
         ``class_accuracy`` (fraction of matched pairs with the label's class; `None` without matches),
         ``ap`` and ``ap50`` (COCO, all detections, per class then averaged; `None` when unavailable),
-        ``n_truth``, ``n_detections`` (above the threshold) and ``n_matched``.
+        ``n_truth``, ``n_detections`` (above the threshold), ``n_matched`` and, per bin of the labels'
+        magnitudes (`RECALL_MAG_EDGES`), ``recall_mag_<low>_<high>`` (`None` for an empty bin).
     """
-    from .inference import InferenceConfig, run_tiled_inference
     from .matching import match_catalogs
 
     log = log or _LOG
-    device = _resolve_device(config.device)
     val = list(examples)
-
     n_truth = n_detections = n_matched = n_same_class = 0
-    truths, all_detections = [], []
-    quiet = _QuietLog(log)
     num_classes = _num_classes(model, val)
-    with _forked_rng(device, config.seed):
-        for example in val:
-            inference = InferenceConfig(
-                tile_size=max(example.height, example.width),
-                overlap=0,
-                batch_size=1,
-                device=str(device),
-                progress_interval_s=1e9,
+    truths, all_detections = infer_examples(model, val, config.device, config.seed, log)
+    edges = np.asarray(RECALL_MAG_EDGES)
+    bin_truth = np.zeros(edges.size - 1, dtype=np.int64)
+    bin_found = np.zeros(edges.size - 1, dtype=np.int64)
+    for truth, found in zip(truths, all_detections):
+        kept = found.select(found.score >= config.eval_score_threshold)
+        n_truth += len(truth)
+        n_detections += len(kept)
+        found_truth = np.zeros(len(truth), dtype=bool)
+        if len(truth) and len(kept):
+            match = match_catalogs(
+                truth, kept, min_iou=config.eval_iou, iou_type=config.eval_iou_type, max_distance=0.0
             )
-            detections = run_tiled_inference(
-                model, example.image, config=inference, log=quiet, num_classes=num_classes
-            )
-            truth = _truth_arrays(example)
-            found = _detection_arrays(detections)
-            truths.append(truth)
-            all_detections.append(found)
-            selected = found.score >= config.eval_score_threshold
-            kept = _detection_arrays(detections.select(selected))
-            n_truth += len(truth)
-            n_detections += len(kept)
-            if len(truth) and len(kept):
-                match = match_catalogs(
-                    truth, kept, min_iou=config.eval_iou, iou_type=config.eval_iou_type, max_distance=0.0
-                )
-                n_matched += match.n_matched
-                n_same_class += int(
-                    np.sum(truth.class_id[match.truth_index] == kept.class_id[match.det_index])
-                )
+            n_matched += match.n_matched
+            n_same_class += int(np.sum(truth.class_id[match.truth_index] == kept.class_id[match.det_index]))
+            found_truth[match.truth_index] = True
+        bins = np.digitize(truth.mag, edges) - 1
+        usable = np.isfinite(truth.mag) & (bins >= 0) & (bins < edges.size - 1)
+        bin_truth += np.bincount(bins[usable], minlength=edges.size - 1)
+        bin_found += np.bincount(bins[usable & found_truth], minlength=edges.size - 1)
     precision = n_matched / n_detections if n_detections else 0.0
     recall = n_matched / n_truth if n_truth else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
@@ -896,6 +992,8 @@ def evaluate_detections(
         "n_detections": n_detections,
         "n_matched": n_matched,
     }
+    for low, high, count, hits in zip(edges[:-1], edges[1:], bin_truth, bin_found):
+        metrics[f"recall_mag_{low:g}_{high:g}"] = float(hits / count) if count else None
     metrics.update(_coco_ap(truths, all_detections, val, num_classes, config, log))
     return metrics
 
@@ -973,6 +1071,8 @@ def train_model(
         log.info("Mixed precision requested but not used on device %s (CUDA only)", device)
     amp_dtype = _AMP_DTYPES[config.amp_dtype]
 
+    previous_threads = torch.get_num_threads()
+    configure_torch(config.num_threads, log=log)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -1017,7 +1117,10 @@ def train_model(
     window_seconds, window_iterations = 0.0, 0
     window_sums: dict[str, float] = {}
     current_stage = 0
-    with EventStorage(loop.iteration) as storage:
+    batches = _BatchSource(train, config, total)
+    with contextlib.ExitStack() as cleanup, EventStorage(loop.iteration) as storage:
+        cleanup.callback(torch.set_num_threads, previous_threads)
+        cleanup.callback(batches.close)
         while loop.iteration < total:
             iteration = loop.iteration
             stage = 1 if iteration < config.heads_iterations else 2
@@ -1032,7 +1135,7 @@ def train_model(
             storage.iter = iteration
             step_start = time.perf_counter()
 
-            batch = _training_batch(train, config, iteration)
+            batch = batches.get(iteration)
             autocast = torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
             with autocast:
                 losses = model(batch)

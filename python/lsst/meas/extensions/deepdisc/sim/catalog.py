@@ -49,6 +49,7 @@ from __future__ import annotations
 __all__ = [
     "CATALOG_COLUMNS",
     "band_fluxes",
+    "cell_density_factor",
     "draw_cell_sources",
     "sources_near_patch",
     "stamp_half_size",
@@ -65,6 +66,7 @@ from .survey import lsst_band_conditions, mag_to_njy
 
 # Random streams of one (seed, tract, patch): keep them apart so adding one never shifts another.
 STREAM_CATALOG = 1
+STREAM_DENSITY = 6
 ARCMIN2_PER_DEG2 = 3600.0
 
 # Colour offsets mag_band - mag_i of the two galaxy populations, in LSST_BANDS order (u g r i z y).
@@ -135,6 +137,17 @@ def _star_offsets(rng: np.random.Generator, n: int) -> np.ndarray:
     return offsets + rng.normal(0.0, 0.03, offsets.shape)
 
 
+def cell_density_factor(preset: SimPreset, tract: int, patch: int, seed: int) -> float:
+    """Multiplier of the mean source counts of one cell: log-normal with ``preset.density_scatter``.
+
+    Exactly 1 without scatter; otherwise drawn from its own stream, so the other draws of a cell do not move.
+    """
+    if preset.density_scatter == 0:
+        return 1.0
+    rng = np.random.default_rng(np.random.SeedSequence([seed, tract, patch, STREAM_DENSITY]))
+    return float(math.exp(rng.normal(0.0, preset.density_scatter)))
+
+
 def draw_cell_sources(preset: SimPreset, tract: int, patch_x: int, patch_y: int, seed: int) -> Table:
     """Draw the sources of one tract cell.
 
@@ -160,6 +173,7 @@ def draw_cell_sources(preset: SimPreset, tract: int, patch_x: int, patch_y: int,
     rng = np.random.default_rng(np.random.SeedSequence([seed, tract, patch, STREAM_CATALOG]))
     x_begin, y_begin, x_end, y_end = preset.cell_bbox(patch_x, patch_y)
     area_arcmin2 = (x_end - x_begin) * (y_end - y_begin) * (preset.pixel_scale_arcsec / 60.0) ** 2
+    area_arcmin2 *= cell_density_factor(preset, tract, patch, seed)
 
     # Galaxies.
     n_gal = rng.poisson(_expected_galaxies(area_arcmin2, preset))

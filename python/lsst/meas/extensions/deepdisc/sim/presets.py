@@ -38,6 +38,11 @@ Presets:
     Tests: 2 patches (2x1) of 256 px, bands g r i.
 ``small``
     Demo: 8 patches (4x2) of 1024 px, LSST bands u g r i z y.
+``train``
+    Training data at scale: 2 tracts of 4x4 patches of 1024 px (32 patches) in u g r i z y, with more
+    patch-to-patch variety than ``small`` (seeing, depth, source density, NO_DATA) and a third tract,
+    ``validation``, whose patches are held out for model selection.  Its seeds are disjoint from the demo's
+    (``small``, 2024) and from the held-out ``benchmark`` tract.
 ``benchmark``
     Full LSST-size patches, 4100 px (3900 inner + 100 border), 3x3 per tract, bands u g r i z y, with a
     training tract and a held-out tract (another sky position and its own seed).
@@ -141,6 +146,9 @@ class SimPreset:
         Patch-to-patch scatter of the coadd depth in each band (mag).
     no_data_fraction : `float`
         Fraction of the patches of a tract that lose a region (corner or strip) to ``NO_DATA``.
+    density_scatter : `float`
+        Cell-to-cell log-normal scatter of the source density (galaxies and stars together; 0: the mean
+        counts everywhere).  Drawn from a stream of its own, so 0 reproduces the scenes made without it.
     truth_threshold_sigma : `float`
         Truth footprints: the band-summed noise-free model above this many sigma of the per-pixel noise of
         the band-summed image.
@@ -170,6 +178,7 @@ class SimPreset:
     model_psf_sigma: float = 0.8
     depth_scatter_mag: float = 0.05
     no_data_fraction: float = 0.3
+    density_scatter: float = 0.0
     truth_threshold_sigma: float = 1.0
     description: str = field(default="", compare=False)
 
@@ -183,6 +192,8 @@ class SimPreset:
             raise ValueError(f"preset {self.name!r}: need at least one patch")
         if self.patch_border < 0 or self.patch_border * 2 >= self.patch_inner_size:
             raise ValueError(f"preset {self.name!r}: border must be >= 0 and < half the inner patch size")
+        if self.density_scatter < 0:
+            raise ValueError(f"preset {self.name!r}: density_scatter must be >= 0")
         if self.psf_size % 2 == 0:
             raise ValueError(f"preset {self.name!r}: psf_size must be odd, got {self.psf_size}")
         if not self.tracts or len({t.tract for t in self.tracts}) != len(self.tracts):
@@ -288,6 +299,27 @@ PRESETS: dict[str, SimPreset] = {
         bright_stars_per_patch=1,
         no_data_fraction=0.25,
         description="Demo: 8 patches (4x2) of 1024 px in u, g, r, i, z, y.",
+    ),
+    "train": SimPreset(
+        name="train",
+        bands=LSST_BANDS,
+        n_patches_x=4,
+        n_patches_y=4,
+        patch_inner_size=960,
+        patch_border=32,
+        tracts=(
+            TractSpec(tract=0, ra=35.7, dec=-4.8, seed=31001, role="train"),
+            TractSpec(tract=1, ra=215.0, dec=52.7, seed=31002, role="train"),
+            TractSpec(tract=2, ra=9.5, dec=-43.9, seed=31003, role="validation"),
+        ),
+        bright_stars_per_patch=2,
+        psf_fwhm_scatter=0.18,
+        psf_ellipticity_scatter=0.03,
+        depth_scatter_mag=0.25,
+        density_scatter=0.35,
+        no_data_fraction=0.3,
+        description="Training: 2x16 patches of 1024 px in ugrizy with varied seeing, depth, density and "
+        "NO_DATA; tract 2 is the validation tract.",
     ),
     "benchmark": SimPreset(
         name="benchmark",

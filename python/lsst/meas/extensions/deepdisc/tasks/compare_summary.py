@@ -52,12 +52,18 @@ import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
-from ..core.comparison import fill_masked_columns, match_table_methods, summarize_matches
+from ..core.comparison import (
+    fill_masked_columns,
+    match_table_methods,
+    precision_recall_from_matches,
+    summarize_matches,
+)
 from ..core.plots import (
     blend_outcomes_figure,
     classification_figure,
     completeness_purity_figure,
     iou_figure,
+    precision_recall_figure,
 )
 
 _TRACT_DIMENSIONS = ("tract", "skymap")
@@ -95,6 +101,18 @@ class CompareDeepDiscSummaryConnections(pipeBase.PipelineTaskConnections, dimens
         storageClass="Plot",
         dimensions=_TRACT_DIMENSIONS,
     )
+    precisionRecall = cT.Output(
+        doc="Precision and recall of the scored methods' detections above each score threshold.",
+        name="deepdisc_precision_recall",
+        storageClass="ArrowAstropy",
+        dimensions=_TRACT_DIMENSIONS,
+    )
+    precisionRecallPlot = cT.Output(
+        doc="Precision against recall over score thresholds, per scored method.",
+        name="deepdisc_precision_recall_plot",
+        storageClass="Plot",
+        dimensions=_TRACT_DIMENSIONS,
+    )
     blendOutcomesPlot = cT.Output(
         doc="Fractions of reference objects by blend outcome versus magnitude, per method.",
         name="deepdisc_blend_outcomes_plot",
@@ -105,8 +123,18 @@ class CompareDeepDiscSummaryConnections(pipeBase.PipelineTaskConnections, dimens
     def __init__(self, *, config: CompareDeepDiscSummaryConfig) -> None:
         super().__init__(config=config)
         if not config.doPlots:
-            for name in ("completenessPurityPlot", "classificationPlot", "iouPlot", "blendOutcomesPlot"):
+            for name in (
+                "completenessPurityPlot",
+                "classificationPlot",
+                "iouPlot",
+                "blendOutcomesPlot",
+                "precisionRecallPlot",
+            ):
                 delattr(self, name)
+        if not config.scoreMethods:
+            del self.precisionRecall
+            if config.doPlots:
+                del self.precisionRecallPlot
 
 
 class CompareDeepDiscSummaryConfig(
@@ -124,6 +152,15 @@ class CompareDeepDiscSummaryConfig(
         default=[],
     )
     doPlots = pexConfig.Field[bool](doc="Write the Plot datasets.", default=True)
+    scoreMethods = pexConfig.ListField[str](
+        doc="Methods whose detections carry scores: their precision-recall curve is written "
+        "(deepdisc_precision_recall); empty: none.",
+        default=["deepdisc"],
+    )
+    scoreThresholds = pexConfig.ListField[float](
+        doc="Score thresholds of the precision-recall curve.",
+        default=[round(0.05 * i, 2) for i in range(20)],
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -165,11 +202,15 @@ class CompareDeepDiscSummaryTask(pipeBase.PipelineTask):
         tract = int(butlerQC.quantum.dataId["tract"])
         result = self.run(tables, tract=tract)
         butlerQC.put(result.summary, outputRefs.summary)
+        if self.config.scoreMethods:
+            butlerQC.put(result.precisionRecall, outputRefs.precisionRecall)
         if self.config.doPlots:
             butlerQC.put(result.completenessPurityPlot, outputRefs.completenessPurityPlot)
             butlerQC.put(result.classificationPlot, outputRefs.classificationPlot)
             butlerQC.put(result.iouPlot, outputRefs.iouPlot)
             butlerQC.put(result.blendOutcomesPlot, outputRefs.blendOutcomesPlot)
+            if self.config.scoreMethods:
+                butlerQC.put(result.precisionRecallPlot, outputRefs.precisionRecallPlot)
 
     def run(self, comparisons: Sequence[Table], tract: int = 0) -> pipeBase.Struct:
         """Summarise match tables.
@@ -186,7 +227,9 @@ class CompareDeepDiscSummaryTask(pipeBase.PipelineTask):
         result : `lsst.pipe.base.Struct`
             ``summary`` (`astropy.table.Table`), ``matches`` (the stacked match table) and, when
             ``doPlots``, the figures ``completenessPurityPlot``, ``classificationPlot``, ``iouPlot`` and
-            ``blendOutcomesPlot``.
+            ``blendOutcomesPlot``; with ``scoreMethods``, ``precisionRecall`` (the curves of
+            `~lsst.meas.extensions.deepdisc.core.comparison.precision_recall_from_matches`, with a ``method``
+            column) and, when ``doPlots``, ``precisionRecallPlot``.
         """
         start = time.perf_counter()
         matches = stack_match_tables(comparisons)
@@ -203,6 +246,16 @@ class CompareDeepDiscSummaryTask(pipeBase.PipelineTask):
         summary.meta["tract"] = tract
         summary.meta["n_patches"] = len(comparisons)
         result = pipeBase.Struct(summary=summary, matches=matches)
+        curves = [
+            precision_recall_from_matches(matches, method, self.config.scoreThresholds)
+            for method in self.config.scoreMethods
+            if method in methods
+        ]
+        if self.config.scoreMethods:
+            for curve in curves:
+                curve["method"] = np.full(len(curve), curve.meta["method"], dtype="U16")
+            result.precisionRecall = vstack(curves) if curves else Table()
+            result.precisionRecall.meta["tract"] = tract
         if self.config.doPlots:
             reference = summary.meta.get("reference", "reference")
             suffix = f" (tract {tract}, reference: {reference})"
@@ -216,6 +269,10 @@ class CompareDeepDiscSummaryTask(pipeBase.PipelineTask):
             result.blendOutcomesPlot = blend_outcomes_figure(
                 summary, methods, title="Blend outcomes" + suffix
             )
+            if self.config.scoreMethods:
+                result.precisionRecallPlot = precision_recall_figure(
+                    result.precisionRecall, title="Precision-recall over score thresholds" + suffix
+                )
         totals = summary[np.asarray(summary["is_total"], dtype=bool)]
         for row in totals:
             self.metadata[f"{row['method']}_completeness"] = float(row["completeness"])

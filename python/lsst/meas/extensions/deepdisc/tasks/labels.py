@@ -132,8 +132,10 @@ class BuildDeepDiscLabelsConfig(
         },
     )
     thresholdMode = pexConfig.ChoiceField[str](
-        doc="How a rendered model becomes a footprint.",
-        default="model",
+        doc="How a rendered model becomes a footprint.  The default, 1 sigma of the inverse-variance "
+        "weighted detection image, keeps every deblended source and matches how survey footprints (and the "
+        "simulation's truth) are defined; see bench/results/*-label-audit-*.md.",
+        default="background_sigma",
         allowed={
             "model": "observed-PSF model above modelThreshold in some band (the stack's 'model > 0' rule)",
             "background_sigma": "detection image of the model >= sigmaThreshold background sigma (DeepDISC)",
@@ -144,12 +146,13 @@ class BuildDeepDiscLabelsConfig(
         default=0.0,
     )
     sigmaThreshold = pexConfig.Field[float](
-        doc="Threshold in background sigma of the detection image for thresholdMode='background_sigma'.",
-        default=5.0,
+        doc="Threshold in background sigma of the detection image for thresholdMode='background_sigma' "
+        "(DeepDISC's paper: 5 with the plain band sum, config/tasks/labels_deepdisc.py).",
+        default=1.0,
     )
     detectionWeighting = pexConfig.ChoiceField[str](
         doc="Band weights of the detection image (thresholds, blendedness, centroids).",
-        default="sum",
+        default="inverse_variance",
         allowed={name: name.replace("_", " ") + " of the bands" for name in DETECTION_WEIGHTINGS},
     )
     clipToBlendBox = pexConfig.Field[bool](
@@ -183,6 +186,14 @@ class BuildDeepDiscLabelsConfig(
     referenceMagColumn = pexConfig.Field[str](
         doc="Reference magnitude column ('{band}' replaced by the label's band); empty: no magnitude check.",
         default="",
+    )
+    referenceUnmatched = pexConfig.ChoiceField[str](
+        doc="Sources without a reference match (classSource='reference').",
+        default="drop",
+        allowed={
+            "drop": "no label (the model learns them as background)",
+            "extendedness": "keep them, classed by the object table's extendedness",
+        },
     )
     minArea = pexConfig.Field[int](doc="Smallest footprint kept (pixels).", default=1)
     maxNoDataFraction = pexConfig.Field[float](
@@ -224,6 +235,7 @@ class BuildDeepDiscLabelsConfig(
             reference_dec_column=self.referenceDecColumn,
             reference_star_column=self.referenceStarColumn,
             reference_mag_column=self.referenceMagColumn,
+            reference_unmatched=self.referenceUnmatched,
             min_area=self.minArea,
             max_no_data_fraction=self.maxNoDataFraction,
             no_data_planes=tuple(self.noDataPlanes),

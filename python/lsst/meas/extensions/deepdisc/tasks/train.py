@@ -40,6 +40,10 @@ Patches, not tiles, are split, so that no source is seen in both sets: ``validat
 otherwise a ``validationFraction`` of the patches is drawn with ``splitSeed`` from the sorted patch list, so
 the split depends only on the set of patches.  Each patch is then cut into scaled tiles of ``tileSize``
 (`~lsst.meas.extensions.deepdisc.core.labels.labels_to_examples`); all examples are held in memory.
+With ``doCacheExamples`` (the default) the examples of each patch are kept in
+``<checkpointRoot>/examples/`` (`~lsst.meas.extensions.deepdisc.core.example_cache`), keyed by the ids of the
+patch's label and coadd datasets and by every setting the examples depend on, so that a re-run or a resumed
+run reads them back instead of reading and cutting the coadds again; the log says how many were reused.
 
 Checkpoints and resuming
 ------------------------
@@ -104,12 +108,21 @@ import lsst.pipe.base.connectionTypes as cT
 from ..butler.conversions import multiband_from_coadds
 from ..butler.model_formatter import MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 from ..butler.tables import to_arrow
+from ..core.example_cache import ExampleCache, cache_key
+from ..core.inference import select_device
 from ..core.labels import labels_to_examples
 from ..core.model_package import ModelPackage, load_checkpoint_state_dict
 from ..core.models import ARCHITECTURES, ModelSpec, make_model_config
 from ..core.multiband import MissingBandError, MultibandImage
+from ..core.operating_point import DEFAULT_THRESHOLDS, choose_operating_point, precision_recall_curve
 from ..core.scaling import SCALINGS, ScalingSpec
-from ..core.training import LAST_CHECKPOINT_FILE, TrainingConfig, plot_training_history, train_model
+from ..core.training import (
+    LAST_CHECKPOINT_FILE,
+    TrainingConfig,
+    infer_examples,
+    plot_training_history,
+    train_model,
+)
 from ..core.training_data import TrainingExample
 from ..version import __version__
 from .coadd_inputs import coadd_input_connection, coadd_storage_class_field, use_coadd_storage_class
@@ -131,6 +144,14 @@ _NOT_IN_TRAINING_KEY = frozenset(
         "device",
         "logPeriod",
         "keepCheckpoints",
+        "numThreads",
+        "doOperatingPoint",
+        "operatingPointRule",
+        "operatingMinPrecision",
+        "operatingThresholds",
+        "prefetchBatches",
+        "doCacheExamples",
+        "exampleCacheDir",
         "modelName",
         "modelVersion",
         "coaddStorageClass",
@@ -458,6 +479,34 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
     device = pexConfig.Field[str](
         doc="Torch device: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:N'.", default="auto"
     )
+    numThreads = pexConfig.Field[int](
+        doc="Torch CPU threads; 0: $OMP_NUM_THREADS, else the cores this process may use (logged).  More "
+        "threads than free cores slow every step several-fold.",
+        default=0,
+    )
+    prefetchBatches = pexConfig.Field[bool](
+        doc="Build the next training batch in a background thread while a step runs.", default=True
+    )
+    doOperatingPoint = pexConfig.Field[bool](
+        doc="Choose the package's score threshold (its operating point) on the validation patches.",
+        default=True,
+    )
+    operatingPointRule = pexConfig.ChoiceField[str](
+        doc="How the operating point is chosen.",
+        default="best_f1",
+        allowed={
+            "best_f1": "the threshold with the best validation F1",
+            "min_precision": "the lowest threshold with validation precision >= operatingMinPrecision "
+            "(best F1 when none reaches it)",
+        },
+    )
+    operatingMinPrecision = pexConfig.Field[float](
+        doc="Precision the 'min_precision' rule asks for.", default=0.98
+    )
+    operatingThresholds = pexConfig.ListField[float](
+        doc="Score thresholds tried; the lowest is the model's threshold when the curve is measured.",
+        default=list(DEFAULT_THRESHOLDS),
+    )
     # --- validation and checkpoints
     evalPeriod = pexConfig.Field[float](doc="Validation period (scheduleUnit).", default=1.0)
     checkpointPeriod = pexConfig.Field[float](doc="Checkpoint period (scheduleUnit).", default=1.0)
@@ -494,6 +543,14 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
         doc="Stop after this many iterations of this run, after writing a checkpoint, and fail the quantum "
         "(re-running resumes); 0: run to the end.",
         default=0,
+    )
+    doCacheExamples = pexConfig.Field[bool](
+        doc="Keep each patch's training examples in a file cache keyed by its input datasets and the "
+        "example settings, so that a re-run or a resumed run rebuilds nothing.",
+        default=True,
+    )
+    exampleCacheDir = pexConfig.Field[str](
+        doc="Directory of the example cache; empty: <checkpoint root>/examples.", default=""
     )
     coaddStorageClass = coadd_storage_class_field()
     doWritePlot = pexConfig.Field[bool](doc="Write deepdisc_training_plot.", default=True)
@@ -557,6 +614,8 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
             eval_iou=self.evalIou,
             eval_iou_type=self.evalIouType,
             keep_checkpoints=self.keepCheckpoints,
+            num_threads=self.numThreads,
+            prefetch=self.prefetchBatches,
         )
 
     def training_key_config(self) -> dict[str, Any]:
@@ -697,16 +756,30 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
         )
         examples: dict[str, list[TrainingExample]] = {"train": [], "validation": []}
         label_counts = {"train": 0, "validation": 0}
+        cache = ExampleCache(self.example_cache_directory()) if self.config.doCacheExamples else None
         for role, keys in (("train", train_keys), ("validation", validation_keys)):
             for key in keys:
                 inputs = patches[key]
-                labels = butlerQC.get(inputs.labels)
-                coadds = {band: butlerQC.get(inputs.coadds[band]) for band in bands}
-                image = self.to_multiband(coadds, bands)
-                del coadds  # One patch of pixels in memory at a time (plus the examples).
-                patch_examples = self.make_examples(image, labels, tract=key[0], patch=key[1])
+
+                def build(inputs: _PatchInputs = inputs, key: PatchKey = key) -> list[TrainingExample]:
+                    labels = butlerQC.get(inputs.labels)
+                    coadds = {band: butlerQC.get(inputs.coadds[band]) for band in bands}
+                    image = self.to_multiband(coadds, bands)
+                    del coadds  # One patch of pixels in memory at a time (plus the examples).
+                    return self.make_examples(image, labels, tract=key[0], patch=key[1])
+
+                if cache is None:
+                    patch_examples = build()
+                else:
+                    refs = {"labels": str(inputs.labels.id)}
+                    refs.update({band: str(inputs.coadds[band].id) for band in bands})
+                    patch_examples = cache.get_or_build(self.example_cache_key(refs), build)
                 examples[role].extend(patch_examples)
                 label_counts[role] += sum(len(example.instances) for example in patch_examples)
+        if cache is not None:
+            self.log.info(
+                "Example cache %s: %d patch(es) read, %d built", cache.directory, cache.hits, cache.misses
+            )
         output_run = outputRefs.model.run
         input_runs = sorted({ref.run for ref in [*inputRefs.labels, *inputRefs.coadds]})
         checkpoint_dir = self.checkpoint_directory(output_run, examples["train"], examples["validation"])
@@ -835,6 +908,32 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
                     f"(config.classNames {class_names})"
                 )
         return labels
+
+    def example_cache_key(self, refs: Mapping[str, str]) -> str:
+        """Cache key of one patch's examples: its input dataset ids and every setting the examples use."""
+        settings = {
+            "tileSize": self.config.tileSize,
+            "tileOverlap": self.config.tileOverlap,
+            "minFractionInside": self.config.minFractionInside,
+            "maxNoDataFraction": self.config.maxNoDataFraction,
+            "skipEmptyTiles": self.config.skipEmptyTiles,
+            "invalidMaskPlanes": list(self.config.invalidMaskPlanes),
+            "classNames": list(self.config.classNames),
+            "scaling": self.config.scaling_spec().to_dict(),
+            "coaddStorageClass": self.config.coaddStorageClass,
+        }
+        return cache_key({"refs": dict(refs), "settings": settings})
+
+    def example_cache_directory(self) -> Path:
+        """Directory of the example cache: ``exampleCacheDir``, else ``<checkpoint root>/examples``."""
+        if self.config.exampleCacheDir:
+            return Path(os.path.expandvars(self.config.exampleCacheDir)).expanduser()
+        root = (
+            Path(os.path.expandvars(self.config.checkpointRoot)).expanduser()
+            if self.config.checkpointRoot
+            else default_checkpoint_root()
+        )
+        return root / "examples"
 
     def checkpoint_directory(
         self,
@@ -1025,6 +1124,8 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
             architecture=architecture,
             provenance=package_provenance,
         )
+        if self.config.doOperatingPoint and validation:
+            model = self.choose_operating_point(model, validation, training_config)
         self.metadata["best_iteration"] = -1 if training.best_iteration is None else training.best_iteration
         self.metadata["best_metric"] = math.nan if training.best_metric is None else training.best_metric
         self.log.info(
@@ -1037,6 +1138,40 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
             training.best_iteration,
         )
         return pipeBase.Struct(model=model, interrupted=False, **common)
+
+    def choose_operating_point(
+        self, model: ModelPackage, validation: Sequence[TrainingExample], training_config: TrainingConfig
+    ) -> ModelPackage:
+        """The package with its score threshold chosen on the validation examples (and the curve recorded).
+
+        The detections of the trained model above the lowest threshold of the grid are matched to the
+        validation labels as in training validation (``evalIou``, ``evalIouType``) with a 3 px centre-distance
+        fallback; ``operatingPointRule`` then picks the threshold
+        (`~lsst.meas.extensions.deepdisc.core.operating_point.choose_operating_point`).
+        """
+        thresholds = sorted(self.config.operatingThresholds)
+        network = model.build_model(
+            device=str(select_device(training_config.device)),
+            score_threshold=thresholds[0],
+        )
+        truths, found = infer_examples(network, validation, training_config.device, training_config.seed)
+        curve = precision_recall_curve(
+            truths, found, thresholds, min_iou=self.config.evalIou, iou_type=self.config.evalIouType
+        )
+        point = choose_operating_point(
+            curve, self.config.operatingPointRule, self.config.operatingMinPrecision
+        )
+        self.log.info(
+            "Operating point (%s%s): score >= %.2f, validation precision %.3f, recall %.3f, F1 %.3f",
+            point["rule"],
+            "" if point["rule_met"] else f": precision {point['min_precision']:g} not reached, best F1 used",
+            point["threshold"],
+            point["precision"],
+            point["recall"],
+            point["f1"],
+        )
+        provenance = {**model.provenance, "operating_point": {**point, "curve": curve}}
+        return dataclasses.replace(model, score_threshold=point["threshold"], provenance=provenance)
 
     def _initial_weights(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The weights of ``config.initCheckpoint`` and their provenance, or `None` for random ones."""

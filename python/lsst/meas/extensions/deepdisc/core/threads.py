@@ -1,0 +1,84 @@
+# This file is part of meas_extensions_deepdisc.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+"""CPU threads for torch that fit the machine.
+
+Torch's OpenMP threads spin at barriers: when more of them run than there are free cores (two training
+runs, or a training run beside ``pipetask -j 2``), a step becomes several times slower.  `torch_threads`
+picks the count (an explicit request, else ``$OMP_NUM_THREADS``, else the cores this process may run on,
+divided among ``share`` processes) and `configure_torch` applies it, together with flushing denormal numbers
+to zero (they make the first steps of a training from random weights slow on x86).
+"""
+
+from __future__ import annotations
+
+__all__ = ["available_cores", "configure_torch", "torch_threads"]
+
+import logging
+import os
+
+import torch
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the platform reports it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # Not on Linux.
+        return max(1, os.cpu_count() or 1)
+
+
+def torch_threads(requested: int = 0, share: int = 1) -> tuple[int, str]:
+    """The torch thread count and where it came from.
+
+    Parameters
+    ----------
+    requested : `int`
+        An explicit count (> 0 wins); 0 for automatic.
+    share : `int`
+        Processes sharing the cores (e.g. ``pipetask -j N``); the automatic count is ``cores // share``.
+
+    Returns
+    -------
+    threads : `int`
+        At least 1.
+    reason : `str`
+        ``"requested"``, ``"OMP_NUM_THREADS"`` or ``"N cores / M processes"``, for the log.
+    """
+    if requested < 0 or share < 1:
+        raise ValueError(f"requested must be >= 0 and share >= 1, got {requested} and {share}")
+    if requested > 0:
+        return requested, "requested"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), "OMP_NUM_THREADS"
+    cores = available_cores()
+    return max(1, cores // share), f"{cores} core(s) / {share} process(es)"
+
+
+def configure_torch(requested: int = 0, share: int = 1, log: logging.Logger | None = None) -> int:
+    """Set torch's intra-op thread count (`torch_threads`) and flush denormals; returns the count."""
+    threads, reason = torch_threads(requested, share)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    if log is not None:
+        log.info("torch uses %d CPU thread(s) (%s), denormals flushed to zero", threads, reason)
+    return threads
