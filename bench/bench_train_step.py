@@ -31,7 +31,11 @@ Variants (each a TrainingConfig / model change from the recipe of ``config/tasks
 * ``recipe``: threads = free cores, denormals flushed, next batch prefetched in a thread;
 * ``no-prefetch``: the batch is built on the hot path;
 * ``no-flush``: denormals not flushed (``torch.set_flush_denormal(False)`` after the setup);
-* ``threads-1``: one torch thread.
+* ``threads-1``: one torch thread;
+* ``fewer-proposals``: 500 RPN proposals and 128 sampled ROIs per image in training (instead of 1000 and
+  256).
+
+``--profile`` also prints the torch operators that take the most CPU time in a few steps of the recipe.
 
 Usage::
 
@@ -57,17 +61,21 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
-VARIANTS = ("recipe", "no-prefetch", "no-flush", "threads-1")
+VARIANTS = ("recipe", "no-prefetch", "no-flush", "threads-1", "fewer-proposals")
 
 
-def _recipe_overrides() -> dict[str, Any]:
-    """The model overrides of config/tasks/train_cpu_scale.py (read as data, nothing executed)."""
-    return {
+def _recipe_overrides(variant: str = "recipe") -> dict[str, Any]:
+    """The model overrides of config/tasks/train_cpu_scale.py (as data), changed as the variant says."""
+    overrides = {
         "MODEL.ANCHOR_GENERATOR.SIZES": [[8], [16], [32], [64], [128]],
         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 256,
         "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 2000,
         "MODEL.RPN.POST_NMS_TOPK_TRAIN": 1000,
     }
+    if variant == "fewer-proposals":
+        overrides["MODEL.RPN.POST_NMS_TOPK_TRAIN"] = 500
+        overrides["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] = 128
+    return overrides
 
 
 def _run_variant(variant: str, args: dict[str, Any], queue: Any) -> None:
@@ -91,7 +99,7 @@ def _run_variant(variant: str, args: dict[str, Any], queue: Any) -> None:
         class_names=("star", "galaxy"),
         pixel_mean=tuple(0.0 for _ in bands),
         pixel_std=tuple(1.0 for _ in bands),
-        overrides=_recipe_overrides(),
+        overrides=_recipe_overrides(variant),
     )
     times: list[float] = []
 
@@ -132,7 +140,14 @@ def _run_variant(variant: str, args: dict[str, Any], queue: Any) -> None:
         training.configure_torch = without_flush
     with tempfile.TemporaryDirectory() as directory:
         start = time.perf_counter()
-        train_model(make_model_config(spec), examples, [], config, Path(directory), log=log)
+        if args.get("profile") and variant == "recipe":
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as profiler:
+                train_model(make_model_config(spec), examples, [], config, Path(directory), log=log)
+            print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
+        else:
+            train_model(make_model_config(spec), examples, [], config, Path(directory), log=log)
         wall = time.perf_counter() - start
     steady = times[args["warmup"] :]
     queue.put(
@@ -158,10 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--profile", action="store_true", help="print the costliest torch operators")
     parser.add_argument("--out", type=Path, default=None, help="write a JSON + Markdown result here")
     args = parser.parse_args(argv)
     settings = {key: getattr(args, key) for key in ("examples", "files", "crop", "batch", "steps", "warmup")}
     settings["examples"] = str(settings["examples"])
+    settings["profile"] = args.profile
     context = multiprocessing.get_context("spawn")
     results = []
     for variant in args.variants:

@@ -398,8 +398,23 @@ def test_summary_of_two_patches_adds_them_up(results) -> None:
     np.testing.assert_allclose(binned["median_mask_iou"], [1.0, 1.0, 1.0, 1.0])
     assert set(np.asarray(summary["method"]).astype(str)) == {"deepdisc", "scarlet"}
     assert set(np.asarray(summary["reference"]).astype(str)) == {"truth"}
-    for name in ("completenessPurityPlot", "classificationPlot", "iouPlot", "blendOutcomesPlot"):
+    for name in (
+        "completenessPurityPlot",
+        "classificationPlot",
+        "iouPlot",
+        "blendOutcomesPlot",
+        "precisionRecallPlot",
+    ):
         assert getattr(result, name).axes, name
+    # The precision-recall curve of the scored method: scores run from 0.99 down to 0.6 over the catalog.
+    curve = result.precisionRecall
+    assert set(np.asarray(curve["method"]).astype(str)) == {"deepdisc"}
+    low = curve[np.isclose(curve["threshold"], 0.0)][0]
+    assert (low["n_ref"], low["n_matched"], low["n_det"]) == (16, 15, 15)
+    assert np.all(np.diff(np.asarray(curve["n_det"])) <= 0) and np.all(
+        np.diff(np.asarray(curve["recall"])) <= 0
+    )
+    assert curve[np.isclose(curve["threshold"], 0.95)][0]["n_det"] < 15
     with pytest.raises(ValueError, match="not in the match tables"):
         config.methods = ["sep"]
         CompareDeepDiscSummaryTask(config=config).run([results["perfect"].comparison])
@@ -471,6 +486,7 @@ PLOTS = (
     "deepdisc_classification_plot",
     "deepdisc_iou_plot",
     "deepdisc_blend_outcomes_plot",
+    "deepdisc_precision_recall_plot",
 )
 
 

@@ -7,6 +7,7 @@ exactly and the engine's stitching can be checked pixel for pixel.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tracemalloc
 from typing import Any
@@ -225,7 +226,7 @@ def test_tile_plan_shifts_the_last_tile_inward_and_rejects_bad_parameters() -> N
 def test_border_straddling_and_edge_sources_are_reported_once_with_full_footprints() -> None:
     image, centres = _boundary_scene()
     oracle = Oracle()
-    config = InferenceConfig(tile_size=128, overlap=32, batch_size=4)
+    config = InferenceConfig(tile_size=128, overlap=32, batch_size=4, stitch_margin=0)  # exact partition
     detections = run_tiled_inference(oracle, image, xy0=XY0, config=config, use_raw_masks=False)
     truth = _true_footprints(image, XY0)
     assert len(truth) == len(centres)  # The scene's sources do not touch each other.
@@ -350,7 +351,8 @@ def test_stitch_margin_recovers_sources_whose_copies_jitter_apart() -> None:
     image, _ = _boundary_scene()
     truth = _true_footprints(image, XY0)
     oracle = Oracle(jitter=2.0, jitter_mode="outward")
-    exact = run_tiled_inference(oracle, image, xy0=XY0, config=InferenceConfig(tile_size=128, overlap=32))
+    exact_partition = InferenceConfig(tile_size=128, overlap=32, stitch_margin=0)
+    exact = run_tiled_inference(oracle, image, xy0=XY0, config=exact_partition)
     # Copies pushed out of every interior are lost with the exact partition ...
     assert len(exact) < len(truth)
     assert set(_found(exact)) < set(truth)
@@ -388,7 +390,7 @@ def test_oracle_never_gets_more_than_a_batch_and_no_patch_sized_array_is_allocat
 
 def test_valid_mask_threshold_and_top_k() -> None:
     image, centres = _boundary_scene()
-    config = InferenceConfig(tile_size=128, overlap=32)
+    config = InferenceConfig(tile_size=128, overlap=32, stitch_margin=0)
     everything = run_tiled_inference(Oracle(), image, config=config)
     valid = np.ones(image.shape[1:], dtype=bool)
     valid[:, :150] = False  # Sources centred in the left part are dropped.
@@ -398,14 +400,10 @@ def test_valid_mask_threshold_and_top_k() -> None:
     assert len(kept) == int(np.sum(everything.centers[:, 0] >= 150)) > 0
     assert kept.stats["n_invalid_centre"] == len(everything) - len(kept)
     # Extra score cut (scores are peak / 10: keep the bright half).
-    cut = run_tiled_inference(
-        Oracle(), image, config=InferenceConfig(tile_size=128, overlap=32, score_threshold=0.15)
-    )
+    cut = run_tiled_inference(Oracle(), image, config=dataclasses.replace(config, score_threshold=0.15))
     assert len(cut) == int(np.sum(everything.scores >= 0.15)) and np.all(cut.scores >= 0.15)
     # At most one detection per tile, the highest-scoring one of the tile.
-    top = run_tiled_inference(
-        Oracle(), image, config=InferenceConfig(tile_size=128, overlap=32, max_detections_per_tile=1)
-    )
+    top = run_tiled_inference(Oracle(), image, config=dataclasses.replace(config, max_detections_per_tile=1))
     assert np.bincount(top.tile_index).max() == 1
     with pytest.raises(ValueError, match="valid"):
         run_tiled_inference(Oracle(), image, config=config, valid=valid[:, :10])

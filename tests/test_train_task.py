@@ -465,8 +465,19 @@ def test_pipetask_stop_then_rerun_resumes_and_writes_the_model(training_runs) ->
     assert package.provenance["train_patches"] and package.provenance["validation_patches"]
     assert set(package.provenance["train_patches"]).isdisjoint(package.provenance["validation_patches"])
 
+    # The operating point was chosen on the validation patches and recorded with its curve.
+    point = package.provenance["operating_point"]
+    assert package.score_threshold == point["threshold"] and point["rule"] == "best_f1"
+    assert [entry["threshold"] for entry in point["curve"]] == sorted(
+        entry["threshold"] for entry in point["curve"]
+    )
+    # Examples are cached per patch (this re-run remade the labels, new datasets, so it built new ones).
+    assert "Example cache" in resumed.stderr + resumed.stdout
+    assert list((training_runs["checkpoint_root"] / "examples").glob("examples_*.npz"))
+
     history = butler.get("deepdisc_training_history")
     assert list(history["iteration"]) == [10, 20, 30, 40]
+    assert any(name.startswith("recall_mag_") for name in history.colnames)
     assert history["train_loss"][-1] < history["train_loss"][0], "the training loss must go down"
     assert np.all(np.isfinite(history["val_loss"]))
     plot_uri = butler.getURI("deepdisc_training_plot")

@@ -109,8 +109,8 @@ class InferenceConfig:
         Keep at most this many detections (highest scores) per tile.
     stitch_margin : `int`
         Pixels by which tile interiors are widened when deciding which tile keeps a detection.  0 keeps the
-        exact partition; a few pixels protect against centre jitter between tiles (duplicates are then
-        merged).  Must stay below ``overlap // 2``.
+        exact partition; a few pixels (the default, 2) protect against centre jitter between tiles
+        (duplicates are then merged).  Must stay below ``overlap // 2``.
     mask_threshold : `float`
         Threshold on soft masks (box-relative or full-size).
     progress_interval_s : `float`
@@ -125,7 +125,7 @@ class InferenceConfig:
     score_threshold: float = 0.0
     merge_iou: float = 0.5
     max_detections_per_tile: int | None = None
-    stitch_margin: int = 0
+    stitch_margin: int = 2
     mask_threshold: float = 0.5
     progress_interval_s: float = 30.0
 

@@ -181,7 +181,7 @@ class TrainingConfig:
     full_lr: float = 1e-4
     lr_steps: tuple[int, ...] = ()
     lr_gamma: float = 0.1
-    batch_size: int = 2
+    batch_size: int = 4
     crop_size: int | float | None = None
     flips: bool = True
     rot90: bool = True
@@ -910,6 +910,7 @@ def infer_examples(
             inference = InferenceConfig(
                 tile_size=max(example.height, example.width),
                 overlap=0,
+                stitch_margin=0,
                 batch_size=1,
                 device=str(torch_device),
                 progress_interval_s=1e9,

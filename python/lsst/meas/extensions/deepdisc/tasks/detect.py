@@ -45,6 +45,7 @@ from ..core.ids import IdPacker
 from ..core.inference import InferenceConfig, run_tiled_inference, select_device
 from ..core.model_package import ModelPackage
 from ..core.multiband import MissingBandError, MultibandImage
+from ..core.threads import configure_torch
 from .coadd_inputs import coadd_input_connection, coadd_storage_class_field, use_coadd_storage_class
 
 
@@ -88,17 +89,26 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
         default=[],
     )
     coaddStorageClass = coadd_storage_class_field()
-    tileSize = pexConfig.Field[int](doc="Inference tile size (pixels).", default=512)
+    # Defaults come from the core's InferenceConfig (one source of truth; a test checks it).
+    tileSize = pexConfig.Field[int](doc="Inference tile size (pixels).", default=InferenceConfig.tile_size)
     tileOverlap = pexConfig.Field[int](
-        doc="Overlap between tiles (pixels); must exceed the largest expected source.", default=96
+        doc="Overlap between tiles (pixels); must exceed the largest expected source.",
+        default=InferenceConfig.overlap,
     )
-    batchSize = pexConfig.Field[int](doc="Tiles per forward pass.", default=4)
+    batchSize = pexConfig.Field[int](doc="Tiles per forward pass.", default=InferenceConfig.batch_size)
     device = pexConfig.ChoiceField[str](
         doc="Torch device.",
         default="auto",
         allowed={"auto": "cuda if available", "cpu": "CPU", "cuda": "GPU"},
     )
-    halfPrecision = pexConfig.Field[bool](doc="fp16 autocast on GPU (ignored on CPU).", default=False)
+    halfPrecision = pexConfig.Field[bool](
+        doc="fp16 autocast on GPU (ignored on CPU).", default=InferenceConfig.half
+    )
+    numThreads = pexConfig.Field[int](
+        doc="Torch CPU threads; 0: $OMP_NUM_THREADS (pipetask sets it to --cores-per-quantum), else the "
+        "cores this process may use.  Logged; more threads than free cores slow torch several-fold.",
+        default=0,
+    )
     scoreThreshold = pexConfig.Field[float](
         doc="Detection score threshold of the model, lower or higher than the one it was packaged with. "
         "None: the package's operating point (chosen on validation data when it was trained; "
@@ -109,10 +119,11 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
     stitchMargin = pexConfig.Field[int](
         doc="Pixels by which tile interiors are widened when stitching, so that a source whose copies in two "
         "tiles jitter away from the tile boundary is still found once (duplicates are merged).",
-        default=2,
+        default=InferenceConfig.stitch_margin,
     )
     mergeIou = pexConfig.Field[float](
-        doc="Mask IoU above which detections of the same source from different tiles are merged.", default=0.5
+        doc="Mask IoU above which detections of the same source from different tiles are merged.",
+        default=InferenceConfig.merge_iou,
     )
     edgeMargin = pexConfig.Field[int](
         doc="Footprints within this many pixels of the patch border get flag_patch_edge.", default=2
@@ -268,6 +279,8 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
 
         scaled, _ = model_package.scaling.apply(image)
         device = select_device(self.config.device)
+        if device.type == "cpu":
+            self.metadata["torch_threads"] = configure_torch(self.config.numThreads, log=self.log)
         score_threshold = (
             self.config.scoreThreshold
             if self.config.scoreThreshold is not None

@@ -444,48 +444,58 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
         doc="Stage 1: backbone body frozen, heads train (scheduleUnit).", default=15.0
     )
     fullLength = pexConfig.Field[float](doc="Stage 2: all layers train (scheduleUnit).", default=35.0)
-    headsLr = pexConfig.Field[float](doc="Learning rate of stage 1.", default=1e-3)
-    fullLr = pexConfig.Field[float](doc="Learning rate of stage 2.", default=1e-4)
+    headsLr = pexConfig.Field[float](doc="Learning rate of stage 1.", default=TrainingConfig.heads_lr)
+    fullLr = pexConfig.Field[float](doc="Learning rate of stage 2.", default=TrainingConfig.full_lr)
     lrSteps = pexConfig.ListField[float](
         doc="Points of stage 2 (scheduleUnit, from its start) where the rate is multiplied by lrGamma.",
         default=[10.0, 20.0, 30.0],
     )
-    lrGamma = pexConfig.Field[float](doc="Step-decay factor of the learning rate.", default=0.1)
-    warmupIterations = pexConfig.Field[int](
-        doc="Linear warm-up at the start of each stage (iterations).", default=0
+    lrGamma = pexConfig.Field[float](
+        doc="Step-decay factor of the learning rate.", default=TrainingConfig.lr_gamma
     )
-    warmupFactor = pexConfig.Field[float](doc="Starting fraction of the warm-up.", default=0.001)
-    batchSize = pexConfig.Field[int](doc="Examples per iteration.", default=4)
+    warmupIterations = pexConfig.Field[int](
+        doc="Linear warm-up at the start of each stage (iterations).",
+        default=TrainingConfig.warmup_iterations,
+    )
+    warmupFactor = pexConfig.Field[float](
+        doc="Starting fraction of the warm-up.", default=TrainingConfig.warmup_factor
+    )
+    batchSize = pexConfig.Field[int](doc="Examples per iteration.", default=TrainingConfig.batch_size)
     cropSize = pexConfig.Field[int](doc="Random crop side (pixels); 0: see cropFraction.", default=0)
     cropFraction = pexConfig.Field[float](
         doc="Random crop as a fraction of each side (DeepDISC: 0.5); 0: no crop.  Exclusive with cropSize.",
         default=0.5,
     )
-    flips = pexConfig.Field[bool](doc="Random horizontal and vertical flips.", default=True)
-    rot90 = pexConfig.Field[bool](doc="Random 90-degree rotations.", default=True)
+    flips = pexConfig.Field[bool](doc="Random horizontal and vertical flips.", default=TrainingConfig.flips)
+    rot90 = pexConfig.Field[bool](doc="Random 90-degree rotations.", default=TrainingConfig.rot90)
     gradClip = pexConfig.Field[float](doc="Largest gradient L2 norm; 0: no clipping.", default=1.0)
-    weightDecay = pexConfig.Field[float](doc="Weight decay of multi-dimensional weights.", default=1e-4)
+    weightDecay = pexConfig.Field[float](
+        doc="Weight decay of multi-dimensional weights.", default=TrainingConfig.weight_decay
+    )
     optimizer = pexConfig.ChoiceField[str](
         doc="Optimizer.",
         default="sgd",
         allowed={"sgd": "SGD with momentum (detectron2's default)", "adamw": "AdamW (ViTDet-style models)"},
     )
-    momentum = pexConfig.Field[float](doc="SGD momentum.", default=0.9)
-    amp = pexConfig.Field[bool](doc="Mixed precision (CUDA only).", default=True)
+    momentum = pexConfig.Field[float](doc="SGD momentum.", default=TrainingConfig.momentum)
+    amp = pexConfig.Field[bool](doc="Mixed precision (CUDA only).", default=TrainingConfig.amp)
     ampDtype = pexConfig.ChoiceField[str](
         doc="Mixed-precision type.", default="float16", allowed={"float16": "float16", "bfloat16": "bfloat16"}
     )
-    seed = pexConfig.Field[int](doc="Seed of initialisation, data order and augmentation.", default=0)
+    seed = pexConfig.Field[int](
+        doc="Seed of initialisation, data order and augmentation.", default=TrainingConfig.seed
+    )
     device = pexConfig.Field[str](
         doc="Torch device: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:N'.", default="auto"
     )
     numThreads = pexConfig.Field[int](
         doc="Torch CPU threads; 0: $OMP_NUM_THREADS, else the cores this process may use (logged).  More "
         "threads than free cores slow every step several-fold.",
-        default=0,
+        default=TrainingConfig.num_threads,
     )
     prefetchBatches = pexConfig.Field[bool](
-        doc="Build the next training batch in a background thread while a step runs.", default=True
+        doc="Build the next training batch in a background thread while a step runs.",
+        default=TrainingConfig.prefetch,
     )
     doOperatingPoint = pexConfig.Field[bool](
         doc="Choose the package's score threshold (its operating point) on the validation patches.",
@@ -523,14 +533,21 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
         },
     )
     evalScoreThreshold = pexConfig.Field[float](
-        doc="Detections below this score do not count for precision/recall/F1.", default=0.5
+        doc="Detections below this score do not count for precision/recall/F1.",
+        default=TrainingConfig.eval_score_threshold,
     )
-    evalIou = pexConfig.Field[float](doc="Minimum IoU of a validation match.", default=0.5)
+    evalIou = pexConfig.Field[float](
+        doc="Minimum IoU of a validation match.", default=TrainingConfig.eval_iou
+    )
     evalIouType = pexConfig.ChoiceField[str](
         doc="IoU of validation matches.", default="mask", allowed={"mask": "footprint IoU", "bbox": "box IoU"}
     )
-    logPeriod = pexConfig.Field[int](doc="Iterations between progress log lines.", default=20)
-    keepCheckpoints = pexConfig.Field[int](doc="Periodic checkpoints kept on disk; 0: all.", default=2)
+    logPeriod = pexConfig.Field[int](
+        doc="Iterations between progress log lines.", default=TrainingConfig.log_period
+    )
+    keepCheckpoints = pexConfig.Field[int](
+        doc="Periodic checkpoints kept on disk; 0: all.", default=TrainingConfig.keep_checkpoints
+    )
     checkpointRoot = pexConfig.Field[str](
         doc="Root of the checkpoint directories; empty: $DEEPDISC_CHECKPOINT_ROOT, else "
         "~/.cache/meas_extensions_deepdisc/checkpoints (see the module documentation).",
@@ -928,12 +945,13 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
         """Directory of the example cache: ``exampleCacheDir``, else ``<checkpoint root>/examples``."""
         if self.config.exampleCacheDir:
             return Path(os.path.expandvars(self.config.exampleCacheDir)).expanduser()
-        root = (
-            Path(os.path.expandvars(self.config.checkpointRoot)).expanduser()
-            if self.config.checkpointRoot
-            else default_checkpoint_root()
-        )
-        return root / "examples"
+        return self.checkpoint_root() / "examples"
+
+    def checkpoint_root(self) -> Path:
+        """``checkpointRoot``, else `default_checkpoint_root`."""
+        if self.config.checkpointRoot:
+            return Path(os.path.expandvars(self.config.checkpointRoot)).expanduser()
+        return default_checkpoint_root()
 
     def checkpoint_directory(
         self,
@@ -944,13 +962,10 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
         """Where the checkpoints of this training live (see the module documentation)."""
         if self.config.checkpointDir:
             return Path(os.path.expandvars(self.config.checkpointDir)).expanduser()
-        root = (
-            Path(os.path.expandvars(self.config.checkpointRoot)).expanduser()
-            if self.config.checkpointRoot
-            else default_checkpoint_root()
-        )
         collection = output_collection_of_run(output_run)
-        return root.joinpath(*_safe_path_parts(collection), self.training_key(train, validation))
+        return self.checkpoint_root().joinpath(
+            *_safe_path_parts(collection), self.training_key(train, validation)
+        )
 
     def training_key(self, train: Sequence[TrainingExample], validation: Sequence[TrainingExample]) -> str:
         """16 hex digits of a hash of the training settings and the training data (labels and geometry)."""
