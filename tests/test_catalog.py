@@ -376,3 +376,19 @@ def test_primary_flags_default_true_until_set() -> None:
     assert catalog.meta["primary_flags"] == "test" and catalog.meta["counts"]["primary"] == 1
     with pytest.raises(ValueError, match="rows"):
         set_primary_flags(catalog, np.array([True]), np.array([True]), source="test")
+
+
+def test_detection_snr_is_the_inverse_variance_weighted_flux_over_its_error() -> None:
+    from lsst.meas.extensions.deepdisc.core.catalog import detection_snr
+
+    flux = np.array([[10.0, 0.0, 5.0], [20.0, 0.0, np.nan]])
+    variance = np.array([[4.0, 1.0, 1.0], [16.0, 0.0, 4.0]])
+    snr = detection_snr(flux, variance)
+    weighted = (10 / 4 + 20 / 16) / np.sqrt(1 / 4 + 1 / 16)
+    assert snr[0] == pytest.approx(weighted)
+    assert snr[1] == 0.0  # Only the first band is usable; it holds no flux.
+    assert snr[2] == pytest.approx(5.0)  # The NaN flux band is left out.
+    assert np.isnan(detection_snr(np.ones((2, 1)), np.zeros((2, 1))))[0]
+    _, detections = _scene()
+    catalog = _build(detections, _image())
+    assert np.all(np.isfinite(catalog["detection_snr"]))

@@ -138,3 +138,19 @@ def test_config_validation() -> None:
     config.tileOverlap = config.tileSize
     with pytest.raises(Exception, match="tileOverlap must be smaller"):
         config.validate()
+
+
+def test_detections_below_the_snr_cut_are_dropped_and_the_catalog_rebuilt(package: ModelPackage) -> None:
+    image = _image()
+    everything = _task(minDetectionSnr=0.0).run(image, package, tract=3, patch=7).catalog
+    snr = np.asarray(everything["detection_snr"], dtype=float)
+    assert np.all(np.isfinite(snr)) and len(everything) > 2
+    cut = float(np.median(snr))
+    task = _task(minDetectionSnr=cut)
+    kept = task.run(image, package, tract=3, patch=7).catalog
+    assert len(kept) == int(np.sum(snr >= cut)) < len(everything)
+    assert np.all(np.asarray(kept["detection_snr"]) >= cut)
+    assert task.metadata["n_below_min_snr"] == len(everything) - len(kept)
+    # Ids are consecutive again and parents point at rows that exist.
+    assert len(set(kept["id"])) == len(kept)
+    assert set(np.asarray(kept["parent"]).tolist()) - {0} <= set(np.asarray(kept["id"]).tolist())

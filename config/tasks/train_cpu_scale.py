@@ -9,6 +9,9 @@
 # - Enough proposals for ~2000 sources per 1024 px inference tile, and a low packaged score threshold so that
 #   the operating point chosen on validation (doOperatingPoint) can be lower as well as higher.
 # - AdamW, all layers from the start (no pretrained backbone to keep frozen), warm-up, two step decays.
+# - The model kept is the best by validation AP (threshold-free); F1 at a fixed 0.5 score threshold moved
+#   against AP and the validation loss early in training.  The score threshold is chosen afterwards
+#   (doOperatingPoint).
 # See doc/lsst.meas.extensions.deepdisc/training.rst for the recipe comparison that led here.
 config.architecture = "compact-R18-FPN"
 config.modelName = "deepdisc-compact-sim"
@@ -41,6 +44,7 @@ config.batchSize = 2
 config.cropSize = 320
 config.cropFraction = 0.0
 config.evalPeriod = 750
+config.bestMetric = "ap"
 config.checkpointPeriod = 250
 config.logPeriod = 50
 config.device = "auto"

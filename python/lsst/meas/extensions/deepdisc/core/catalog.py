@@ -44,6 +44,7 @@ Conventions (decided here and recorded in the table metadata):
   ``<band>_footprintFluxErr`` is the square root of the summed variance over the same pixels, leaving out
   pixels whose variance is zero, negative or non-finite.  ``flag_bad_variance`` marks a footprint with such
   pixels (in any band), or without a variance plane; an error with no usable pixel is NaN, never 0.
+  ``detection_snr`` combines the bands: the inverse-variance weighted mean footprint flux over its error.
 * **Apportioned fluxes**: each footprint pixel's flux is split among the sources whose footprints cover it
   in proportion to their *weights*, a source's weight being the positive part of its footprint flux in the
   detection image (equal shares when all covering weights are zero).  Pixels covered by one source go
@@ -64,7 +65,7 @@ footprint pixels, so thousands of sources cost a few array passes.
 
 from __future__ import annotations
 
-__all__ = ["APPORTION_RULE", "build_catalog", "catalog_columns", "set_primary_flags"]
+__all__ = ["APPORTION_RULE", "build_catalog", "catalog_columns", "detection_snr", "set_primary_flags"]
 
 from collections.abc import Sequence
 from typing import Any
@@ -158,6 +159,13 @@ def catalog_columns(bands: Sequence[str], class_names: Sequence[str]) -> list[tu
             ),
         ]
     columns += [
+        (
+            "detection_snr",
+            np.float32,
+            u.dimensionless_unscaled,
+            "Signal-to-noise ratio of the footprint: inverse-variance weighted mean of the band footprint "
+            "fluxes over its error (a flat-spectrum detection S/N); NaN without usable variance",
+        ),
         (
             "nodata_fraction",
             np.float32,
@@ -264,6 +272,32 @@ def _families(owner: np.ndarray, linear: np.ndarray, n: int) -> tuple[np.ndarray
     graph = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     return labels, order, group
+
+
+def detection_snr(flux: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """Flat-spectrum detection S/N of footprints from their per-band fluxes and variances.
+
+    Parameters
+    ----------
+    flux, variance : `numpy.ndarray`
+        ``[n_bands, n]`` footprint fluxes and their variances; bands whose variance is not finite and
+        positive are left out of a source's sum.
+
+    Returns
+    -------
+    snr : `numpy.ndarray`
+        ``sum_b F_b / V_b / sqrt(sum_b 1 / V_b)`` per source (the inverse-variance weighted mean flux over
+        its error); NaN where no band has a usable variance.
+    """
+    flux = np.asarray(flux, dtype=np.float64)
+    variance = np.asarray(variance, dtype=np.float64)
+    usable = np.isfinite(variance) & (variance > 0) & np.isfinite(flux)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight = np.where(usable, 1.0 / np.where(usable, variance, 1.0), 0.0)
+        total = weight.sum(axis=0)
+        return np.where(
+            total > 0, (weight * np.where(usable, flux, 0.0)).sum(axis=0) / np.sqrt(total), np.nan
+        )
 
 
 def set_primary_flags(catalog: Table, patch_inner: np.ndarray, tract_inner: np.ndarray, source: str) -> None:
@@ -507,6 +541,7 @@ def build_catalog(
     }
     for k, name in enumerate(class_names):
         values[f"prob_{name}"] = detections.class_probs[:, k]
+    values["detection_snr"] = detection_snr(footprint_flux, footprint_var)
     with np.errstate(invalid="ignore"):
         for b, band in enumerate(image.bands):
             values[f"{band}_footprintFlux"] = footprint_flux[b]

@@ -116,6 +116,12 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
         default=None,
         optional=True,
     )
+    minDetectionSnr = pexConfig.Field[float](
+        doc="Drop detections whose footprint S/N over all bands (detection_snr) is below this (NaN: kept). "
+        "A network also fires on noise blobs of a few pixels; like the 5-sigma threshold of a classical "
+        "detection, this keeps them out of the catalog.  0 keeps every detection.",
+        default=5.0,
+    )
     stitchMargin = pexConfig.Field[int](
         doc="Pixels by which tile interiors are widened when stitching, so that a source whose copies in two "
         "tiles jitter away from the tile boundary is still found once (duplicates are merged).",
@@ -314,6 +320,20 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         )
         inference_seconds = time.perf_counter() - t0
         catalog = build_catalog(detections, image, **catalog_kwargs)
+        if self.config.minDetectionSnr > 0 and len(catalog):
+            snr = np.asarray(catalog["detection_snr"], dtype=np.float64)
+            faint = snr < self.config.minDetectionSnr  # NaN compares false: kept.
+            self.metadata["n_below_min_snr"] = int(faint.sum())
+            if faint.any():
+                self.log.info(
+                    "Dropping %d of %d detections with detection_snr < %g",
+                    int(faint.sum()),
+                    len(catalog),
+                    self.config.minDetectionSnr,
+                )
+                # Rebuilt from the kept detections, so that ids, families and apportioning ignore them.
+                detections = detections.select(~faint)
+                catalog = build_catalog(detections, image, **catalog_kwargs)
         self.flag_primary(catalog, patch_region, tract_region)
         self._record(catalog, start, device=str(device), inference_seconds=inference_seconds)
         return pipeBase.Struct(catalog=catalog, detections=detections)
