@@ -9,7 +9,7 @@
 # config/tasks/train_cpu_scale.py.
 #
 #   bin/train-demo-model.sh [WORKDIR] [EXTRA PIPETASK CONFIG...]
-#       (default WORKDIR: train_work/; CPU: ~20 min to simulate and label, then ~1.5-2 h of training on 2
+#       (default WORKDIR: train_work/; CPU: ~20 min to simulate and label, then ~65 min of training on 2
 #        idle cores; an interrupted run resumes where it stopped when the same command is re-run)
 #
 # Examples and checkpoints are kept under WORKDIR/checkpoints, so a re-run rebuilds nothing.
