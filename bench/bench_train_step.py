@@ -61,17 +61,17 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
+RECIPE = REPO_DIR / "config" / "tasks" / "train_cpu_scale.py"
 VARIANTS = ("recipe", "no-prefetch", "no-flush", "threads-1", "fewer-proposals")
 
 
 def _recipe_overrides(variant: str = "recipe") -> dict[str, Any]:
-    """The model overrides of config/tasks/train_cpu_scale.py (as data), changed as the variant says."""
-    overrides = {
-        "MODEL.ANCHOR_GENERATOR.SIZES": [[8], [16], [32], [64], [128]],
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 256,
-        "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 2000,
-        "MODEL.RPN.POST_NMS_TOPK_TRAIN": 1000,
-    }
+    """The model overrides of config/tasks/train_cpu_scale.py (loaded as the task loads it), per variant."""
+    from lsst.meas.extensions.deepdisc.tasks.train import DeepDiscTrainConfig
+
+    config = DeepDiscTrainConfig()
+    config.load(str(RECIPE))
+    overrides = config.model_overrides()
     if variant == "fewer-proposals":
         overrides["MODEL.RPN.POST_NMS_TOPK_TRAIN"] = 500
         overrides["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] = 128

@@ -32,8 +32,9 @@ applies one of two rules:
     the lowest threshold whose precision is at least ``min_precision`` (e.g. 0.98); when none reaches it,
     the best-F1 threshold, and the result says so (``rule_met`` false).
 
-The comparison task uses `precision_recall_curve` on whole patches against truth to draw the curve the
-catalogs' ``score`` column allows.
+The training task uses them to choose a package's score threshold on its validation examples.  The
+comparison summary draws the curve of finished catalogs from their match tables instead
+(`.comparison.precision_recall_from_matches`), without matching again.
 """
 
 from __future__ import annotations

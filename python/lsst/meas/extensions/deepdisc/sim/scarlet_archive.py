@@ -42,18 +42,11 @@ from ..core.scarlet_io import (
     HierarchicalBlendData,
     IsolatedSourceData,
     ScarletBlendData,
-    ScarletFormatError,
     ScarletModelData,
     ScarletSourceData,
+    _int_pair,  # The archive reader's coordinate-pair check, shared rather than copied.
 )
 from .types import DeblendedBlend, DeblendedSource
-
-
-def _int_pair(value: Any, what: str) -> tuple[int, int]:
-    values = tuple(int(round(float(v))) for v in value)
-    if len(values) != 2:
-        raise ScarletFormatError(f"{what} must have two entries, got {value!r}")
-    return values  # type: ignore[return-value]
 
 
 def _peak_yx(peak_xy: Sequence[float]) -> tuple[int, int]:
