@@ -128,16 +128,16 @@ def _run_variant(variant: str, args: dict[str, Any], queue: Any) -> None:
         prefetch=variant != "no-prefetch",
     )
     if variant == "no-flush":
-        import lsst.meas.extensions.deepdisc.core.training as training
+        import lsst.meas.extensions.deepdisc.core.threads as threads_module
 
-        original = training.configure_torch
+        original = threads_module.configure_torch
 
         def without_flush(*a: Any, **k: Any) -> int:
             threads = original(*a, **k)
             torch.set_flush_denormal(False)
             return threads
 
-        training.configure_torch = without_flush
+        threads_module.configure_torch = without_flush  # What torch_cpu_settings calls.
     with tempfile.TemporaryDirectory() as directory:
         start = time.perf_counter()
         if args.get("profile") and variant == "recipe":

@@ -80,3 +80,17 @@ def test_torch_threads_follow_request_environment_and_cores(monkeypatch: pytest.
     assert torch_threads(0) == (1, "OMP_NUM_THREADS")
     with pytest.raises(ValueError):
         torch_threads(-1)
+
+
+def test_torch_cpu_settings_restore_the_process_state() -> None:
+    import torch
+
+    from lsst.meas.extensions.deepdisc.core.threads import torch_cpu_settings
+
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    with torch_cpu_settings(target) as threads:
+        assert threads == target == torch.get_num_threads()
+        assert torch.tensor([1e-320], dtype=torch.float64).item() == 0.0  # Denormals flushed inside ...
+    assert torch.get_num_threads() == before
+    assert torch.tensor([1e-320], dtype=torch.float64).item() != 0.0  # ... and not after (IEEE again).

@@ -24,15 +24,19 @@ Torch's OpenMP threads spin at barriers: when more of them run than there are fr
 runs, or a training run beside ``pipetask -j 2``), a step becomes several times slower.  `torch_threads`
 picks the count (an explicit request, else ``$OMP_NUM_THREADS``, else the cores this process may run on,
 divided among ``share`` processes) and `configure_torch` applies it, together with flushing denormal numbers
-to zero (they make the first steps of a training from random weights slow on x86).
+to zero (they make the first steps of a training from random weights slow on x86).  Both are process-wide
+CPU states: `torch_cpu_settings` applies them for a block of work and restores the thread count and normal
+(IEEE) denormals afterwards, so that they never leak into unrelated code of the same process.
 """
 
 from __future__ import annotations
 
-__all__ = ["available_cores", "configure_torch", "torch_threads"]
+__all__ = ["available_cores", "configure_torch", "torch_cpu_settings", "torch_threads"]
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -82,3 +86,21 @@ def configure_torch(requested: int = 0, share: int = 1, log: logging.Logger | No
     if log is not None:
         log.info("torch uses %d CPU thread(s) (%s), denormals flushed to zero", threads, reason)
     return threads
+
+
+@contextlib.contextmanager
+def torch_cpu_settings(
+    requested: int = 0, share: int = 1, log: logging.Logger | None = None
+) -> Iterator[int]:
+    """`configure_torch` for the duration of a block; yields the thread count.
+
+    On exit the previous thread count is restored and denormals are no longer flushed (the process
+    default; flushing sets the processor's flush-to-zero mode for every library in the process).
+    """
+    previous = torch.get_num_threads()
+    threads = configure_torch(requested, share, log)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(previous)
+        torch.set_flush_denormal(False)

@@ -92,7 +92,7 @@ from safetensors.torch import save_file as save_safetensors
 from .augment import AugmentConfig, augment_example
 from .footprints import spans_centroid
 from .model_package import StateDictDiff, compare_state_dicts
-from .threads import configure_torch
+from .threads import torch_cpu_settings
 from .training_data import TrainingExample, to_detectron2_dict
 
 _LOG = logging.getLogger(__name__)
@@ -1055,10 +1055,6 @@ def train_model(
     -------
     result : `TrainingResult`
     """
-    from detectron2.utils.events import EventStorage
-
-    from .models import build_model
-
     start_time = time.perf_counter()
     log = log or _LOG
     if stop_after is not None and stop_after < 1:
@@ -1066,14 +1062,34 @@ def train_model(
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     train, val = list(train), list(val)
+    with torch_cpu_settings(config.num_threads, log=log):
+        return _train(
+            model_config, train, val, config, checkpoint_dir, init_state_dict, log, stop_after, start_time
+        )
+
+
+def _train(
+    model_config: dict[str, Any],
+    train: list[TrainingExample],
+    val: list[TrainingExample],
+    config: TrainingConfig,
+    checkpoint_dir: Path,
+    init_state_dict: dict[str, Any] | None,
+    log: logging.Logger,
+    stop_after: int | None,
+    start_time: float,
+) -> TrainingResult:
+    """The body of `train_model`, run under its CPU settings."""
+    from detectron2.utils.events import EventStorage
+
+    from .models import build_model
+
     device = _resolve_device(config.device)
     use_amp = config.amp and device.type == "cuda"
     if config.amp and not use_amp:
         log.info("Mixed precision requested but not used on device %s (CUDA only)", device)
     amp_dtype = _AMP_DTYPES[config.amp_dtype]
 
-    previous_threads = torch.get_num_threads()
-    configure_torch(config.num_threads, log=log)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -1120,7 +1136,6 @@ def train_model(
     current_stage = 0
     batches = _BatchSource(train, config, total)
     with contextlib.ExitStack() as cleanup, EventStorage(loop.iteration) as storage:
-        cleanup.callback(torch.set_num_threads, previous_threads)
         cleanup.callback(batches.close)
         while loop.iteration < total:
             iteration = loop.iteration

@@ -45,7 +45,7 @@ from ..core.ids import IdPacker
 from ..core.inference import InferenceConfig, run_tiled_inference, select_device
 from ..core.model_package import ModelPackage
 from ..core.multiband import MissingBandError, MultibandImage
-from ..core.threads import configure_torch
+from ..core.threads import torch_cpu_settings
 from .coadd_inputs import coadd_input_connection, coadd_storage_class_field, use_coadd_storage_class
 
 
@@ -285,8 +285,42 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
 
         scaled, _ = model_package.scaling.apply(image)
         device = select_device(self.config.device)
-        if device.type == "cpu":
-            self.metadata["torch_threads"] = configure_torch(self.config.numThreads, log=self.log)
+        with torch_cpu_settings(self.config.numThreads, log=self.log) as threads:
+            if device.type == "cpu":
+                self.metadata["torch_threads"] = threads
+            detections, inference_seconds = self._infer(
+                model_package, scaled, image, valid_any_band, device, tract, patch
+            )
+        catalog = build_catalog(detections, image, **catalog_kwargs)
+        if self.config.minDetectionSnr > 0 and len(catalog):
+            snr = np.asarray(catalog["detection_snr"], dtype=np.float64)
+            faint = snr < self.config.minDetectionSnr  # NaN compares false: kept.
+            self.metadata["n_below_min_snr"] = int(faint.sum())
+            if faint.any():
+                self.log.info(
+                    "Dropping %d of %d detections with detection_snr < %g",
+                    int(faint.sum()),
+                    len(catalog),
+                    self.config.minDetectionSnr,
+                )
+                # Rebuilt from the kept detections, so that ids, families and apportioning ignore them.
+                detections = detections.select(~faint)
+                catalog = build_catalog(detections, image, **catalog_kwargs)
+        self.flag_primary(catalog, patch_region, tract_region)
+        self._record(catalog, start, device=str(device), inference_seconds=inference_seconds)
+        return pipeBase.Struct(catalog=catalog, detections=detections)
+
+    def _infer(
+        self,
+        model_package: ModelPackage,
+        scaled: np.ndarray,
+        image: MultibandImage,
+        valid_any_band: np.ndarray,
+        device: Any,
+        tract: int,
+        patch: int,
+    ) -> tuple[Any, float]:
+        """Build the model at the configured score threshold and run tiled inference on the scaled patch."""
         score_threshold = (
             self.config.scoreThreshold
             if self.config.scoreThreshold is not None
@@ -319,24 +353,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             model, scaled, xy0=image.xy0, config=inference_config, valid=valid_any_band, log=self.log
         )
         inference_seconds = time.perf_counter() - t0
-        catalog = build_catalog(detections, image, **catalog_kwargs)
-        if self.config.minDetectionSnr > 0 and len(catalog):
-            snr = np.asarray(catalog["detection_snr"], dtype=np.float64)
-            faint = snr < self.config.minDetectionSnr  # NaN compares false: kept.
-            self.metadata["n_below_min_snr"] = int(faint.sum())
-            if faint.any():
-                self.log.info(
-                    "Dropping %d of %d detections with detection_snr < %g",
-                    int(faint.sum()),
-                    len(catalog),
-                    self.config.minDetectionSnr,
-                )
-                # Rebuilt from the kept detections, so that ids, families and apportioning ignore them.
-                detections = detections.select(~faint)
-                catalog = build_catalog(detections, image, **catalog_kwargs)
-        self.flag_primary(catalog, patch_region, tract_region)
-        self._record(catalog, start, device=str(device), inference_seconds=inference_seconds)
-        return pipeBase.Struct(catalog=catalog, detections=detections)
+        return detections, inference_seconds
 
     def flag_primary(self, catalog: Table, patch_region: Any | None, tract_region: Any | None) -> None:
         """Set the primary flags of ``catalog`` from the inner regions (warn when they are unknown)."""
