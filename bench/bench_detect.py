@@ -63,7 +63,6 @@ __all__ = [
 ]
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -86,6 +85,8 @@ from typing import Any
 
 import numpy as np
 
+from lsst.meas.extensions.deepdisc.core.inference import InferenceConfig
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 DEFAULT_WORK_DIR = BENCH_DIR / "work"
@@ -104,7 +105,13 @@ CHEAP_UNTRAINED = ("compact-R18-FPN",)
 # truth, and the patch description).
 REALISTIC_SNR = 5.0
 # The detection task's defaults (tasks/detect.py), so the benchmark measures what a pipeline run does.
-TASK_DEFAULTS = {"tile_size": 512, "overlap": 96, "batch_size": 4, "stitch_margin": 2, "edge_margin": 2}
+TASK_DEFAULTS = {
+    "tile_size": InferenceConfig.tile_size,
+    "overlap": InferenceConfig.overlap,
+    "batch_size": InferenceConfig.batch_size,
+    "stitch_margin": InferenceConfig.stitch_margin,
+    "edge_margin": 2,
+}
 INVALID_PLANES = ("NO_DATA",)
 # sep's default 3x3 detection filter (normalised): photutils smooths with the same kernel.
 SEP_DEFAULT_KERNEL = np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
@@ -116,18 +123,29 @@ GIB = 1024**3
 # ------------------------------------------------------------------------------------------ the patch ---
 
 
-def sized_preset(preset: Any, size: int) -> Any:
-    """The preset with patches of ``size`` pixels (border included), source densities unchanged.
+def sized_preset(preset: Any, size: int, density: float = 1.0) -> Any:
+    """The preset with patches of ``size`` pixels (border included), source densities times ``density``.
 
     Simulating a smaller patch of the same preset costs in proportion to its area, unlike cropping a full
-    simulated patch.  Galaxy and star densities, depths and PSFs are per area or per patch and stay; the
-    saturated bright stars, a fixed number per patch, are scaled with the area to keep their density.
+    simulated patch.  Galaxy and star densities, depths and PSFs are per area or per patch and stay (times
+    ``density`` for the galaxy and star densities); the saturated bright stars, a fixed number per patch,
+    are scaled with the area to keep their density.
 
     Raises
     ------
     ValueError
-        If ``size`` exceeds the preset's patch or leaves no inner region inside the border.
+        If ``size`` exceeds the preset's patch or leaves no inner region inside the border, or ``density``
+        is not positive.
     """
+    if density <= 0:
+        raise ValueError(f"density must be positive, got {density}")
+    if density != 1.0:
+        preset = dataclasses.replace(
+            preset,
+            name=f"{preset.name}-x{density:g}",
+            galaxy_density_i25_arcmin2=preset.galaxy_density_i25_arcmin2 * density,
+            star_density_deg2=preset.star_density_deg2 * density,
+        )
     if size == preset.patch_size:
         return preset
     if size > preset.patch_size:
@@ -161,10 +179,17 @@ def _simulation_digest() -> str:
 
 
 def _cache_path(
-    work_dir: Path, preset: str, tract: int, patch_xy: tuple[int, int], size: int, seed: int
+    work_dir: Path,
+    preset: str,
+    tract: int,
+    patch_xy: tuple[int, int],
+    size: int,
+    seed: int,
+    density: float = 1.0,
 ) -> Path:
+    dense = "" if density == 1.0 else f"-x{density:g}"
     name = (
-        f"{preset}-tract{tract}-patch{patch_xy[0]}x{patch_xy[1]}-{size}px-seed{seed}"
+        f"{preset}-tract{tract}-patch{patch_xy[0]}x{patch_xy[1]}-{size}px{dense}-seed{seed}"
         f"-sim{_simulation_digest()}-v{CACHE_VERSION}.npz"
     )
     return work_dir / name
@@ -177,6 +202,7 @@ def simulate_or_load(
     size: int | None,
     seed: int | None,
     work_dir: Path,
+    density: float = 1.0,
 ) -> tuple[Path, dict[str, Any]]:
     """Simulate one patch, or find it in the cache; return the cache file and the patch description.
 
@@ -194,6 +220,8 @@ def simulate_or_load(
         Scene seed (the tract's default if `None`).
     work_dir : `pathlib.Path`
         Cache directory (created if needed).
+    density : `float`
+        Factor on the preset's galaxy and star densities.
 
     Returns
     -------
@@ -208,11 +236,11 @@ def simulate_or_load(
     tract = base.tracts[0].tract if tract is None else int(tract)
     seed = base.tract_spec(tract).seed if seed is None else int(seed)
     size = base.patch_size if size is None else int(size)
-    preset = sized_preset(base, size)
+    preset = sized_preset(base, size, density)
     if patch_xy is None:
         patch_xy = (preset.n_patches_x // 2, preset.n_patches_y // 2)
     preset.patch_index(*patch_xy)  # Validates the indices with a clear message.
-    path = _cache_path(work_dir, base.name, tract, patch_xy, size, seed)
+    path = _cache_path(work_dir, base.name, tract, patch_xy, size, seed, density)
     if path.exists():
         with np.load(path, allow_pickle=False) as data:
             return path, json.loads(str(data["metadata"]))
@@ -237,6 +265,7 @@ def simulate_or_load(
         "preset": base.name,
         "simulated_preset": preset.name,
         "cropped": size != base.patch_size,
+        "density": density,
         "full_patch_size": base.patch_size,
         "tract": tract,
         "patch_xy": list(patch_xy),
@@ -411,123 +440,146 @@ def _run_photutils(image: Any, metadata: dict[str, Any], task: dict[str, Any]) -
     }
 
 
-def _run_deepdisc(image: Any, metadata: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+def _deepdisc_package(image: Any, task: dict[str, Any]) -> Any:
+    """The model package of a task: a trained one as it is, or a random-weight model packaged with Lupton."""
     import torch
 
-    from lsst.meas.extensions.deepdisc.core.catalog import build_catalog
-    from lsst.meas.extensions.deepdisc.core.ids import IdPacker
-    from lsst.meas.extensions.deepdisc.core.inference import (
-        InferenceConfig,
-        run_tiled_inference,
-        select_device,
-    )
     from lsst.meas.extensions.deepdisc.core.model_package import ModelPackage
     from lsst.meas.extensions.deepdisc.core.models import ModelSpec, build_model_from_spec
     from lsst.meas.extensions.deepdisc.core.scaling import ScalingSpec
 
-    device = select_device(task["device"])
-    start = time.perf_counter()
     if task.get("package"):
-        # A trained model runs as the detection task runs it: its bands, its scaling, its own limits.
-        package = ModelPackage.load(task["package"])
-        package.check_bands(image.bands)
-        image = image.select_bands(package.bands)
-        model = package.build_model(device=str(device))
-        scaling, class_names = package.scaling, tuple(package.class_names)
-        model_name, model_version = package.name, str(package.version)
-    else:
-        overrides = {} if task["cap"] is None else {"TEST.DETECTIONS_PER_IMAGE": int(task["cap"])}
-        spec = ModelSpec(architecture=task["architecture"], bands=image.bands, overrides=overrides)
-        torch.manual_seed(task["seed"])  # Random weights, but the same ones on every run.
-        model = build_model_from_spec(spec, device=str(device))
-        scaling = ScalingSpec("lupton", invalid_planes=INVALID_PLANES)
-        class_names, model_name, model_version = spec.class_names, task["architecture"], "random-init"
-    build_seconds = time.perf_counter() - start
-    settings = task["inference"]
-    config = InferenceConfig(
-        tile_size=settings["tile_size"],
-        overlap=settings["overlap"],
-        batch_size=settings["batch_size"],
-        device=str(device),
-        half=task["half"],
-        stitch_margin=settings["stitch_margin"],
-        progress_interval_s=120.0,
-    )
-    use_half = task["half"] and device.type == "cuda"
+        return ModelPackage.load(task["package"])
+    overrides = {} if task["cap"] is None else {"TEST.DETECTIONS_PER_IMAGE": int(task["cap"])}
+    spec = ModelSpec(architecture=task["architecture"], bands=image.bands, overrides=overrides)
+    torch.manual_seed(task["seed"])  # Random weights, but the same ones on every run.
+    model = build_model_from_spec(spec, device="cpu")
+    scaling = ScalingSpec("lupton", invalid_planes=INVALID_PLANES)
+    return ModelPackage.from_model(model, spec, scaling, task["architecture"], version="random-init")
 
-    # On an accelerator, one untimed tile first: lazy initialisation (CUDA context, cuDNN autotuning, the
-    # caching allocator) is paid once per process, not per patch.  On CPU the first tile costs about what
-    # the others do, and an untrained R50-FPN tile takes a minute, so there is no warm-up.
-    warmup_seconds = None
-    if device.type != "cpu":
-        start = time.perf_counter()
-        side = min(settings["tile_size"], image.height), min(settings["tile_size"], image.width)
-        blank = torch.zeros((len(image.bands), *side), device=device)
-        autocast = torch.autocast("cuda", dtype=torch.float16) if use_half else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
-            model.inference([{"image": blank, "height": side[0], "width": side[1]}], do_postprocess=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        warmup_seconds = time.perf_counter() - start
+
+def _use_reference_path() -> None:
+    """Make the detection task compute as the package did before the speed work (this process only).
+
+    The whole patch scaled at once, in float64 (`reference_scaling`), and one forward call at a time on
+    all of torch's threads with contiguous weights.
+    """
+    import functools
+
+    from reference_scaling import reference_scaling
+
+    from lsst.meas.extensions.deepdisc.core.inference import InferenceConfig
+    from lsst.meas.extensions.deepdisc.core.scaling import ScalingSpec
+    from lsst.meas.extensions.deepdisc.tasks import detect
+
+    def apply_array(self: Any, image: np.ndarray, invalid: np.ndarray | None = None) -> np.ndarray:
+        return reference_scaling(self.name, image, invalid, **self.params)
+
+    def scaled_cube(self: Any, image: Any) -> np.ndarray:  # The whole scaled patch, as before.
+        return self.apply(image)[0]
+
+    ScalingSpec.apply_array = apply_array  # type: ignore[method-assign]
+    ScalingSpec.scaled_cube = scaled_cube  # type: ignore[method-assign]
+    detect.InferenceConfig = functools.partial(  # type: ignore[misc]
+        InferenceConfig, workers=1, channels_last=False
+    )
+
+
+def _save_catalog(catalog: Any, path: Path) -> None:
+    """The columns that identify a detection, for comparing two runs on the same patch."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        path,
+        centroid_x=np.asarray(catalog["centroid_x"], dtype=np.float64),
+        centroid_y=np.asarray(catalog["centroid_y"], dtype=np.float64),
+        score=np.asarray(catalog["score"], dtype=np.float64),
+        footprint_area=np.asarray(catalog["footprint_area"], dtype=np.int64),
+        class_id=np.asarray(catalog["class_id"], dtype=np.int64),
+    )
+
+
+def _run_deepdisc(image: Any, metadata: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    """The detection task's own ``run`` (`DeepDiscDetectTask.run`): scaling, tiled inference, catalog."""
+    import torch
+
+    from lsst.meas.extensions.deepdisc.tasks.detect import DeepDiscDetectConfig, DeepDiscDetectTask
+
+    if task.get("reference"):
+        _use_reference_path()
+    settings = task["inference"]
+    start = time.perf_counter()
+    package = _deepdisc_package(image, task)
+    package_seconds = time.perf_counter() - start
+    config = DeepDiscDetectConfig()
+    config.device = "cuda" if task["device"].startswith("cuda") else task["device"]
+    config.halfPrecision = bool(task["half"])
+    config.numThreads = int(task["threads"])
+    config.tileSize = settings["tile_size"]
+    config.tileOverlap = settings["overlap"]
+    config.batchSize = settings["batch_size"]
+    config.stitchMargin = settings["stitch_margin"]
+    config.edgeMargin = settings["edge_margin"]
+    detect = DeepDiscDetectTask(config=config)
+    device = task["device"]
+
+    # One untimed run on a small cutout first: it pays what a process pays once, not per patch (lazy
+    # imports in the first forward pass, on a GPU the CUDA context, cuDNN and the caching allocator).
+    side = min(256, image.height, image.width)
+    y_begin, x_begin = (image.height - side) // 2, (image.width - side) // 2
+    start = time.perf_counter()
+    detect.run(image.cutout(x_begin, y_begin, x_begin + side, y_begin + side), package)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    warmup_seconds = time.perf_counter() - start
     rss_after_build = _current_rss_bytes()
 
     start = time.perf_counter()
-    invalid = image.invalid_pixels(INVALID_PLANES)
-    valid_any_band = ~invalid.all(axis=0)
-    scaled, _ = scaling.apply(image)
-    scaled_at = time.perf_counter()
-    detections = run_tiled_inference(model, scaled, xy0=image.xy0, config=config, valid=valid_any_band)
-    inferred_at = time.perf_counter()
-    catalog = build_catalog(
-        detections,
-        image,
-        class_names=class_names,
-        tract=metadata["tract"],
-        patch=metadata["patch"],
-        model_name=model_name,
-        model_version=model_version,
-        id_packer=IdPacker(n_tracts_bits=16, n_patches_bits=12),
-        edge_margin=settings["edge_margin"],
-        nodata_planes=INVALID_PLANES,
-    )
-    end = time.perf_counter()
-    stats = detections.stats
-    result: dict[str, Any] = {
-        "n_sources": len(catalog),
+    result = detect.run(image, package, tract=metadata["tract"], patch=metadata["patch"])
+    total = time.perf_counter() - start
+    stats = result.detections.stats
+    inference = float(detect.metadata["inference_seconds"])
+    out: dict[str, Any] = {
+        "n_sources": len(result.catalog),
         "seconds": {
-            "prepare": scaled_at - start,
-            "inference": inferred_at - scaled_at,
+            # Model building, scaling, validity mask and the catalog: the task's run minus inference.
+            "prepare": total - inference,
+            "inference": inference,
             "forward": stats["seconds_forward"],
-            "catalog": end - inferred_at,
-            "total": end - start,
+            "catalog": None,
+            "total": total,
         },
-        "build_seconds": build_seconds,
+        "build_seconds": package_seconds,
         "warmup_seconds": warmup_seconds,
         "rss_after_build_bytes": rss_after_build,
-        "device": str(device),
+        "device": str(stats["device"]),
         "half": bool(stats["half"]),
         "tiles": stats["tiles"],
-        "detections_per_image_limit": _detections_limit(model),
+        "workers": stats.get("workers"),
+        "channels_last": stats.get("channels_last"),
+        "detections_per_image_limit": _detections_limit(package),
         "n_raw": stats["n_raw"],
         "raw_per_tile": stats["n_raw"] / max(stats["tiles"], 1),
         "n_merged": stats["n_merged"],
+        "n_below_min_snr": int(detect.metadata.get("n_below_min_snr", 0)),
         "counts": {key: value for key, value in stats.items() if key.startswith("n_")},
-        "model_name": model_name,
-        "model_version": model_version,
+        "model_name": package.name,
+        "model_version": str(package.version),
+        "reference_path": bool(task.get("reference")),
     }
-    if device.type == "cuda":
-        result["gpu_peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
-        result["gpu_peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved(device))
-    return result
+    if task.get("catalog_path"):
+        _save_catalog(result.catalog, Path(task["catalog_path"]))
+        out["catalog_path"] = task["catalog_path"]
+    if device.startswith("cuda"):
+        out["gpu_peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+        out["gpu_peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved())
+    return out
 
 
-def _detections_limit(model: Any) -> int | None:
-    """The model's per-image detection limit (detectron2 keeps it on the box predictor)."""
-    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
-    if hasattr(predictor, "__getitem__"):  # Cascade heads hold one predictor per stage (a ModuleList).
-        predictor = predictor[-1]
-    value = getattr(predictor, "test_topk_per_image", None)
+def _detections_limit(package: Any) -> int | None:
+    """The model's per-image detection limit (``TEST.DETECTIONS_PER_IMAGE`` of a yacs model config)."""
+    config = package.model_config.get("config") if isinstance(package.model_config, dict) else None
+    value = (config or {}).get("TEST", {}).get("DETECTIONS_PER_IMAGE")
     return int(value) if value is not None else None
 
 
@@ -699,18 +751,18 @@ def _cpu_model() -> str:
 
 
 def machine_info(device: str, threads: int) -> dict[str, Any]:
-    """Hardware and software the numbers belong to."""
-    import photutils
+    """Hardware and software the numbers belong to (a version is `None` where a package is missing)."""
+    import importlib
+
     import psutil
-    import sep
     import torch
 
-    try:
-        import detectron2
+    def version(module: str) -> str | None:
+        try:
+            return str(importlib.import_module(module).__version__)
+        except ImportError:  # sep and photutils are not needed on a machine that runs DeepDISC only.
+            return None
 
-        detectron2_version = detectron2.__version__
-    except ImportError:
-        detectron2_version = None
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info: dict[str, Any] = {
         "cpu_model": _cpu_model(),
@@ -725,9 +777,9 @@ def machine_info(device: str, threads: int) -> dict[str, Any]:
         "numpy": np.__version__,
         "torch": torch.__version__,
         "torch_threads": threads,
-        "detectron2": detectron2_version,
-        "sep": sep.__version__,
-        "photutils": photutils.__version__,
+        "detectron2": version("detectron2"),
+        "sep": version("sep"),
+        "photutils": version("photutils"),
         "device": device,
     }
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -844,9 +896,10 @@ def _markdown(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "`prepare`: DeepDISC scaling + validity mask, photutils detection image + smoothing; `detect`: tiled "
-        "inference with stitching (forward passes alone in brackets), photutils detect + deblend, the whole "
-        "sep baseline; `catalog`: `build_catalog` / footprints from the segmentation map.  Peak RSS is the "
+        "DeepDISC runs `DeepDiscDetectTask.run`; its `prepare` is that run minus its inference (model "
+        "building, scaling + validity mask, catalog); photutils' is the detection image + smoothing; "
+        "`detect`: tiled inference with stitching (forward passes alone in brackets), photutils detect + "
+        "deblend, the whole sep baseline; `catalog`: footprints from the segmentation map.  Peak RSS is the "
         "process's (interpreter, imports, the patch and the method); `RSS over input` is the method's own "
         "peak (model building included) minus the RSS once the patch was loaded.  `raw det./tile`: "
         "detections the model emitted per tile before stitching - an untrained model emits its limit, which "

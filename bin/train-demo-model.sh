@@ -5,12 +5,13 @@
 # patches of 1024 px with varied seeing, depth, density and NO_DATA; 4 patches of tract 2 validate), whose
 # seeds are disjoint from the demo's (`small`, seed 2024).  Labels come from the simulated deblender's
 # scarlet-format models and the object table, exactly as on a real DRP repository, with classes from the
-# truth table as a reference catalog (config/tasks/labels_reference_classes.py); the recipe is
-# config/tasks/train_cpu_scale.py.
+# truth table as a reference catalog (config/tasks/labels_reference_classes.py).  Two stages: the recipe
+# config/tasks/train_cpu_scale.py from random weights, then config/tasks/train_cpu_finetune.py (band
+# dropout, pixel-scale and seeing augmentation, artifact classes) from the stage-1 weights.
 #
 #   bin/train-demo-model.sh [WORKDIR] [EXTRA PIPETASK CONFIG...]
-#       (default WORKDIR: train_work/; CPU: ~20 min to simulate and label, then ~65 min of training on 2
-#        idle cores; an interrupted run resumes where it stopped when the same command is re-run)
+#       (default WORKDIR: train_work/; CPU: ~20 min to simulate and label, then ~65 + ~75 min of training
+#        on 2 idle cores; an interrupted run resumes where it stopped when the same command is re-run)
 #
 # Examples and checkpoints are kept under WORKDIR/checkpoints, so a re-run rebuilds nothing.
 set -euo pipefail
@@ -26,9 +27,9 @@ SKYMAP=deepdisc_sim_train
 
 "$BIN/deepdisc-sim-repo" --preset train --collection sim/train --tracts 0 1 -j 2 "$REPO"
 "$BIN/deepdisc-sim-repo" --preset train --collection sim/train --tracts 2 --patches 5 6 9 10 -j 2 "$REPO"
-# Labels in parallel (one process per patch; a re-run makes only the missing ones), then the single
-# training quantum.  pipetask gives each quantum OMP_NUM_THREADS = --cores-per-quantum (1 by default), and
-# the training uses that many torch threads: give it the free cores ($CORES, default 2).
+# Labels in parallel (one process per patch; a re-run makes only the missing ones), then the training
+# quanta.  pipetask gives each quantum --cores-per-quantum cores, which the training uses as torch threads:
+# give it the free cores ($CORES, default 2).
 SKIP=()
 if "$BIN/butler" query-collections "$REPO" u/deepdisc/labels-demo 2>/dev/null | grep -q labels-demo; then
     SKIP=(--skip-existing-in u/deepdisc/labels-demo)
@@ -37,10 +38,17 @@ fi
     -p pipelines/DeepDiscTrain.yaml#labels \
     -C labels:config/tasks/labels_reference_classes.py \
     -d "skymap='$SKYMAP'" --register-dataset-types -j 2 "${SKIP[@]}"
+# Stage 1: star/galaxy model on all six bands, from random weights.
 "$BIN/pipetask" run -b "$REPO" -i sim/train,u/deepdisc/labels-demo -o u/deepdisc/train-demo \
     -p pipelines/DeepDiscTrain.yaml#train \
     -C train:config/tasks/train_cpu_scale.py "$@" \
     -d "skymap='$SKYMAP'" --register-dataset-types -j 1 --cores-per-quantum "${CORES:-2}"
+"$BIN/deepdisc-model" export "$REPO" u/deepdisc/train-demo --output "$WORK/stage1.zip" --force
+# Stage 2: fine-tuned with band dropout, pixel-scale and seeing augmentation, and artifact classes.
+"$BIN/pipetask" run -b "$REPO" -i sim/train,u/deepdisc/labels-demo -o u/deepdisc/train-final \
+    -p pipelines/DeepDiscTrain.yaml#train \
+    -C train:config/tasks/train_cpu_finetune.py -c "train:initCheckpoint=$(realpath -m "$WORK/stage1.zip")" "$@" \
+    -d "skymap='$SKYMAP'" --register-dataset-types -j 1 --cores-per-quantum "${CORES:-2}"
 mkdir -p models
-"$BIN/deepdisc-model" export "$REPO" u/deepdisc/train-demo --output models/deepdisc-compact-sim.zip --half --force
+"$BIN/deepdisc-model" export "$REPO" u/deepdisc/train-final --output models/deepdisc-compact-sim.zip --half --force
 "$BIN/deepdisc-model" inspect models/deepdisc-compact-sim.zip

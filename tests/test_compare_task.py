@@ -575,3 +575,28 @@ def test_pipeline_writes_png_plots(pipeline_run, tiny_repo) -> None:
         saved.write_bytes(png)
         height, width = imread(saved).shape[:2]
         assert height > 200 and width > 200, name
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.xdist_group("tiny_repo_pipetask")
+@needs_requests
+def test_pipeline_artifact_outputs_follow_truth_artifacts(pipeline_run, tiny_repo) -> None:
+    """The optional truth_artifacts: without it (and a model without artifact classes) no artifact section."""
+    from lsst.daf.butler import MissingDatasetTypeError
+
+    butler, _ = pipeline_run
+    for data_id in tiny_repo.data_ids:
+        mask = butler.get("object_deepdisc_artifact_mask", data_id)
+        assert len(mask) == 0 and "spans" in mask.colnames  # The random model has no artifact class.
+        try:
+            has_truth = butler.find_dataset("truth_artifacts", data_id) is not None
+        except MissingDatasetTypeError:
+            has_truth = False
+        metrics = butler.get("deepdisc_comparison_metrics", data_id)
+        assert ("artifact_ap" in metrics.colnames) == has_truth
+        assert ("n_fp_in_truth_artifact" in metrics.colnames) == has_truth
+    tract_id = {"skymap": tiny_repo.skymap, "tract": 0}
+    summary = butler.get("deepdisc_comparison_summary", tract_id)
+    plots = butler.query_datasets("deepdisc_artifact_plot", explain=False)
+    assert ("purity_artifact_flagged" in summary.colnames) == bool(plots)

@@ -154,3 +154,34 @@ def test_detections_below_the_snr_cut_are_dropped_and_the_catalog_rebuilt(packag
     # Ids are consecutive again and parents point at rows that exist.
     assert len(set(kept["id"])) == len(kept)
     assert set(np.asarray(kept["parent"]).tolist()) - {0} <= set(np.asarray(kept["id"]).tolist())
+
+
+@pytest.fixture(scope="module")
+def subset_package() -> ModelPackage:
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        architecture="compact-R18-FPN",
+        bands=("u", *BANDS),
+        overrides={"TEST.DETECTIONS_PER_IMAGE": 100},
+        band_availability=True,
+    )
+    model = build_model_from_spec(spec)
+    return ModelPackage.from_model(model, spec, ScalingSpec("asinh_per_band"), name="subset", min_bands=2)
+
+
+def test_a_band_availability_model_runs_on_the_bands_present_and_records_them(
+    subset_package: ModelPackage, caplog: pytest.LogCaptureFixture
+) -> None:
+    task = _task()
+    with caplog.at_level("INFO"):
+        result = task.run(_image(), subset_package)
+    assert task.metadata.getArray("bands_used") == ["g", "r", "i"]
+    assert result.catalog.meta["bands"] == ["g", "r", "i"]
+    assert "on bands gri of its ugri (absent: u)" in caplog.text
+    assert "u_footprintFlux" not in result.catalog.colnames
+    two = _task().run(_image(bands=("g", "i")), subset_package)
+    assert two.catalog.meta["bands"] == ["g", "i"]
+    with pytest.raises(BandMismatchError, match="any 2 or more"):
+        _task().run(_image(bands=("r",)), subset_package)
+    # config.bands may choose a subset of such a model's bands.
+    assert _task(bands=["g", "r"]).select_bands(subset_package, ["g", "r", "i", "z"]) == ["g", "r"]

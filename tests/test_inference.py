@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+import time
 import tracemalloc
 from typing import Any
 
@@ -28,6 +30,8 @@ from lsst.meas.extensions.deepdisc.core.inference import (
     run_tiled_inference,
     select_device,
 )
+from lsst.meas.extensions.deepdisc.core.multiband import MultibandImage
+from lsst.meas.extensions.deepdisc.core.scaling import ScaledCube, ScalingSpec
 
 Instances = pytest.importorskip("detectron2.structures").Instances
 Boxes = pytest.importorskip("detectron2.structures").Boxes
@@ -323,6 +327,78 @@ def test_batch_size_does_not_change_the_result(raw: bool) -> None:
     assert not np.array_equal(one.class_probs, np.eye(2)[one.class_ids])
 
 
+class SlowRawOracle(RawOracle):
+    """A `RawOracle` whose forward pass takes a while, recording how many run at once."""
+
+    def __init__(self) -> None:
+        super().__init__(with_probs=True)
+        self.running = 0
+        self.most_running = 0
+        self.threads: set[int] = set()
+
+    def _timed(self, call: Any) -> Any:
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        self.threads.add(threading.get_ident())
+        time.sleep(0.02)  # Long enough for the other worker to start its own call.
+        try:
+            return call()
+        finally:
+            self.running -= 1
+
+    def forward(self, inputs):
+        return self._timed(lambda: super(SlowRawOracle, self).forward(inputs))
+
+    def inference(self, inputs, detected_instances=None, do_postprocess: bool = True):
+        return self._timed(
+            lambda: super(SlowRawOracle, self).inference(inputs, detected_instances, do_postprocess)
+        )
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_concurrent_cpu_workers_give_the_same_detections_in_bounded_batches(raw: bool) -> None:
+    image, _ = _boundary_scene()
+    config = InferenceConfig(tile_size=128, overlap=32, batch_size=4, device="cpu")
+    serial = run_tiled_inference(
+        RawOracle(with_probs=True),
+        image,
+        xy0=XY0,
+        config=dataclasses.replace(config, workers=1),
+        use_raw_masks=raw,
+    )
+    threads_before = torch.get_num_threads()
+    oracle = SlowRawOracle()
+    parallel = run_tiled_inference(
+        oracle, image, xy0=XY0, config=dataclasses.replace(config, workers=2), use_raw_masks=raw
+    )
+    assert torch.get_num_threads() == threads_before  # Each worker's thread share is undone.
+    assert parallel.stats["workers"] == 2 and parallel.stats["tiles_per_call"] == 2
+    assert serial.stats["workers"] == 1 and serial.stats["tiles_per_call"] == 4
+    # Two calls overlapped, on two threads, and never more than the batch was in flight.
+    assert oracle.most_running == 2 and len(oracle.threads) == 2 and max(oracle.batch_sizes) == 2
+    assert parallel.stats["seconds_forward"] <= parallel.stats["seconds_total"]
+    assert len(serial) == len(parallel) > 0
+    for name in ("boxes", "scores", "class_ids", "class_probs", "tile_index", "merged_duplicate"):
+        np.testing.assert_array_equal(getattr(serial, name), getattr(parallel, name), err_msg=name)
+    assert all(np.array_equal(a, b) for a, b in zip(serial.footprints, parallel.footprints))
+    assert {k: v for k, v in serial.stats.items() if k.startswith("n_")} == {
+        k: v for k, v in parallel.stats.items() if k.startswith("n_")
+    }
+
+
+def test_a_failing_worker_stops_the_run_with_its_error() -> None:
+    class Failing(RawOracle):
+        def inference(self, inputs, detected_instances=None, do_postprocess: bool = True):
+            if len(self.batch_sizes) >= 2:
+                raise RuntimeError("tile exploded")
+            return super().inference(inputs, detected_instances, do_postprocess)
+
+    image, _ = _boundary_scene()
+    config = InferenceConfig(tile_size=128, overlap=32, batch_size=2, workers=2, device="cpu")
+    with pytest.raises(RuntimeError, match="tile exploded"):
+        run_tiled_inference(Failing(), image, config=config)
+
+
 def test_duplicates_from_jittered_centres_are_merged() -> None:
     image, centres = _boundary_scene()
     truth = _true_footprints(image, XY0)
@@ -386,6 +462,31 @@ def test_oracle_never_gets_more_than_a_batch_and_no_patch_sized_array_is_allocat
     # A single patch-sized boolean mask would be 9 MB; the peak (engine and oracle together) is bounded by
     # a batch of tiles.
     assert peak < height * width // 2, f"peak traced allocation {peak / 1e6:.1f} MB"
+
+
+def test_a_cube_scaled_tile_by_tile_gives_the_same_detections_without_the_scaled_patch() -> None:
+    image, _ = _boundary_scene()
+    patch = MultibandImage(bands=("r",), image=image)
+    spec = ScalingSpec("linear", invalid_planes=())
+    config = InferenceConfig(tile_size=128, overlap=32, workers=2)
+    eager = run_tiled_inference(RawOracle(), spec.apply(patch)[0], xy0=XY0, config=config)
+    lazy_cube = spec.scaled_cube(patch)
+    assert isinstance(lazy_cube, ScaledCube)
+    lazy = run_tiled_inference(RawOracle(), lazy_cube, xy0=XY0, config=config)
+    assert len(lazy) == len(eager) > 0 and _found(lazy) == _found(eager)
+    np.testing.assert_array_equal(lazy.boxes, eager.boxes)
+    # On a large patch, the tiles are scaled as they are read: far less than the scaled patch is allocated.
+    big = np.zeros((1, 3000, 3000), dtype=np.float32)
+    big[0, 1000:1007, 2000:2007] = 1.0
+    lazy_cube = spec.scaled_cube(MultibandImage(bands=("r",), image=big))
+    tracemalloc.start()
+    try:
+        found = run_tiled_inference(Oracle(), lazy_cube, config=InferenceConfig(tile_size=256, overlap=32))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(found) == 1
+    assert peak < big.nbytes // 4, f"peak traced allocation {peak / 1e6:.1f} MB"
 
 
 def test_valid_mask_threshold_and_top_k() -> None:
@@ -491,6 +592,15 @@ def test_a_real_detectron2_mask_rcnn_runs_through_both_mask_paths() -> None:
     # Pasting the 14x14 box-relative masks one box at a time reproduces detectron2's own post-processing.
     assert _found(raw) == _found(full)
     np.testing.assert_allclose(raw.boxes, full.boxes, rtol=0, atol=1e-3)
+    # Channels-last weights (the default) change the sums' order only; the model's layout is restored.
+    assert raw.stats["channels_last"]
+    plain = run_tiled_inference(
+        model, image, xy0=XY0, config=dataclasses.replace(config, channels_last=False)
+    )
+    assert not plain.stats["channels_last"] and len(plain) == len(raw)
+    np.testing.assert_allclose(plain.boxes, raw.boxes, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(plain.scores, raw.scores, rtol=0, atol=1e-4)
+    assert all(p.is_contiguous() for p in model.parameters())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -504,3 +614,16 @@ def test_cuda_with_fp16_autocast_matches_cpu() -> None:
         gpu = run_tiled_inference(RawOracle(), image, config=config, use_raw_masks=raw)
         assert gpu.stats["device"].startswith("cuda") and gpu.stats["half"] is True
         assert _found(gpu) == _found(cpu) if not raw else len(gpu) == len(cpu)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_come_from_pinned_memory_in_one_call_and_match_cpu() -> None:
+    image, _ = _boundary_scene()
+    config = InferenceConfig(tile_size=128, overlap=32, device="cpu", batch_size=5)
+    cpu = run_tiled_inference(RawOracle(), image, config=config)
+    oracle = RawOracle()
+    gpu = run_tiled_inference(oracle, image, config=dataclasses.replace(config, device="cuda", workers=3))
+    # One call per batch on a GPU (workers are a CPU setting), results as on the CPU.
+    assert gpu.stats["workers"] == 1 and gpu.stats["tiles_per_call"] == 5 and max(oracle.batch_sizes) == 5
+    assert _found(gpu) == _found(cpu)
+    np.testing.assert_allclose(gpu.boxes, cpu.boxes, rtol=0, atol=1e-4)

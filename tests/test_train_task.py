@@ -363,13 +363,13 @@ def test_run_stops_then_resumes_at_the_saved_iteration(blob_data, tmp_path: Path
 
 
 def test_history_table_handles_missing_values() -> None:
-    from lsst.meas.extensions.deepdisc.core.training import TrainingConfig
+    from lsst.meas.extensions.deepdisc.core.training import TrainingConfig, make_history_table
 
     history = [
         {"iteration": 5, "stage": 1, "train_loss": 2.0, "ap": None, "n_truth": 4},
         {"iteration": 10, "stage": 2, "train_loss": 1.0, "ap": 0.25, "n_truth": 4},
     ]
-    table = DeepDiscTrainTask.make_history_table(history, 10, TrainingConfig(5, 5, best_metric="ap"))
+    table = make_history_table(history, 10, TrainingConfig(5, 5, best_metric="ap"))
     assert table["iteration"].dtype == np.int64 and table["n_truth"].dtype == np.int64
     assert math.isnan(table["ap"][0]) and table["ap"][1] == 0.25
     assert list(table["is_best"]) == [False, True]

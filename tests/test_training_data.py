@@ -22,7 +22,6 @@ from lsst.meas.extensions.deepdisc.core.footprints import mask_to_spans, spans_t
 from lsst.meas.extensions.deepdisc.core.training_data import (
     InstanceLabel,
     TrainingExample,
-    split_examples,
     to_detectron2_dict,
 )
 
@@ -139,30 +138,6 @@ def test_to_detectron2_dict_without_instances() -> None:
     record = to_detectron2_dict(TrainingExample(image, [], "empty", ("g", "r")))
     assert len(record["instances"]) == 0
     assert tuple(record["instances"].gt_masks.tensor.shape) == (0, 8, 9)
-
-
-# ----------------------------------------------------------------------------------------------- split
-
-
-def test_split_is_deterministic_disjoint_and_order_independent() -> None:
-    examples = [TrainingExample(np.zeros((1, 4, 4), np.float32), [], f"id{i:02d}", ("r",)) for i in range(20)]
-    train, val = split_examples(examples, 0.25, seed=3)
-    assert len(val) == 5 and len(train) == 15
-    ids_train = {e.example_id for e in train}
-    ids_val = {e.example_id for e in val}
-    assert not ids_train & ids_val and len(ids_train | ids_val) == 20
-    again_train, again_val = split_examples(examples[::-1], 0.25, seed=3)
-    assert [e.example_id for e in again_val] == [e.example_id for e in val]
-    assert [e.example_id for e in again_train] == [e.example_id for e in train]
-    _, other_val = split_examples(examples, 0.25, seed=4)
-    assert {e.example_id for e in other_val} != ids_val
-    # A positive fraction always yields at least one validation example, and training keeps one.
-    assert [len(part) for part in split_examples(examples[:2], 0.01, seed=0)] == [1, 1]
-    assert [len(part) for part in split_examples(examples, 0.0, seed=0)] == [20, 0]
-    with pytest.raises(ValueError, match="duplicate"):
-        split_examples([examples[0], examples[0]], 0.5, seed=0)
-    with pytest.raises(ValueError, match="validation_fraction"):
-        split_examples(examples, 1.0, seed=0)
 
 
 # ------------------------------------------------------------------------------------------ augmentation

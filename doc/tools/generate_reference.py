@@ -91,6 +91,21 @@ def schema_page() -> str:
         lines += _table(
             _schema_rows(label_columns(EXAMPLE_CLASSES)), ("column", "type", "unit", "description")
         )
+    from lsst.meas.extensions.deepdisc.core.catalog import artifact_mask_columns
+
+    lines += [
+        "",
+        "object_deepdisc_artifact_mask",
+        "=============================",
+        "",
+        "Written by ``DeepDiscDetectTask`` when ``doWriteArtifactMask`` (dimensions tract, patch, skymap;",
+        "storage class ``ArrowAstropy``): the per-patch artifact mask, one row per artifact class with",
+        "detections (no rows for a model without artifact classes).  Rasterise it with",
+        "``lsst.meas.extensions.deepdisc.core.catalog.artifact_mask_image``; ``meta['image_bbox']`` is the",
+        "patch.",
+        "",
+    ]
+    lines += _table(_schema_rows(artifact_mask_columns()), ("column", "type", "unit", "description"))
     return "\n".join(lines) + "\n"
 
 

@@ -52,16 +52,31 @@ from astropy.table import Table
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[6]
 SHIPPED_MODEL = PACKAGE_ROOT / "models" / "deepdisc-compact-sim.zip"
-PRESET = "small"
-OUTPUT_COLLECTION = "u/demo/deepdisc"
-TRAIN_COLLECTION = "u/demo/train"
+PRESETS = ("artifacts", "small")
+"""Simulation presets the demo runs on: ``artifacts`` (the default: the ``small`` tract, same seed and
+objects, plus ghosts, scattered light and rays) or ``small`` (without artifacts)."""
+
+
+def output_collection(preset: str) -> str:
+    """The demo's detection + comparison collection for a preset."""
+    return "u/demo/deepdisc" if preset == "small" else f"u/demo/{preset}/deepdisc"
+
+
+def train_collection(preset: str) -> str:
+    """The demo's training collection (``--train``) for a preset."""
+    return "u/demo/train" if preset == "small" else f"u/demo/{preset}/train"
+
+
 PLOTS = (
     ("deepdisc_completeness_purity_plot", "Completeness and purity vs magnitude"),
     ("deepdisc_classification_plot", "Star/galaxy precision, recall, F1 vs magnitude"),
     ("deepdisc_blend_outcomes_plot", "Blend outcomes vs magnitude"),
     ("deepdisc_iou_plot", "IoU of matched pairs"),
     ("deepdisc_precision_recall_plot", "DeepDISC precision-recall over score thresholds"),
+    ("deepdisc_artifact_plot", "Artifacts: AP per class, purity with and without artifact flags"),
 )
+"""Tract plots of the report; those absent from the run (``deepdisc_artifact_plot`` without artifacts) are
+skipped."""
 METHOD_LABELS = {"deepdisc": "DeepDISC", "scarlet": "scarlet-style deblender", "sep": "sep baseline"}
 
 _start = time.perf_counter()
@@ -86,6 +101,16 @@ def _butler(repo: Path):
     return Butler.from_config(str(repo))
 
 
+def _refs(butler, dataset_type: str, collection: str) -> list:
+    """Refs of a dataset type in a collection; none when it is not registered."""
+    from lsst.daf.butler import MissingDatasetTypeError
+
+    try:
+        return list(butler.query_datasets(dataset_type, collections=collection, explain=False))
+    except MissingDatasetTypeError:
+        return []
+
+
 def _has(repo: Path, dataset_type: str, collection: str) -> bool:
     from lsst.daf.butler import MissingCollectionError, MissingDatasetTypeError
 
@@ -96,12 +121,12 @@ def _has(repo: Path, dataset_type: str, collection: str) -> bool:
             return False
 
 
-def build_repo(repo: Path, jobs: int) -> str:
+def build_repo(repo: Path, jobs: int, preset: str) -> str:
     """Step 1: the simulated repository (idempotent); returns the skymap name."""
     from ..sim.repo import build_sim_repo
 
-    _say(f"step 1/4: simulated repository '{PRESET}' at {repo} (existing patches are kept)")
-    info = build_sim_repo(str(repo), preset=PRESET, jobs=jobs)
+    _say(f"step 1/4: simulated repository '{preset}' at {repo} (existing patches are kept)")
+    info = build_sim_repo(str(repo), preset=preset, jobs=jobs)
     _say(
         f"repository ready: {len(info.data_ids)} patches, bands {''.join(info.bands)}, "
         f"collection {info.collection}"
@@ -109,7 +134,7 @@ def build_repo(repo: Path, jobs: int) -> str:
     return info.skymap
 
 
-def obtain_model(repo: Path, skymap: str, train: bool, collection: str) -> str:
+def obtain_model(repo: Path, skymap: str, train: bool, collection: str, preset: str) -> str:
     """Step 2: the model package collection to use as input."""
     if not train and SHIPPED_MODEL.exists():
         from ..core.model_package import ModelPackage
@@ -123,9 +148,10 @@ def obtain_model(repo: Path, skymap: str, train: bool, collection: str) -> str:
         return f"pretrained_models/{package.name}"
     if not train:
         _say(f"step 2/4: no shipped model at {SHIPPED_MODEL}; training a compact model on CPU instead")
-    if _has(repo, "deepdisc_model", TRAIN_COLLECTION):
-        _say(f"step 2/4: reusing the model trained earlier in {TRAIN_COLLECTION}")
-        return TRAIN_COLLECTION
+    trained = train_collection(preset)
+    if _has(repo, "deepdisc_model", trained):
+        _say(f"step 2/4: reusing the model trained earlier in {trained}")
+        return trained
     _say("step 2/4: training a compact model with pipelines/DeepDiscTrain.yaml (short CPU schedule)")
     _run(
         [
@@ -136,7 +162,7 @@ def obtain_model(repo: Path, skymap: str, train: bool, collection: str) -> str:
             "-i",
             collection,
             "-o",
-            TRAIN_COLLECTION,
+            trained,
             "-p",
             str(PACKAGE_ROOT / "pipelines" / "DeepDiscTrain.yaml"),
             "-C",
@@ -150,15 +176,15 @@ def obtain_model(repo: Path, skymap: str, train: bool, collection: str) -> str:
             "1",
         ]
     )
-    return TRAIN_COLLECTION
+    return trained
 
 
-def detect_and_compare(repo: Path, skymap: str, inputs: list[str], jobs: int) -> None:
+def detect_and_compare(repo: Path, skymap: str, inputs: list[str], jobs: int, preset: str) -> None:
     """Step 3: detection and comparison with pipetask (skipped when the summary exists)."""
-    if _has(repo, "deepdisc_comparison_summary", OUTPUT_COLLECTION):
+    output = output_collection(preset)
+    if _has(repo, "deepdisc_comparison_summary", output):
         _say(
-            f"step 3/4: detection and comparison already in {OUTPUT_COLLECTION}; delete the output folder "
-            "to start over"
+            f"step 3/4: detection and comparison already in {output}; delete the output folder to start over"
         )
         return
     _say("step 3/4: detection + comparison with pipelines/DeepDiscCompare.yaml")
@@ -170,7 +196,7 @@ def detect_and_compare(repo: Path, skymap: str, inputs: list[str], jobs: int) ->
         "-i",
         ",".join(inputs),
         "-o",
-        OUTPUT_COLLECTION,
+        output,
         "-p",
         str(PACKAGE_ROOT / "pipelines" / "DeepDiscCompare.yaml"),
         "-d",
@@ -179,7 +205,7 @@ def detect_and_compare(repo: Path, skymap: str, inputs: list[str], jobs: int) ->
         "-j",
         str(jobs),
     ]
-    if _has(repo, "object_deepdisc", OUTPUT_COLLECTION):
+    if _has(repo, "object_deepdisc", output):
         args += ["--extend-run", "--skip-existing", "--clobber-outputs"]  # finish an interrupted run
     _run(args)
 
@@ -196,6 +222,9 @@ def summary_table(summary: Table) -> Table:
         ("star_f1", "star F1"),
         ("galaxy_f1", "galaxy F1"),
         ("median_mask_iou", "median mask IoU"),
+        ("purity_artifact_flagged", "purity (artifact flags)"),
+        ("frac_fp_in_truth_artifact", "FP in artifacts"),
+        ("frac_fp_in_truth_artifact_flagged", "of which flagged"),
     ):
         if column in totals.colnames:
             rows[label] = np.round(np.asarray(totals[column], dtype=float), 3)
@@ -237,36 +266,47 @@ def per_magnitude_table(summary: Table, edges: tuple[float, ...] = MAGNITUDE_EDG
     return rows
 
 
-def write_report(repo: Path, skymap: str, output: Path) -> Table:
+def write_report(repo: Path, skymap: str, output: Path, preset: str) -> Table:
     """Step 4: summary table (printed) and report.html with the plots."""
+    collection = output_collection(preset)
     _say("step 4/4: summary and report")
     figures = output / "report"
     figures.mkdir(parents=True, exist_ok=True)
     with _butler(repo) as butler:
         summary_refs = list(
             butler.query_datasets(
-                "deepdisc_comparison_summary", collections=OUTPUT_COLLECTION, where=f"skymap='{skymap}'"
+                "deepdisc_comparison_summary", collections=collection, where=f"skymap='{skymap}'"
             )
         )
         summary = butler.get(summary_refs[0])
         images = []
         for dataset_type, title in PLOTS:
-            for ref in butler.query_datasets(dataset_type, collections=OUTPUT_COLLECTION, explain=False):
+            for ref in _refs(butler, dataset_type, collection):
                 target = figures / f"{dataset_type}_tract{ref.dataId['tract']}.png"
                 target.write_bytes(butler.getURI(ref).read())
                 images.append((title, target))
         overlays = sorted(
-            butler.query_datasets("deepdisc_overlay_plot", collections=OUTPUT_COLLECTION, explain=False),
+            butler.query_datasets("deepdisc_overlay_plot", collections=collection, explain=False),
             key=lambda ref: int(ref.dataId["patch"]),
         )
         for ref in overlays[:2]:
             target = figures / f"overlay_tract{ref.dataId['tract']}_patch{ref.dataId['patch']}.png"
             target.write_bytes(butler.getURI(ref).read())
             images.append((f"Overlay, tract {ref.dataId['tract']} patch {ref.dataId['patch']}", target))
+        # Truth artifacts against DeepDISC's artifact detections, written only for patches with artifacts.
+        artifact_overlays = sorted(
+            _refs(butler, "deepdisc_artifact_overlay_plot", collection),
+            key=lambda ref: int(ref.dataId["patch"]),
+        )
+        for ref in artifact_overlays[:2]:
+            tract, patch = ref.dataId["tract"], ref.dataId["patch"]
+            target = figures / f"artifact_overlay_tract{tract}_patch{patch}.png"
+            target.write_bytes(butler.getURI(ref).read())
+            images.append((f"Artifacts (truth vs DeepDISC), tract {tract} patch {patch}", target))
     table = summary_table(summary)
     print()
     print(
-        f"DeepDISC vs the scarlet-style deblender vs sep on the '{PRESET}' simulated tract "
+        f"DeepDISC vs the scarlet-style deblender vs sep on the '{preset}' simulated tract "
         f"(reference: {table.meta['reference']}, {table.meta['n_ref']} objects):"
     )
     table.pprint(max_width=-1, max_lines=-1)
@@ -289,7 +329,7 @@ def write_report(repo: Path, skymap: str, output: Path) -> Table:
         " table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body>",
         "<h1>DeepDISC on a simulated Rubin tract</h1>",
         f"<p>Repository <code>{html.escape(str(repo))}</code>, outputs in collection "
-        f"<code>{OUTPUT_COLLECTION}</code>. Reference: {html.escape(table.meta['reference'])}.</p>",
+        f"<code>{collection}</code>. Reference: {html.escape(table.meta['reference'])}.</p>",
         rows_html,
     ]
     for title, path in images:
@@ -310,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=2, help="processes for the simulation and for pipetask")
     parser.add_argument("--clean", action="store_true", help="delete the output directory first")
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=PRESETS[0],
+        help="simulated tract: 'artifacts' (default; with ghosts, scattered light and rays) or 'small'",
+    )
     args = parser.parse_args(argv)
     # Progress lines of the simulation (per patch, with rate and ETA) come through logging.
     logging.basicConfig(format="[%(name)s] %(message)s")
@@ -321,13 +367,13 @@ def main(argv: list[str] | None = None) -> int:
     from ..butler.model_formatter import ensure_butler_config_path
 
     ensure_butler_config_path()  # our storage classes, also for the pipetask child processes
-    skymap = build_repo(repo, args.jobs)
+    skymap = build_repo(repo, args.jobs, args.preset)
     from ..sim.repo import default_collection
 
-    collection = default_collection(PRESET)
-    model_collection = obtain_model(repo, skymap, args.train, collection)
-    detect_and_compare(repo, skymap, [collection, model_collection], args.jobs)
-    write_report(repo, skymap, args.output.resolve())
+    collection = default_collection(args.preset)
+    model_collection = obtain_model(repo, skymap, args.train, collection, args.preset)
+    detect_and_compare(repo, skymap, [collection, model_collection], args.jobs, args.preset)
+    write_report(repo, skymap, args.output.resolve(), args.preset)
     _say("done: open " + str((args.output / "report.html").resolve()))
     return 0
 

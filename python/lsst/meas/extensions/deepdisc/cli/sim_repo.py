@@ -50,6 +50,8 @@ def _patch_argument(value: str) -> int | tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
+    from ..sim.presets import available_presets
+
     parser = argparse.ArgumentParser(
         prog="deepdisc-sim-repo",
         description="Simulate DRP patches (coadds, truth, scarlet models, catalogs) into a Butler repo.",
@@ -57,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "repo", help="repository root (created if missing) or an existing repository's config"
     )
-    parser.add_argument("--preset", default="tiny", help="simulation preset: tiny, small, train, benchmark")
+    parser.add_argument(
+        "--preset", default="tiny", help=f"simulation preset: {', '.join(available_presets())}"
+    )
     parser.add_argument("--seed", type=int, help="base seed (default: each tract's seed from the preset)")
     parser.add_argument("--collection", help="CHAINED input collection (default sim/<preset>)")
     parser.add_argument("--run", help="RUN collection (default <collection>/run)")

@@ -39,6 +39,7 @@ __all__ = [
     "crop_spans",
     "flip_example",
     "flip_spans",
+    "random_band_keep",
     "random_crop_box",
     "rot90_example",
     "rot90_spans",
@@ -271,3 +272,24 @@ def augment_example(
     if config.rot90:
         example = rot90_example(example, int(rng.integers(0, 4)))
     return example
+
+
+def random_band_keep(n_bands: int, min_bands: int, rng: np.random.Generator) -> np.ndarray:
+    """Which bands an example keeps under band dropout.
+
+    The number kept is uniform in ``min_bands .. n_bands - 1`` and the bands kept are a uniform random
+    subset of that size, so that single bands and the common three-band sets are all seen in training
+    (independent per-band dropout would almost never leave a single band).
+
+    Returns
+    -------
+    keep : `numpy.ndarray`
+        Boolean ``[n_bands]``; all True when there are not more than ``min_bands`` bands.
+    """
+    keep = np.ones(n_bands, dtype=bool)
+    if n_bands <= min_bands:
+        return keep
+    n_keep = int(rng.integers(min_bands, n_bands))
+    keep[:] = False
+    keep[rng.choice(n_bands, size=n_keep, replace=False)] = True
+    return keep

@@ -58,6 +58,17 @@ Conventions (decided here and recorded in the table metadata):
   the Rubin object tables' meanings, are set by `set_primary_flags` from the patch's and tract's inner
   regions (the detection task does it from the data ID's records); `build_catalog` alone sets them true
   and records in ``meta["primary_flags"]`` that no region was applied.
+* **Artifacts.**  A model may have artifact classes (ghosts, diffraction rays...): class names starting with
+  `ARTIFACT_CLASS_PREFIX` (``artifact_ghost_bright``, ``artifact_ghost_faint``, ``artifact_rays``).  Their
+  detections are rows of their own with ``is_artifact`` true and their footprint, but they are not sources:
+  ``detect_isPrimary`` is false for them (select ``is_artifact & detect_isPatchInner &
+  detect_isTractInner`` for the unique artifacts of a tract), they never join a family (their pixels do
+  not link sources) and take no part in apportioning (their apportioned flux is their footprint flux).
+  ``artifact_overlap_fraction`` is the fraction of a source's footprint covered by the union of the
+  artifact footprints, and ``flag_in_artifact`` is set when it exceeds ``artifact_overlap_threshold``
+  (0 and false for artifact rows, and for every row of a model without artifact classes).
+  `build_artifact_mask` turns the artifact rows into the per-patch artifact mask table (one row per class:
+  the union of its footprints as spans) and `artifact_mask_image` rasterises it.
 
 Image values are taken to be in nJy per pixel (Rubin coadds).  Everything is vectorised over a flat list of
 footprint pixels, so thousands of sources cost a few array passes.
@@ -65,10 +76,20 @@ footprint pixels, so thousands of sources cost a few array passes.
 
 from __future__ import annotations
 
-__all__ = ["APPORTION_RULE", "build_catalog", "catalog_columns", "detection_snr", "set_primary_flags"]
+__all__ = [
+    "APPORTION_RULE",
+    "artifact_mask_columns",
+    "artifact_mask_image",
+    "build_artifact_mask",
+    "build_catalog",
+    "catalog_columns",
+    "detection_snr",
+    "is_artifact_class",
+    "set_primary_flags",
+]
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import astropy.units as u
 import numpy as np
@@ -76,10 +97,13 @@ from astropy.table import Column, Table
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .footprints import flatten_spans
+from .artifacts import ARTIFACT_CLASS_PREFIX
+from .footprints import flatten_spans, spans_area, spans_to_mask, spans_union, unflatten_spans
 from .ids import IdPacker
-from .inference import Detections
 from .multiband import MultibandImage
+
+if TYPE_CHECKING:  # torch-free import: the comparison uses the artifact helpers of this module.
+    from .inference import Detections
 
 APPORTION_RULE = (
     "pixel flux split among the covering footprints in proportion to each source's positive footprint flux "
@@ -87,6 +111,18 @@ APPORTION_RULE = (
 )
 
 FLUX_UNIT = u.nJy
+
+"""Class names starting with this prefix are image artifacts, not sources (the model-package contract)."""
+
+
+def is_artifact_class(class_names: Sequence[str] | str) -> np.ndarray | bool:
+    """Whether class names are artifact classes (they start with `ARTIFACT_CLASS_PREFIX`).
+
+    Returns a `bool` for one name, else a boolean array with one value per name.
+    """
+    if isinstance(class_names, str):
+        return class_names.startswith(ARTIFACT_CLASS_PREFIX)
+    return np.array([str(name).startswith(ARTIFACT_CLASS_PREFIX) for name in class_names], dtype=bool)
 
 
 def catalog_columns(bands: Sequence[str], class_names: Sequence[str]) -> list[tuple[str, Any, Any, str]]:
@@ -137,6 +173,13 @@ def catalog_columns(bands: Sequence[str], class_names: Sequence[str]) -> list[tu
         ("score", np.float32, u.dimensionless_unscaled, "Model detection score"),
         ("class_id", np.int32, None, "Predicted class index"),
         ("class_name", str, None, "Predicted class name"),
+        (
+            "is_artifact",
+            bool,
+            None,
+            f"The detection is an image artifact (class name starting with {ARTIFACT_CLASS_PREFIX!r}), not a "
+            "source: never primary, in no family",
+        ),
     ]
     for name in class_names:
         columns.append(
@@ -184,6 +227,19 @@ def catalog_columns(bands: Sequence[str], class_names: Sequence[str]) -> list[tu
         ("flag_patch_edge", bool, None, "Footprint reaches within edge_margin pixels of the image border"),
         ("flag_merged_duplicate", bool, None, "A duplicate detection from an overlapping tile was merged in"),
         (
+            "artifact_overlap_fraction",
+            np.float32,
+            u.dimensionless_unscaled,
+            "Fraction of the footprint covered by artifact footprints (0 for artifact rows)",
+        ),
+        (
+            "flag_in_artifact",
+            bool,
+            None,
+            "Source whose artifact_overlap_fraction exceeds the artifact overlap threshold (never set on "
+            "artifact rows)",
+        ),
+        (
             "detect_isPatchInner",
             bool,
             None,
@@ -199,8 +255,8 @@ def catalog_columns(bands: Sequence[str], class_names: Sequence[str]) -> list[tu
             "detect_isPrimary",
             bool,
             None,
-            "detect_isPatchInner and detect_isTractInner: the primary rows of all patches hold each "
-            "source once",
+            "detect_isPatchInner and detect_isTractInner and not is_artifact: the primary rows of all "
+            "patches hold each source once",
         ),
         ("tile_index", np.int32, None, "Inference tile the detection was kept from"),
         ("tract", np.int64, None, "Tract id"),
@@ -308,7 +364,8 @@ def set_primary_flags(catalog: Table, patch_inner: np.ndarray, tract_inner: np.n
     catalog : `astropy.table.Table`
         A `build_catalog` table.
     patch_inner, tract_inner : `numpy.ndarray`
-        Per row, whether the centroid lies in the patch's and the tract's inner region.
+        Per row, whether the centroid lies in the patch's and the tract's inner region.  Artifact rows
+        (``is_artifact``) are never primary.
     source : `str`
         Where the regions came from, recorded as ``meta["primary_flags"]``.
     """
@@ -319,11 +376,14 @@ def set_primary_flags(catalog: Table, patch_inner: np.ndarray, tract_inner: np.n
             f"{patch_inner.size} patch and {tract_inner.size} tract flags for a catalog of "
             f"{len(catalog)} rows"
         )
+    primary = patch_inner & tract_inner
+    if "is_artifact" in catalog.colnames:
+        primary &= ~np.asarray(catalog["is_artifact"], dtype=bool)
     catalog["detect_isPatchInner"] = patch_inner
     catalog["detect_isTractInner"] = tract_inner
-    catalog["detect_isPrimary"] = patch_inner & tract_inner
+    catalog["detect_isPrimary"] = primary
     catalog.meta["primary_flags"] = source
-    catalog.meta.setdefault("counts", {})["primary"] = int(np.sum(patch_inner & tract_inner))
+    catalog.meta.setdefault("counts", {})["primary"] = int(np.sum(primary))
 
 
 def build_catalog(
@@ -339,6 +399,7 @@ def build_catalog(
     edge_margin: int = 0,
     saturated_planes: Sequence[str] = ("SAT",),
     nodata_planes: Sequence[str] = ("NO_DATA",),
+    artifact_overlap_threshold: float = 0.5,
 ) -> Table:
     """Build the detection catalog of one patch.
 
@@ -360,6 +421,9 @@ def build_catalog(
         Distance in pixels from the image border within which ``flag_patch_edge`` is set.
     saturated_planes, nodata_planes : sequence of `str`
         Mask planes meaning saturated and no data.
+    artifact_overlap_threshold : `float`
+        A source gets ``flag_in_artifact`` when more than this fraction of its footprint is covered by
+        artifact footprints (see the module documentation).
 
     Returns
     -------
@@ -378,7 +442,11 @@ def build_catalog(
     _validate(detections, image, class_names)
     if edge_margin < 0:
         raise ValueError(f"edge_margin must be >= 0, got {edge_margin}")
+    if not 0.0 <= artifact_overlap_threshold < 1.0:
+        raise ValueError(f"artifact_overlap_threshold must be in [0, 1), got {artifact_overlap_threshold}")
     n = len(detections)
+    artifact_class = np.asarray(is_artifact_class(class_names), dtype=bool)
+    is_artifact = artifact_class[detections.class_ids] if n else np.zeros(0, dtype=bool)
     n_bands = len(image.bands)
     ids = id_packer.pack(tract, patch, np.arange(1, n + 1, dtype=np.int64))
 
@@ -443,6 +511,21 @@ def build_catalog(
         coord_ra = np.full(n, np.nan)
         coord_dec = np.full(n, np.nan)
 
+    # Artifact cover of the sources: footprint pixels that are also pixels of an artifact footprint.
+    artifact_fraction = np.zeros(n)
+    if np.any(is_artifact):
+        artifact_pixels = np.unique(linear[is_artifact[owner]])
+        in_artifact = np.isin(linear, artifact_pixels, assume_unique=False) & ~is_artifact[owner]
+        artifact_fraction = np.bincount(owner, weights=in_artifact, minlength=n) / np.maximum(area, 1)
+    flag_in_artifact = ~is_artifact & (artifact_fraction > artifact_overlap_threshold)
+
+    # Families, heads and apportioning involve the sources' pixels only: artifacts link and share nothing.
+    source_pixel = ~is_artifact[owner]
+    if not np.all(source_pixel):
+        owner_all, linear_all, clean_all, detection_all = owner, linear, clean, detection
+        owner, linear = owner[source_pixel], linear[source_pixel]
+        clean, detection = clean[:, source_pixel], detection[source_pixel]
+
     # Families and heads.
     if n:
         labels, order, group = _families(owner, linear, n)
@@ -473,6 +556,9 @@ def build_catalog(
     apportioned = np.stack(
         [np.bincount(owner, weights=clean[b] * share, minlength=n) for b in range(n_bands)]
     )
+    if not np.all(source_pixel):
+        apportioned[:, is_artifact] = footprint_flux[:, is_artifact]
+        owner, linear, clean, detection = owner_all, linear_all, clean_all, detection_all
 
     # Footprint bounding boxes (inclusive) from the spans.
     if n:
@@ -530,9 +616,12 @@ def build_catalog(
         "flag_bad_variance": bad_variance,
         "flag_patch_edge": patch_edge,
         "flag_merged_duplicate": detections.merged_duplicate,
+        "is_artifact": is_artifact,
+        "artifact_overlap_fraction": artifact_fraction,
+        "flag_in_artifact": flag_in_artifact,
         "detect_isPatchInner": np.ones(n, dtype=bool),
         "detect_isTractInner": np.ones(n, dtype=bool),
-        "detect_isPrimary": np.ones(n, dtype=bool),
+        "detect_isPrimary": ~is_artifact,
         "tile_index": detections.tile_index,
         "tract": np.full(n, tract),
         "patch": np.full(n, patch),
@@ -571,7 +660,11 @@ def build_catalog(
                 "flag_saturated": int(np.sum(saturated)),
                 "flag_bad_variance": int(np.sum(bad_variance)),
                 "flag_patch_edge": int(np.sum(patch_edge)),
+                "artifacts": int(np.sum(is_artifact)),
+                "flag_in_artifact": int(np.sum(flag_in_artifact)),
             },
+            "artifact_classes": [name for name, a in zip(class_names, artifact_class) if a],
+            "artifact_overlap_threshold": float(artifact_overlap_threshold),
             "id_layout": id_packer.to_dict(),
             "edge_margin": int(edge_margin),
             "apportion_rule": APPORTION_RULE,
@@ -580,6 +673,118 @@ def build_catalog(
         }
     )
     return table
+
+
+def artifact_mask_columns() -> list[tuple[str, Any, Any, str]]:
+    """The schema of the artifact mask table (`build_artifact_mask`): ``(name, dtype, unit, description)``."""
+    return [
+        ("class_name", str, None, "Artifact class name (with its artifact_ prefix)"),
+        ("n_instances", np.int32, None, "Number of detected artifacts of the class in the patch"),
+        ("area", np.int64, u.pix, "Number of pixels in the union of their footprints"),
+        ("bbox_x0", np.int32, u.pix, "Bounding box minimum x (inclusive) of the union, parent coordinates"),
+        ("bbox_y0", np.int32, u.pix, "Bounding box minimum y (inclusive) of the union, parent coordinates"),
+        ("bbox_x1", np.int32, u.pix, "Bounding box maximum x (inclusive) of the union, parent coordinates"),
+        ("bbox_y1", np.int32, u.pix, "Bounding box maximum y (inclusive) of the union, parent coordinates"),
+        ("max_score", np.float32, u.dimensionless_unscaled, "Highest model score among the instances"),
+        ("ids", object, None, "Catalog ids (object_deepdisc id) of the instances"),
+        (
+            "spans",
+            object,
+            None,
+            "Union of the instances' footprints as canonical spans flattened as [y, x_begin, x_end, ...]",
+        ),
+    ]
+
+
+def build_artifact_mask(catalog: Table) -> Table:
+    """The per-patch artifact mask: one row per artifact class, the union of its footprints as spans.
+
+    Parameters
+    ----------
+    catalog : `astropy.table.Table`
+        A `build_catalog` table (``is_artifact``, ``class_name``, ``footprint``, ``score``, ``id``).
+
+    Returns
+    -------
+    mask : `astropy.table.Table`
+        Columns of `artifact_mask_columns`, classes in the order of ``catalog.meta["artifact_classes"]``
+        (classes without detections have no row); no rows when the patch has no artifact (always, for a
+        model without artifact classes).  ``meta`` carries ``image_bbox``, ``tract``, ``patch``, the model
+        and ``artifact_classes``; `artifact_mask_image` rasterises it.
+    """
+    is_artifact = (
+        np.asarray(catalog["is_artifact"], dtype=bool)
+        if "is_artifact" in catalog.colnames
+        else np.zeros(len(catalog), dtype=bool)
+    )
+    names = np.asarray(catalog["class_name"]).astype(str) if len(catalog) else np.zeros(0, dtype=str)
+    classes = list(catalog.meta.get("artifact_classes", []))
+    classes += sorted(set(names[is_artifact].tolist()) - set(classes))
+    rows: dict[str, list[Any]] = {name: [] for name, *_ in artifact_mask_columns()}
+    for class_name in classes:
+        rows_of_class = np.flatnonzero(is_artifact & (names == class_name))
+        if not rows_of_class.size:
+            continue
+        union = spans_union([unflatten_spans(catalog["footprint"][i]) for i in rows_of_class])
+        rows["class_name"].append(class_name)
+        rows["n_instances"].append(rows_of_class.size)
+        rows["area"].append(spans_area(union))
+        rows["bbox_x0"].append(int(union[:, 1].min()))
+        rows["bbox_y0"].append(int(union[:, 0].min()))
+        rows["bbox_x1"].append(int(union[:, 2].max()))
+        rows["bbox_y1"].append(int(union[:, 0].max()))
+        rows["max_score"].append(float(np.max(np.asarray(catalog["score"])[rows_of_class])))
+        rows["ids"].append(np.asarray(catalog["id"])[rows_of_class].astype(np.int64))
+        rows["spans"].append(flatten_spans(union))
+    table = Table()
+    for name, dtype, unit, description in artifact_mask_columns():
+        values = rows[name]
+        if dtype is object:
+            data = np.empty(len(values), dtype=object)
+            for i, value in enumerate(values):
+                data[i] = value
+        else:
+            data = np.asarray(values, dtype=dtype) if values else np.zeros(0, dtype=dtype)
+        table[name] = Column(data=data, name=name, unit=unit, description=description)
+    for key in ("image_bbox", "tract", "patch", "model", "artifact_classes", "artifact_overlap_threshold"):
+        if key in catalog.meta:
+            table.meta[key] = catalog.meta[key]
+    return table
+
+
+def artifact_mask_image(
+    mask_table: Table,
+    shape: tuple[int, int] | None = None,
+    xy0: tuple[int, int] | None = None,
+    classes: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Rasterise an artifact mask table (`build_artifact_mask`) into a boolean image.
+
+    Parameters
+    ----------
+    mask_table : `astropy.table.Table`
+        The artifact mask of a patch (``object_deepdisc_artifact_mask``).
+    shape, xy0 : `tuple` [`int`, `int`], optional
+        ``(height, width)`` and parent ``(x0, y0)`` of the output; default: ``meta["image_bbox"]``.
+    classes : sequence of `str`, optional
+        Artifact classes to include (default all rows).
+
+    Returns
+    -------
+    mask : `numpy.ndarray`
+        True on pixels covered by an artifact; spans outside the image are clipped.
+    """
+    if shape is None or xy0 is None:
+        bbox = mask_table.meta.get("image_bbox")
+        if not bbox:
+            raise ValueError("the mask table has no image_bbox: give shape and xy0")
+        shape = (int(bbox["height"]), int(bbox["width"]))
+        xy0 = (int(bbox["x0"]), int(bbox["y0"]))
+    out = np.zeros(shape, dtype=bool)
+    for row in mask_table:
+        if classes is None or str(row["class_name"]) in classes:
+            out |= spans_to_mask(unflatten_spans(row["spans"]), shape, xy0, clip=True)
+    return out
 
 
 def _gather(plane: np.ndarray, linear: np.ndarray) -> np.ndarray:

@@ -189,10 +189,22 @@ class ExampleCache:
         """The file of ``key``."""
         return self.directory / f"examples_{key}.npz"
 
-    def get_or_build(self, key: str, build: Callable[[], list[TrainingExample]]) -> list[TrainingExample]:
-        """The cached examples of ``key``, else ``build()``'s, written to the cache first."""
-        path = self.path(key)
-        if path.exists():
+    def get_or_build(
+        self,
+        key: str,
+        build: Callable[[], list[TrainingExample]],
+        equivalent_keys: Sequence[str] = (),
+    ) -> list[TrainingExample]:
+        """The cached examples of ``key``, else ``build()``'s, written to the cache first.
+
+        ``equivalent_keys`` are other keys whose examples are known to equal ``key``'s (for instance
+        those built with a class list that ``key``'s extends, see the training task); a file under one
+        of them is used when ``key`` has none.
+        """
+        for candidate in (key, *equivalent_keys):
+            path = self.path(candidate)
+            if not path.exists():
+                continue
             try:
                 examples = load_examples(path)
             except (OSError, ValueError, KeyError) as exc:
@@ -200,6 +212,7 @@ class ExampleCache:
             else:
                 self.hits += 1
                 return examples
+        path = self.path(key)
         examples = build()
         save_examples(path, examples)
         self.misses += 1

@@ -41,11 +41,14 @@ __all__ = [
     "spans_area",
     "spans_bbox",
     "spans_centroid",
+    "spans_covered_area",
     "spans_intersection_area",
     "spans_to_mask",
+    "spans_union",
     "unflatten_spans",
 ]
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Self
 
@@ -192,6 +195,89 @@ def spans_intersection_area(a: np.ndarray, b: np.ndarray) -> int:
     hi = np.minimum(a[:, None, 2], b[None, :, 2])
     overlap = np.where(same_row, np.clip(hi - lo + 1, 0, None), 0)
     return int(overlap.sum())
+
+
+def _as_span_array(footprints: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """All footprints as one ``int64`` ``(S, 3)`` span array, plus the owner index of every span."""
+    arrays = [np.asarray(f, dtype=np.int64).reshape(-1, 3) for f in footprints]
+    counts = np.array([a.shape[0] for a in arrays], dtype=np.int64)
+    spans = np.concatenate(arrays) if arrays and counts.sum() else np.zeros((0, 3), dtype=np.int64)
+    return spans, np.repeat(np.arange(len(arrays)), counts)
+
+
+# Pixel (x, y) -> y * _ROW + (x + _X_SHIFT): one sortable int64 key, rows far apart (x within +-2**31).
+_ROW = np.int64(1) << np.int64(33)
+_X_SHIFT = np.int64(1) << np.int64(31)
+
+
+def spans_union(footprints: Sequence[np.ndarray]) -> np.ndarray:
+    """Union of footprints: canonical spans (sorted, runs that overlap or touch in a row merged).
+
+    Parameters
+    ----------
+    footprints : sequence of `numpy.ndarray`
+        ``(N, 3)`` spans (or flattened span vectors) in the same coordinates.
+
+    Returns
+    -------
+    spans : `numpy.ndarray`
+        ``int32`` ``(M, 3)`` spans of every pixel covered by at least one footprint.
+    """
+    spans, _ = _as_span_array(footprints)
+    if spans.shape[0] == 0:
+        return _EMPTY_SPANS.copy()
+    if np.any(spans[:, 2] < spans[:, 1]):
+        raise ValueError("invalid spans: x_end < x_begin")
+    spans = spans[np.lexsort((spans[:, 1], spans[:, 0]))]
+    start = spans[:, 0] * _ROW + spans[:, 1] + _X_SHIFT
+    end = spans[:, 0] * _ROW + spans[:, 2] + _X_SHIFT
+    # Running maximum of the run ends: keys of later rows are larger, so it never leaks across rows.
+    reach = np.maximum.accumulate(end)
+    new_run = np.ones(spans.shape[0], dtype=bool)
+    new_run[1:] = start[1:] > reach[:-1] + 1
+    first = np.flatnonzero(new_run)
+    last = np.append(first[1:], spans.shape[0]) - 1
+    out = np.empty((first.size, 3), dtype=SPAN_DTYPE)
+    out[:, 0] = spans[first, 0]
+    out[:, 1] = spans[first, 1]
+    out[:, 2] = reach[last] - spans[first, 0] * _ROW - _X_SHIFT
+    return out
+
+
+def spans_covered_area(footprints: Sequence[np.ndarray], cover: np.ndarray) -> np.ndarray:
+    """Number of pixels of each footprint that lie in ``cover``, computed on spans (no rasterisation).
+
+    Parameters
+    ----------
+    footprints : sequence of `numpy.ndarray`
+        ``(N, 3)`` spans (or flattened span vectors), one footprint per entry.
+    cover : `numpy.ndarray`
+        The covering pixel set as spans; need not be canonical (it goes through `spans_union`).
+
+    Returns
+    -------
+    covered : `numpy.ndarray`
+        ``int64`` count per footprint (``len(footprints)`` values).
+    """
+    spans, owner = _as_span_array(footprints)
+    covered = np.zeros(len(footprints), dtype=np.int64)
+    union = spans_union([cover]).astype(np.int64)
+    if spans.shape[0] == 0 or union.shape[0] == 0:
+        return covered
+    starts = union[:, 0] * _ROW + union[:, 1] + _X_SHIFT
+    ends = union[:, 0] * _ROW + union[:, 2] + _X_SHIFT
+    before = np.concatenate([[0], np.cumsum(ends - starts + 1)[:-1]])
+
+    def pixels_up_to(key: np.ndarray) -> np.ndarray:
+        """Number of cover pixels whose key is <= ``key`` (monotonic in the key)."""
+        position = np.searchsorted(starts, key, side="right") - 1
+        inside = position >= 0
+        p = np.maximum(position, 0)
+        return np.where(inside, before[p] + np.minimum(key, ends[p]) - starts[p] + 1, 0)
+
+    row = spans[:, 0] * _ROW + _X_SHIFT
+    per_span = pixels_up_to(row + spans[:, 2]) - pixels_up_to(row + spans[:, 1] - 1)
+    return np.bincount(owner, weights=per_span, minlength=len(footprints)).astype(np.int64)
 
 
 def flatten_spans(spans: np.ndarray) -> np.ndarray:

@@ -309,7 +309,7 @@ def label_columns(class_names: Sequence[str]) -> list[tuple[str, Any, Any, str]]
         ("bbox_y1", np.int32, u.pix, "Footprint bounding box maximum y (inclusive), parent coordinates"),
         ("footprint_area", np.int32, u.pix, "Number of pixels in the footprint"),
         ("class_id", np.int32, None, f"Class index ({names})"),
-        ("class_name", "U16", None, "Class name"),
+        ("class_name", "U32", None, "Class name"),
         ("extendedness", np.float64, None, "Object-table extendedness (NaN when unavailable)"),
         (
             "ref_separation_arcsec",

@@ -59,6 +59,12 @@ DeepDISC matched set (Merz et al. 2023)
     *median bbox IoU* over the matched detections; star/galaxy precision, recall and F1 as above but over
     this matched set (a truth object matched by two detections counts twice), which is how the paper's
     classification numbers are defined.
+
+Presence (image level, DeepGhostBusters' "has artifact" scores)
+    Each image (patch) is a positive when it has at least one truth object (e.g. an artifact) and is
+    predicted positive when it has at least one detection: *precision* ``= TP / (TP + FP)``, *recall*
+    ``= TP / (TP + FN)``, *F1* their harmonic mean, *accuracy* ``= (TP + TN) / N_images``
+    (`presence_scores`).
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ __all__ = [
     "evaluate_catalog",
     "iou_summary",
     "magnitude_bin_index",
+    "presence_scores",
 ]
 
 from collections.abc import Mapping, Sequence
@@ -127,6 +134,41 @@ def magnitude_bin_index(mag: np.ndarray, bins: Sequence[float]) -> np.ndarray:
 def _bin_columns(bins: Sequence[float]) -> dict[str, np.ndarray]:
     edges = np.asarray(bins, dtype=np.float64)
     return {"mag_min": edges[:-1], "mag_max": edges[1:]}
+
+
+def presence_scores(truth_present: np.ndarray, predicted_present: np.ndarray) -> dict[str, float]:
+    """Image-level presence scores (see the module documentation).
+
+    Parameters
+    ----------
+    truth_present, predicted_present : `numpy.ndarray`
+        One boolean per image: whether it has a truth object, and whether it has a detection.
+
+    Returns
+    -------
+    scores : `dict` [`str`, `float`]
+        ``n_images, tp, fp, fn, tn, precision, recall, f1, accuracy`` (ratios NaN on a zero denominator).
+    """
+    truth = np.asarray(truth_present, dtype=bool).reshape(-1)
+    predicted = np.asarray(predicted_present, dtype=bool).reshape(-1)
+    if truth.size != predicted.size:
+        raise ValueError(f"{truth.size} truth flags but {predicted.size} predicted flags")
+    tp = int(np.sum(truth & predicted))
+    fp = int(np.sum(~truth & predicted))
+    fn = int(np.sum(truth & ~predicted))
+    tn = int(np.sum(~truth & ~predicted))
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    return {
+        "n_images": int(truth.size),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "precision": precision,
+        "recall": recall,
+        "f1": _f1(precision, recall),
+        "accuracy": _ratio(tp + tn, truth.size),
+    }
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,10 @@ factory allowlists.  A corrupt or hostile file (unexpected or missing members, u
 over the size cap or with suspicious compression ratios, hash mismatches, malformed YAML, an unknown format
 version, a refused ``_target_``, weights that do not fit the model) raises `ModelPackageError` naming the
 problem.  Writing is deterministic (fixed member order and timestamps), so equal content gives equal bytes.
+
+The format itself (members, manifest, limits, guarded zip reading) lives in the private ``_package_io``;
+`StateDictDiff`, `compare_state_dicts` and `load_checkpoint_state_dict` live in `.checkpoints` and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -66,15 +70,11 @@ __all__ = [
 ]
 
 import datetime
-import hashlib
 import io
 import math
 import os
-import pickle
 import re
 import uuid
-import zipfile
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,35 +82,32 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
-import yaml
 
 from ..version import __version__
+from ._package_io import (
+    DEFAULT_LIMITS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_MEMBER,
+    METADATA_MEMBER,
+    MODEL_MEMBER,
+    PACKAGE_MEMBERS,
+    PACKAGE_SUFFIXES,
+    WEIGHTS_MEMBER,
+    ModelPackageError,
+    PackageLimits,
+    package_members,
+    read_package,
+    sha256,
+    write_package,
+)
+from .checkpoints import StateDictDiff, compare_state_dicts, load_checkpoint_state_dict
 from .scaling import ScalingSpec
 
 if TYPE_CHECKING:
     from .models import ModelSpec
 
-FORMAT_NAME = "deepdisc-model-package"
-"""Value of the ``format`` key of ``manifest.yaml``."""
-
-FORMAT_VERSION = 1
-"""On-disk format version written (and the only one read) by this code."""
-
-PACKAGE_SUFFIXES = (".deepdisc.zip", ".zip")
-"""File name endings accepted by `ModelPackage.save`."""
-
-MANIFEST_MEMBER = "manifest.yaml"
-MODEL_MEMBER = "model.yaml"
-METADATA_MEMBER = "metadata.yaml"
-WEIGHTS_MEMBER = "weights.safetensors"
-PACKAGE_MEMBERS = (MANIFEST_MEMBER, MODEL_MEMBER, METADATA_MEMBER, WEIGHTS_MEMBER)
-"""Every member of a package, in the order they are written."""
-
-_HASHED_MEMBERS = (MODEL_MEMBER, METADATA_MEMBER, WEIGHTS_MEMBER)
-# Zip timestamps are fixed so that equal content always gives equal bytes (and equal Butler checksums).
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 _METADATA_KEYS = (
     "name",
     "version",
@@ -125,114 +122,11 @@ _METADATA_KEYS = (
     "format_version",
 )
 # Keys a package may carry (older packages lack them; they are written only when set).
-_OPTIONAL_METADATA_KEYS = ("score_threshold",)
-
-
-class ModelPackageError(ValueError):
-    """A model package is corrupt, hostile, inconsistent or does not fit the data it is used with."""
+_OPTIONAL_METADATA_KEYS = ("score_threshold", "min_bands")
 
 
 class BandMismatchError(ModelPackageError):
     """The bands of the data do not provide every band the model was trained on."""
-
-
-@dataclass(frozen=True)
-class PackageLimits:
-    """Caps applied to a package *before* any member is decompressed.
-
-    Parameters
-    ----------
-    max_yaml_bytes : `int`
-        Largest uncompressed size of each YAML member.
-    max_weights_bytes : `int`
-        Largest uncompressed size of ``weights.safetensors``.
-    max_compression_ratio : `float`
-        Largest uncompressed/compressed size ratio of a member bigger than ``ratio_exempt_bytes``
-        (zip-bomb guard; weights are stored uncompressed and YAML rarely compresses beyond 20).
-    ratio_exempt_bytes : `int`
-        Members up to this uncompressed size are not ratio-checked (they cannot hurt).
-    """
-
-    max_yaml_bytes: int = 16 * 2**20
-    max_weights_bytes: int = 8 * 2**30
-    max_compression_ratio: float = 200.0
-    ratio_exempt_bytes: int = 2**20
-
-    def cap_for(self, member: str) -> int:
-        """Uncompressed-size cap of one member."""
-        return self.max_weights_bytes if member == WEIGHTS_MEMBER else self.max_yaml_bytes
-
-
-DEFAULT_LIMITS = PackageLimits()
-
-
-@dataclass(frozen=True)
-class StateDictDiff:
-    """Differences between the state dict a model expects and the one a package (or checkpoint) gives.
-
-    Parameters
-    ----------
-    missing : `tuple` [`str`, ...]
-        Keys the model has and the weights lack.
-    unexpected : `tuple` [`str`, ...]
-        Keys the weights have and the model lacks.
-    shape_mismatches : `tuple` [`tuple` [`str`, `tuple`, `tuple`], ...]
-        ``(key, model shape, weights shape)`` for common keys whose shapes differ.
-    """
-
-    missing: tuple[str, ...] = ()
-    unexpected: tuple[str, ...] = ()
-    shape_mismatches: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
-
-    @property
-    def is_empty(self) -> bool:
-        """Whether the weights fit the model exactly."""
-        return not (self.missing or self.unexpected or self.shape_mismatches)
-
-    def describe(self, limit: int = 5) -> str:
-        """One line per kind of problem, naming the first ``limit`` offending keys."""
-
-        def first(items: Sequence[Any]) -> str:
-            shown = ", ".join(str(item) for item in items[:limit])
-            more = f" and {len(items) - limit} more" if len(items) > limit else ""
-            return f"{shown}{more}"
-
-        lines = []
-        if self.missing:
-            lines.append(f"{len(self.missing)} missing key(s): {first(self.missing)}")
-        if self.unexpected:
-            lines.append(f"{len(self.unexpected)} unexpected key(s): {first(self.unexpected)}")
-        if self.shape_mismatches:
-            shapes = [f"{key} (model {list(m)}, weights {list(w)})" for key, m, w in self.shape_mismatches]
-            lines.append(f"{len(shapes)} shape mismatch(es): {first(shapes)}")
-        return "; ".join(lines) if lines else "weights match the model"
-
-
-def compare_state_dicts(
-    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]
-) -> StateDictDiff:
-    """Compare the keys and shapes of two state dicts.
-
-    Parameters
-    ----------
-    expected : `~collections.abc.Mapping` [`str`, `torch.Tensor`]
-        The state dict of the built model.
-    given : `~collections.abc.Mapping` [`str`, `torch.Tensor`]
-        The weights to load into it.
-
-    Returns
-    -------
-    diff : `StateDictDiff`
-        Keys in model order; empty if ``given`` loads with ``strict=True``.
-    """
-    missing = tuple(key for key in expected if key not in given)
-    unexpected = tuple(key for key in given if key not in expected)
-    mismatches = tuple(
-        (key, tuple(expected[key].shape), tuple(given[key].shape))
-        for key in expected
-        if key in given and tuple(expected[key].shape) != tuple(given[key].shape)
-    )
-    return StateDictDiff(missing=missing, unexpected=unexpected, shape_mismatches=mismatches)
 
 
 def set_score_threshold(model: torch.nn.Module, threshold: float) -> int:
@@ -253,140 +147,6 @@ def set_score_threshold(model: torch.nn.Module, threshold: float) -> int:
     if not count:
         raise ValueError(f"{type(model).__name__} has no box predictor with a test score threshold")
     return count
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_checkpoint_state_dict(
-    path: str | os.PathLike[str],
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read the weights of a training checkpoint without executing anything from it.
-
-    Parameters
-    ----------
-    path : `str` or `os.PathLike`
-        A ``.safetensors`` file, or a torch checkpoint (``.pth``, ``.pt``, ...) read with
-        ``torch.load(weights_only=True)``.  detectron2/DeepDISC checkpoints keep the weights under ``"model"``
-        (Lightning ones under ``"state_dict"``); a ``module.`` prefix left by DistributedDataParallel is
-        removed.
-
-    Returns
-    -------
-    state_dict : `dict` [`str`, `torch.Tensor`]
-        The weights, on the CPU.
-    info : `dict`
-        Provenance: ``source_checkpoint`` (file name), ``source_checkpoint_sha256`` and, when the checkpoint
-        records it, ``iterations``.
-
-    Raises
-    ------
-    ModelPackageError
-        If the file is not a checkpoint, holds anything but tensors and plain containers (the
-        ``weights_only`` unpickler refuses it; there is no fallback to unsafe loading), or has no weights.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
-    info: dict[str, Any] = {"source_checkpoint": path.name, "source_checkpoint_sha256": _file_sha256(path)}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            content: Any = load_file(str(path), device="cpu")
-        except Exception as exc:  # The Rust parser raises its own error types.
-            raise ModelPackageError(f"{path} is not a valid safetensors file: {exc}") from None
-    else:
-        try:
-            content = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            reason = str(exc).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0:1]
-            raise ModelPackageError(
-                f"refused checkpoint {path}: it is not a weights-only torch file "
-                f"({reason[0] if reason else exc}). Pickled objects other than tensors and plain containers "
-                "are never loaded (that could run code); save the model's state_dict with torch.save or "
-                "safetensors and use that file"
-            ) from None
-        except (RuntimeError, OSError, EOFError, ValueError) as exc:
-            raise ModelPackageError(f"cannot read checkpoint {path}: {exc}") from None
-    if isinstance(content, Mapping):
-        for key in ("model", "state_dict"):
-            if isinstance(content.get(key), Mapping):
-                iteration = content.get("iteration")
-                if type(iteration) is int:
-                    info["iterations"] = iteration
-                content = content[key]
-                break
-    if not isinstance(content, Mapping) or not content:
-        raise ModelPackageError(f"checkpoint {path} holds no state dict (a mapping of names to tensors)")
-    not_tensors = [str(key) for key, value in content.items() if not isinstance(value, torch.Tensor)]
-    if not_tensors:
-        raise ModelPackageError(
-            f"checkpoint {path} has entries that are not tensors, e.g. {not_tensors[:5]}; "
-            "expected a state dict"
-        )
-    state_dict = {str(key): value.detach().cpu() for key, value in content.items()}
-    if all(key.startswith("module.") for key in state_dict):
-        state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    return state_dict, info
-
-
-class _StrictSafeLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that also refuses aliases (exponential expansion) and duplicate keys."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, "YAML aliases are not allowed in a model package", event.start_mark
-            )
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            seen: set[Any] = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    duplicate = key in seen
-                except TypeError:  # An unhashable key: the base class reports it.
-                    break
-                if duplicate:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-class _PlainDumper(yaml.SafeDumper):
-    """`yaml.SafeDumper` that never writes anchors/aliases (which the loader refuses)."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def _dump_yaml(data: Any) -> bytes:
-    text = yaml.dump(data, Dumper=_PlainDumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
-    return text.encode("utf-8")
-
-
-def _load_yaml(data: bytes, member: str) -> Any:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ModelPackageError(f"{member} is not UTF-8 text: {exc}") from None
-    try:
-        return yaml.load(text, Loader=_StrictSafeLoader)  # A SafeLoader subclass: plain data only.
-    except yaml.YAMLError as exc:
-        raise ModelPackageError(f"{member} is not valid (safe) YAML: {exc}") from None
-    except RecursionError:
-        raise ModelPackageError(f"{member} is nested too deeply to be a model package member") from None
 
 
 def _to_plain(value: Any, where: str) -> Any:
@@ -450,10 +210,6 @@ def _float_tuple(value: Any, what: str, length: int, *, positive: bool) -> tuple
     return numbers
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _tensor_bytes(tensor: torch.Tensor) -> torch.Tensor:
     """The raw bytes of a tensor as a flat uint8 tensor (bit-exact comparison, NaN included)."""
     return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
@@ -461,45 +217,6 @@ def _tensor_bytes(tensor: torch.Tensor) -> torch.Tensor:
 
 def _tensors_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_tensor_bytes(a), _tensor_bytes(b))
-
-
-def _serialise_weights(state_dict: Mapping[str, torch.Tensor]) -> bytes:
-    from safetensors.torch import save
-
-    tensors: dict[str, torch.Tensor] = {}
-    seen_storages: set[int] = set()
-    for name, tensor in state_dict.items():
-        flat = tensor.detach().cpu().contiguous()
-        storage = flat.untyped_storage()
-        # safetensors refuses tensors sharing memory (tied weights, views): give those their own copy.
-        if storage.data_ptr() in seen_storages or storage.nbytes() != flat.nbytes:
-            flat = flat.clone()
-        seen_storages.add(flat.untyped_storage().data_ptr())
-        tensors[name] = flat
-    return save(tensors, metadata={"format": "pt"})
-
-
-def _deserialise_weights(data: bytes) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load
-
-    try:
-        return load(data)
-    except Exception as exc:  # The Rust parser raises its own error types.
-        raise ModelPackageError(f"{WEIGHTS_MEMBER} is not a valid safetensors file: {exc}") from None
-
-
-def _member_path_problem(name: str) -> str | None:
-    """Why a zip member name is unsafe to have in a package, or `None`."""
-    if not name or "\x00" in name:
-        return "an empty or NUL-containing name"
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        return "an absolute path"
-    parts = re.split(r"[/\\]", name)
-    if ".." in parts:
-        return "a '..' (path traversal) component"
-    if len(parts) > 1:
-        return "a path with directories"
-    return None
 
 
 def _utc_now() -> str:
@@ -540,6 +257,10 @@ class ModelPackage:
         The operating point: the detection score threshold chosen on validation data when the model was
         trained (`None`: not recorded; the model config's own ``SCORE_THRESH_TEST`` applies).  The detection
         task uses it unless configured otherwise, and `build_model` can set any other.
+    min_bands : `int` or `None`
+        For a model trained with band dropout (its config has ``band_availability``): the fewest of its
+        bands it runs on (absent bands are given to it as NaN planes; see `network_input`).  `None` for
+        any other model, which needs all of its bands.  Defaults to 1 for a band-availability model.
     package_version : `str`
         Version of meas_extensions_deepdisc that created the package.
     format_version : `int`
@@ -558,6 +279,7 @@ class ModelPackage:
     architecture: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     score_threshold: float | None = None
+    min_bands: int | None = None
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -593,6 +315,7 @@ class ModelPackage:
             if not 0.0 <= float(self.score_threshold) <= 1.0:
                 raise ModelPackageError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
             self.score_threshold = float(self.score_threshold)
+        self._check_min_bands()
         if not isinstance(self.state_dict, Mapping) or not self.state_dict:
             raise ModelPackageError("state_dict must be a non-empty mapping of names to tensors")
         for key, tensor in self.state_dict.items():
@@ -608,6 +331,26 @@ class ModelPackage:
                 f"format version {self.format_version!r} is not supported: this code reads and writes "
                 f"version {FORMAT_VERSION}"
             )
+
+    @property
+    def band_availability(self) -> bool:
+        """Whether the model runs on a subset of its bands (trained with band dropout)."""
+        return bool(self.model_config.get("band_availability", False))
+
+    def _check_min_bands(self) -> None:
+        if not self.band_availability:
+            if self.min_bands is not None:
+                raise ModelPackageError(
+                    f"min_bands {self.min_bands!r} is set but the model config has no band_availability: "
+                    "such a model needs all of its bands"
+                )
+            return
+        if self.min_bands is None:
+            self.min_bands = 1
+        if isinstance(self.min_bands, bool) or not isinstance(self.min_bands, int):
+            raise ModelPackageError(f"min_bands must be an integer, got {self.min_bands!r}")
+        if not 1 <= self.min_bands <= len(self.bands):
+            raise ModelPackageError(f"min_bands must be in [1, {len(self.bands)}], got {self.min_bands}")
 
     def _check_config_agrees(self) -> None:
         """Where the model config repeats bands, classes or pixel statistics, they must be the package's."""
@@ -658,6 +401,7 @@ class ModelPackage:
         pixel_std: Sequence[float] | None = None,
         architecture: str | None = None,
         provenance: Mapping[str, Any] | None = None,
+        min_bands: int | None = None,
     ) -> ModelPackage:
         """Package a live model.
 
@@ -679,6 +423,8 @@ class ModelPackage:
             the model's ``pixel_mean`` / ``pixel_std`` buffers when it has them.
         provenance : `~collections.abc.Mapping`, optional
             Plain data; ``created_utc`` is added when absent.
+        min_bands : `int`, optional
+            For a band-availability model, the fewest bands it runs on (default 1).
 
         Returns
         -------
@@ -735,6 +481,7 @@ class ModelPackage:
             pixel_std=pixel_std,
             architecture=architecture or "",
             provenance=provenance_data,
+            min_bands=min_bands,
         )
         package._check_model_consistency(module)
         return package
@@ -842,8 +589,13 @@ class ModelPackage:
         problems = []
         if repeated:
             problems.append(f"repeated {repeated}")
-        if missing:
+        if missing and self.min_bands is None:
             problems.append(f"missing {missing}")
+        elif self.min_bands is not None and len(self.bands) - len(missing) < self.min_bands:
+            raise BandMismatchError(
+                f"model {self.name!r} runs on any {self.min_bands} or more of the bands {list(self.bands)} "
+                f"but the data have only {list(data_bands)}"
+            )
         if extra and not allow_extra:
             problems.append(f"unexpected {extra}")
         if problems:
@@ -852,11 +604,51 @@ class ModelPackage:
                 f"{list(data_bands)}: {', '.join(problems)}"
             )
 
+    def usable_bands(self, available: Sequence[str]) -> tuple[str, ...]:
+        """The model's bands that the data have, in the model's order (all of them for a strict model).
+
+        Raises
+        ------
+        BandMismatchError
+            If the data cannot serve the model (see `check_bands`).
+        """
+        available = tuple(str(band) for band in available)
+        self.check_bands(available, allow_extra=True)
+        return tuple(band for band in self.bands if band in available)
+
+    def network_input(self, scaled: np.ndarray, bands: Sequence[str]) -> np.ndarray:
+        """The ``[n_model_bands, H, W]`` network input from a scaled cube of some of the model's bands.
+
+        Parameters
+        ----------
+        scaled : `numpy.ndarray`
+            ``[len(bands), H, W]`` scaled planes.
+        bands : `~collections.abc.Sequence` [`str`]
+            Band of each plane, in the model's order (`usable_bands`).
+
+        Returns
+        -------
+        cube : `numpy.ndarray`
+            ``scaled`` itself when it holds all the model's bands, else a float32 cube with a NaN plane
+            (`.models.band_availability.ABSENT_BAND_VALUE`) for each absent band.
+        """
+        bands = tuple(str(band) for band in bands)
+        if bands == self.bands:
+            return scaled
+        if list(bands) != [band for band in self.bands if band in bands]:
+            raise BandMismatchError(f"bands {list(bands)} are not in the model's order {list(self.bands)}")
+        self.check_bands(bands, allow_extra=False)
+        cube = np.full((len(self.bands), *scaled.shape[1:]), np.nan, dtype=np.float32)
+        for plane, band in zip(scaled, bands, strict=True):
+            cube[self.bands.index(band)] = plane
+        return cube
+
     def band_order_for(self, available: Sequence[str]) -> tuple[int, ...]:
         """Indices into ``available`` that give the model's bands in the model's order.
 
         ``cube[list(package.band_order_for(data_bands))]`` turns a ``[C, H, W]`` cube in the data's band
-        order into the network's input order, dropping bands the model does not use.
+        order into the network's input order, dropping bands the model does not use (for a model with
+        `min_bands`, only the bands present: see `usable_bands` and `network_input`).
 
         Raises
         ------
@@ -864,8 +656,7 @@ class ModelPackage:
             If a band of the model is not available (see `check_bands`).
         """
         available = tuple(str(band) for band in available)
-        self.check_bands(available, allow_extra=True)
-        return tuple(available.index(band) for band in self.bands)
+        return tuple(available.index(band) for band in self.usable_bands(available))
 
     # ------------------------------------------------------------------ description
 
@@ -889,6 +680,7 @@ class ModelPackage:
             "package_version": self.package_version,
             "format_version": self.format_version,
             **({} if self.score_threshold is None else {"score_threshold": self.score_threshold}),
+            **({} if self.min_bands is None else {"min_bands": self.min_bands}),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -919,7 +711,8 @@ class ModelPackage:
         lines = [
             f"DeepDISC model package {self.name!r} version {self.version}",
             f"  architecture   : {self.architecture or '(not recorded)'}",
-            f"  bands          : {' '.join(self.bands)} (network input order)",
+            f"  bands          : {' '.join(self.bands)} (network input order"
+            + (")" if self.min_bands is None else f"; runs on any {self.min_bands} or more of them)"),
             f"  classes        : {', '.join(f'{i}={c}' for i, c in enumerate(self.class_names))}",
             f"  scaling        : {scaling.name} ({params}); invalid planes {list(scaling.invalid_planes)}",
             f"  pixel mean/std : {mean} / {std}",
@@ -956,30 +749,14 @@ class ModelPackage:
     # ------------------------------------------------------------------ writing
 
     def _members(self) -> dict[str, bytes]:
-        members = {
-            MODEL_MEMBER: _dump_yaml(self.model_config),
-            METADATA_MEMBER: _dump_yaml(self.metadata_dict()),
-            WEIGHTS_MEMBER: _serialise_weights(self.state_dict),
-        }
-        manifest = {
-            "format": FORMAT_NAME,
-            "format_version": self.format_version,
-            "members": {name: {"size": len(data), "sha256": _sha256(data)} for name, data in members.items()},
-        }
-        return {MANIFEST_MEMBER: _dump_yaml(manifest), **members}
+        return package_members(self.model_config, self.metadata_dict(), self.state_dict, self.format_version)
 
     def content_digest(self) -> str:
         """SHA-256 of ``manifest.yaml``, which hashes every member: equal digests mean equal content."""
-        return _sha256(self._members()[MANIFEST_MEMBER])
+        return sha256(self._members()[MANIFEST_MEMBER])
 
     def _write(self, stream: BinaryIO) -> None:
-        with zipfile.ZipFile(stream, "w") as archive:
-            for name, data in self._members().items():
-                info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
-                # Float weights barely compress; storing them keeps reads cheap and the ratio check exact.
-                info.compress_type = zipfile.ZIP_STORED if name == WEIGHTS_MEMBER else zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                archive.writestr(info, data)
+        write_package(stream, self._members())
 
     def to_bytes(self) -> bytes:
         """The package file as bytes (deterministic)."""
@@ -1057,151 +834,11 @@ class ModelPackage:
 
     @classmethod
     def _read(cls, stream: BinaryIO, source: str, limits: PackageLimits) -> ModelPackage:
-        try:
-            archive = zipfile.ZipFile(stream)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-            raise ModelPackageError(
-                f"{source} is not a readable zip archive ({exc}); a model package is the zip file written by "
-                "ModelPackage.save or `deepdisc-model create`"
-            ) from None
-        with archive:
-            try:
-                members = cls._read_members(archive, limits)
-            except ModelPackageError as exc:
-                raise ModelPackageError(f"model package {source}: {exc}") from None
-            except (
-                zipfile.BadZipFile,
-                zipfile.LargeZipFile,
-                zlib.error,
-                OSError,
-                EOFError,
-                RuntimeError,
-            ) as exc:
-                # CRC errors, truncated or undecodable compressed data.
-                raise ModelPackageError(f"model package {source} is corrupt: {exc}") from None
+        members = read_package(stream, source, limits)
         try:
             return cls._from_members(members)
         except ModelPackageError as exc:
             raise ModelPackageError(f"model package {source}: {exc}") from None
-
-    @staticmethod
-    def _checked_infos(archive: zipfile.ZipFile, limits: PackageLimits) -> dict[str, zipfile.ZipInfo]:
-        """Check the central directory before anything is decompressed."""
-        infos = archive.infolist()
-        if len(infos) > 4 * len(PACKAGE_MEMBERS):
-            raise ModelPackageError(f"{len(infos)} members; a package has exactly {list(PACKAGE_MEMBERS)}")
-        by_name: dict[str, zipfile.ZipInfo] = {}
-        for info in infos:
-            problem = _member_path_problem(info.filename)
-            if problem:
-                raise ModelPackageError(f"member {info.filename!r} has {problem}; refused")
-            if info.filename in by_name:
-                raise ModelPackageError(f"member {info.filename!r} appears more than once")
-            by_name[info.filename] = info
-        unexpected = sorted(set(by_name) - set(PACKAGE_MEMBERS))
-        if unexpected:
-            raise ModelPackageError(
-                f"unexpected member(s) {unexpected}; a package holds exactly {list(PACKAGE_MEMBERS)} "
-                "(no pickles or code)"
-            )
-        missing = [name for name in PACKAGE_MEMBERS if name not in by_name]
-        if missing:
-            raise ModelPackageError(f"missing member(s) {missing}")
-        for name, info in by_name.items():
-            if info.flag_bits & 0x1:
-                raise ModelPackageError(f"member {name!r} is encrypted")
-            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise ModelPackageError(f"member {name!r} uses unsupported compression {info.compress_type}")
-            cap = limits.cap_for(name)
-            if info.file_size > cap:
-                raise ModelPackageError(
-                    f"member {name!r} declares {info.file_size} bytes uncompressed, over the cap of {cap}"
-                )
-            if info.file_size > limits.ratio_exempt_bytes and (
-                info.compress_size == 0 or info.file_size / info.compress_size > limits.max_compression_ratio
-            ):
-                raise ModelPackageError(
-                    f"member {name!r} would expand {info.compress_size} bytes to {info.file_size} "
-                    f"(ratio over {limits.max_compression_ratio:g}); refused as a possible zip bomb"
-                )
-        return by_name
-
-    @classmethod
-    def _read_members(cls, archive: zipfile.ZipFile, limits: PackageLimits) -> dict[str, Any]:
-        infos = cls._checked_infos(archive, limits)
-        manifest = cls._parse_manifest(
-            _load_yaml(cls._read_member(archive, infos[MANIFEST_MEMBER]), "manifest")
-        )
-        raw: dict[str, bytes] = {}
-        for name in _HASHED_MEMBERS:
-            declared = manifest["members"][name]
-            if infos[name].file_size != declared["size"]:
-                raise ModelPackageError(
-                    f"member {name!r} holds {infos[name].file_size} bytes but the manifest declares "
-                    f"{declared['size']}"
-                )
-            data = cls._read_member(archive, infos[name])
-            digest = _sha256(data)
-            if digest != declared["sha256"]:
-                raise ModelPackageError(
-                    f"sha256 mismatch for member {name!r}: manifest {declared['sha256']}, content {digest} "
-                    "(the file was modified or damaged)"
-                )
-            raw[name] = data
-        return {
-            "format_version": manifest["format_version"],
-            MODEL_MEMBER: _load_yaml(raw[MODEL_MEMBER], MODEL_MEMBER),
-            METADATA_MEMBER: _load_yaml(raw[METADATA_MEMBER], METADATA_MEMBER),
-            WEIGHTS_MEMBER: _deserialise_weights(raw[WEIGHTS_MEMBER]),
-        }
-
-    @staticmethod
-    def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-        with archive.open(info) as member:
-            data = member.read(info.file_size + 1)
-        if len(data) != info.file_size:
-            raise ModelPackageError(f"member {info.filename!r} does not have its declared size")
-        return data
-
-    @staticmethod
-    def _parse_manifest(manifest: Any) -> dict[str, Any]:
-        if not isinstance(manifest, dict):
-            raise ModelPackageError(f"{MANIFEST_MEMBER} must be a mapping")
-        unknown = sorted(set(manifest) - {"format", "format_version", "members"})
-        if unknown:
-            raise ModelPackageError(f"{MANIFEST_MEMBER} has unknown keys {unknown}")
-        if manifest.get("format") != FORMAT_NAME:
-            raise ModelPackageError(
-                f"{MANIFEST_MEMBER} declares format {manifest.get('format')!r}, expected {FORMAT_NAME!r}"
-            )
-        version = manifest.get("format_version")
-        if type(version) is not int or version != FORMAT_VERSION:
-            newer = type(version) is int and version > FORMAT_VERSION
-            hint = "; upgrade meas_extensions_deepdisc to read it" if newer else ""
-            raise ModelPackageError(
-                f"format version {version!r} is not supported "
-                f"(this code reads version {FORMAT_VERSION}){hint}"
-            )
-        members = manifest.get("members")
-        if not isinstance(members, dict) or sorted(members) != sorted(_HASHED_MEMBERS):
-            listed = sorted(members) if isinstance(members, dict) else members
-            raise ModelPackageError(
-                f"{MANIFEST_MEMBER} must list exactly the members {list(_HASHED_MEMBERS)}, got {listed!r}"
-            )
-        for name, entry in members.items():
-            if (
-                not isinstance(entry, dict)
-                or set(entry) != {"size", "sha256"}
-                or type(entry["size"]) is not int
-                or entry["size"] < 0
-                or not isinstance(entry["sha256"], str)
-                or not _SHA256_PATTERN.match(entry["sha256"])
-            ):
-                raise ModelPackageError(
-                    f"{MANIFEST_MEMBER} entry for {name!r} must be "
-                    f"{{size: <bytes>, sha256: <64 hex digits>}}, got {entry!r}"
-                )
-        return manifest
 
     @classmethod
     def _from_members(cls, members: dict[str, Any]) -> ModelPackage:
@@ -1236,6 +873,7 @@ class ModelPackage:
             architecture=metadata["architecture"],
             provenance=metadata["provenance"],
             score_threshold=metadata.get("score_threshold"),
+            min_bands=metadata.get("min_bands"),
             package_version=metadata["package_version"],
             format_version=metadata["format_version"],
         )

@@ -159,7 +159,10 @@ class MultibandImage:
             ) from None
 
     def select_bands(self, bands: Sequence[str]) -> MultibandImage:
-        """Return a view with the given bands in the given order.
+        """Return the image with the given bands in the given order.
+
+        The cubes are views of this image's when the bands are at a regular stride (all of them in
+        order, say), copies otherwise.
 
         Raises
         ------
@@ -171,7 +174,11 @@ class MultibandImage:
             raise MissingBandError(
                 f"band(s) {missing} required but not available; this image has bands {list(self.bands)}"
             )
-        idx = [self.bands.index(b) for b in bands]
+        idx: list[int] | slice = [self.bands.index(b) for b in bands]
+        steps = set(np.diff(idx).tolist())
+        if len(idx) == 1 or (len(steps) == 1 and steps.pop() > 0):
+            # Bands at a regular stride (the usual case: all of them, in order) are views, not copies.
+            idx = slice(idx[0], idx[-1] + 1, idx[1] - idx[0] if len(idx) > 1 else 1)
         return MultibandImage(
             bands=tuple(bands),
             image=self.image[idx],
@@ -203,10 +210,19 @@ class MultibandImage:
         return hit.any(axis=0) if any_band else hit
 
     def invalid_pixels(self, planes: Sequence[str] = ("NO_DATA",)) -> np.ndarray:
-        """``[C, H, W]`` mask of pixels that carry no usable data: non-finite values or the named planes."""
-        bad = ~np.isfinite(self.image)
-        if self.mask is not None:
-            bad |= (self.mask & self.plane_bits(planes)) != 0
+        """``[C, H, W]`` mask of pixels that carry no usable data: non-finite values or the named planes.
+
+        Built band by band: the only temporary is one band of the mask.
+        """
+        bad = np.empty(self.image.shape, dtype=bool)
+        bits = self.plane_bits(planes) if self.mask is not None else 0
+        scratch = np.empty(self.shape, dtype=self.mask.dtype) if bits else None
+        for b in range(self.image.shape[0]):
+            np.isfinite(self.image[b], out=bad[b])
+            np.logical_not(bad[b], out=bad[b])
+            if scratch is not None:
+                np.bitwise_and(self.mask[b], bits, out=scratch)
+                bad[b] |= scratch.astype(bool, copy=False)
         return bad
 
     def cutout(self, x_begin: int, y_begin: int, x_end: int, y_end: int) -> MultibandImage:

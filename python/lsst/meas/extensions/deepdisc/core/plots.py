@@ -28,15 +28,20 @@ state, no display needed, so the figures can be built in pipeline processes and 
 
 Methods always get the same colour (`METHOD_COLORS`), classes the same outline colour (`CLASS_COLORS`), so
 figures of different tracts can be compared at a glance.
+
+`training_history_figure` draws the loss and validation curves of a training run (`.training`).
 """
 
 from __future__ import annotations
 
 __all__ = [
     "precision_recall_figure",
+    "ARTIFACT_COLORS",
     "CLASS_COLORS",
     "METHOD_COLORS",
     "OverlayPanel",
+    "artifact_metrics_figure",
+    "artifact_overlay_box",
     "blend_outcomes_figure",
     "classification_figure",
     "completeness_purity_figure",
@@ -45,11 +50,16 @@ __all__ = [
     "iou_figure",
     "lupton_rgb",
     "overlay_figure",
+    "plot_training_history",
+    "training_history_figure",
 ]
 
 import io
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.table import Table
@@ -73,6 +83,14 @@ METHOD_COLORS: dict[str, str] = {
 
 CLASS_COLORS: dict[str, str] = {"star": "#00ffff", "galaxy": "#ff8c00", "": "#ffffff"}
 """Footprint outline colour of each class name (``""``: unknown class)."""
+
+ARTIFACT_COLORS: dict[str, str] = {
+    "artifact_ghost_bright": "#ff00ff",
+    "artifact_ghost_faint": "#ffb6ff",
+    "artifact_rays": "#ffff00",
+    "": "#ffffff",
+}
+"""Outline colour of each artifact class name (catalog names, with the ``artifact_`` prefix)."""
 
 _EXTRA_COLORS = ("#d62728", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
 _OUTCOME_COLORS = {
@@ -321,6 +339,107 @@ def blend_outcomes_figure(summary: Table, methods: Sequence[str] | None = None, 
     return figure
 
 
+def artifact_metrics_figure(artifacts: Table, title: str = "", target: float = 0.9) -> Figure:
+    """Artifact metrics of a tract: AP per class, purity with and without the artifact flags, and how many
+    false positives inside truth artifacts the flags catch.
+
+    Parameters
+    ----------
+    artifacts : `astropy.table.Table`
+        `~.comparison.summarize_artifact_metrics` (one row per method).
+    title : `str`
+        Figure title.
+    target : `float`
+        Goal for the fraction of false positives inside truth artifacts that are flagged (dashed line).
+    """
+    figure = _new_figure(15, 4.6)
+    ax_ap, ax_purity, ax_fp = figure.subplots(1, 3)
+    methods = [str(m) for m in artifacts["method"]] if len(artifacts) else []
+    x = np.arange(len(methods))
+
+    # AP per class: the DeepDISC row (the only method that detects artifacts).
+    classes = [c.removeprefix("artifact_ap50_") for c in artifacts.colnames if c.startswith("artifact_ap50_")]
+    deepdisc = artifacts[np.asarray(artifacts["method"]).astype(str) == "deepdisc"] if len(artifacts) else []
+    if len(deepdisc) and classes:
+        row = deepdisc[0]
+        positions = np.arange(len(classes) + 1)
+        ap50 = [float(row[f"artifact_ap50_{c}"]) for c in classes] + [float(row["artifact_ap50"])]
+        ap = [float(row[f"artifact_ap_{c}"]) for c in classes] + [float(row["artifact_ap"])]
+        ax_ap.bar(positions - 0.2, np.nan_to_num(ap50), width=0.4, label="IoU 0.5", color="#1f77b4")
+        ax_ap.bar(positions + 0.2, np.nan_to_num(ap), width=0.4, label="IoU 0.5:0.95", color="#aec7e8")
+        ax_ap.set_xticks(positions, [*classes, "mean"], rotation=20)
+        ax_ap.legend(fontsize="small")
+        lines = []
+        for key, label in (("precision", "P"), ("recall", "R"), ("f1", "F1")):
+            column = f"artifact_presence_{key}"
+            value = float(row[column]) if column in artifacts.colnames else float("nan")
+            lines.append(f"{label} {value:.2f}")
+        text = "has-artifact " + ", ".join(lines)
+        if "artifact_pixel_iou" in artifacts.colnames:
+            text += f"\npixel IoU {float(row['artifact_pixel_iou']):.2f}"
+        ax_ap.text(0.02, 0.97, text, transform=ax_ap.transAxes, va="top", fontsize="small")
+    else:
+        ax_ap.text(0.5, 0.5, "no truth artifacts", ha="center", va="center", transform=ax_ap.transAxes)
+    ax_ap.set_ylim(0, 1.15)
+    ax_ap.set_ylabel("Mask AP (mean over patches with truth artifacts)")
+    ax_ap.set_title("DeepDISC artifact AP per class")
+
+    for column, offset, label, alpha in (
+        ("purity_all_rows", -0.2, "every row a source", 0.5),
+        ("purity_artifact_flagged", 0.2, "artifact rows and flagged sources removed", 1.0),
+    ):
+        if column in artifacts.colnames:
+            values = np.nan_to_num(np.asarray(artifacts[column], dtype=float))
+            colors = [_method_color(m, i) for i, m in enumerate(methods)]
+            ax_purity.bar(x + offset, values, width=0.4, color=colors, alpha=alpha, label=label)
+    ax_purity.set_xticks(x, methods)
+    ax_purity.set_ylim(0, 1.05)
+    ax_purity.set_ylabel("Purity")
+    ax_purity.set_title("Purity without and with artifact flagging")
+    if methods:
+        ax_purity.legend(fontsize="small", loc="lower right")
+
+    for column, offset, label, alpha in (
+        ("frac_fp_in_truth_artifact", -0.2, "false positives inside truth artifacts", 0.5),
+        ("frac_fp_in_truth_artifact_flagged", 0.2, "... of which flagged", 1.0),
+    ):
+        if column in artifacts.colnames:
+            values = np.nan_to_num(np.asarray(artifacts[column], dtype=float))
+            colors = [_method_color(m, i) for i, m in enumerate(methods)]
+            ax_fp.bar(x + offset, values, width=0.4, color=colors, alpha=alpha, label=label)
+    ax_fp.axhline(target, color="k", linestyle="--", linewidth=1, label=f"target {target:.0%} flagged")
+    ax_fp.set_xticks(x, methods)
+    ax_fp.set_ylim(0, 1.05)
+    ax_fp.set_ylabel("Fraction")
+    ax_fp.set_title("False positives in truth artifacts")
+    if methods:
+        ax_fp.legend(fontsize="small", loc="upper left")
+    figure.suptitle(title or "Artifact metrics")
+    return figure
+
+
+def artifact_overlay_box(
+    footprints: Sequence[np.ndarray], image_box: tuple[int, int, int, int], margin: int = 16
+) -> tuple[int, int, int, int] | None:
+    """``(x0, y0, width, height)`` around the union of footprints plus ``margin``, inside ``image_box``.
+
+    Returns `None` when there is no footprint pixel.
+    """
+    spans = [np.asarray(f, dtype=np.int64).reshape(-1, 3) for f in footprints]
+    spans = [s for s in spans if s.shape[0]]
+    if not spans:
+        return None
+    allspans = np.concatenate(spans)
+    ix0, iy0, width, height = image_box
+    x0 = max(int(allspans[:, 1].min()) - margin, ix0)
+    y0 = max(int(allspans[:, 0].min()) - margin, iy0)
+    x1 = min(int(allspans[:, 2].max()) + margin, ix0 + width - 1)
+    y1 = min(int(allspans[:, 0].max()) + margin, iy0 + height - 1)
+    if x1 < x0 or y1 < y0:
+        return None
+    return x0, y0, x1 - x0 + 1, y1 - y0 + 1
+
+
 def lupton_rgb(
     image: MultibandImage,
     bands: Sequence[str] | None = None,
@@ -497,3 +616,114 @@ def overlay_figure(
         axes[0].legend(handles=handles, loc="upper right", fontsize="small", framealpha=0.6)
     figure.suptitle(title or "Footprints by class")
     return figure
+
+
+def training_history_figure(
+    history: Sequence[Mapping[str, Any]], stage_boundary: int | None = None
+) -> Figure:
+    """Loss components and validation metrics against iteration.
+
+    Parameters
+    ----------
+    history : `~collections.abc.Sequence` [`dict`]
+        `.training.TrainingResult.history` (or the ``history`` of a checkpoint state file).
+    stage_boundary : `int`, optional
+        Iteration at which stage 2 starts (``heads_iterations``), drawn as a vertical line; by default
+        the last validation of stage 1 (exact when ``eval_period`` divides ``heads_iterations``).
+
+    Returns
+    -------
+    figure : `matplotlib.figure.Figure`
+        Two panels: losses (training solid, validation dashed) and validation metrics.
+
+    Raises
+    ------
+    ValueError
+        If ``history`` is empty.
+    """
+    if not history:
+        raise ValueError("the training history is empty: nothing to plot")
+    iterations = np.array([entry["iteration"] for entry in history], dtype=np.float64)
+
+    def series(key: str) -> np.ndarray:
+        return np.array(
+            [np.nan if entry.get(key) is None else float(entry[key]) for entry in history], dtype=np.float64
+        )
+
+    keys = {key for entry in history for key in entry}
+    # One colour per loss component; training solid, validation dashed; totals thicker.
+    components = sorted({key.split("_", 1)[1] for key in keys if key.startswith(("train_loss", "val_loss"))})
+    colours = {name: f"C{index % 10}" for index, name in enumerate(components)}
+    figure = Figure(figsize=(12, 4.5))
+    FigureCanvasAgg(figure)  # Renders without pyplot, so no global backend is touched.
+    losses, metrics = figure.subplots(1, 2)
+    all_positive = True
+    for prefix, style in (("train", "-"), ("val", "--")):
+        for name in components:
+            values = series(f"{prefix}_{name}")
+            finite = np.isfinite(values)
+            if not finite.any():
+                continue
+            all_positive &= bool(np.all(values[finite] > 0))
+            losses.plot(
+                iterations,
+                values,
+                color=colours[name],
+                linestyle=style,
+                linewidth=2.2 if name == "loss" else 1.0,
+                marker="o",
+                markersize=3,
+                label=f"{prefix}_{name}",
+            )
+    if stage_boundary is None:
+        # An entry's stage is that of its last iteration: stage 2 began after the last stage-1 entry.
+        switch = np.flatnonzero(np.diff(series("stage")) > 0)
+        stage_boundary = int(iterations[switch[0]]) if switch.size else None
+    for axes in (losses, metrics):
+        if stage_boundary is not None:
+            axes.axvline(stage_boundary, color="grey", linewidth=0.8, linestyle=":")
+        axes.set_xlabel("iteration")
+    losses.set_ylabel("loss")
+    losses.set_title("Losses (solid: training, dashed: validation)")
+    if all_positive and components:
+        losses.set_yscale("log")
+    if components:
+        losses.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    plotted = False
+    for key in ("precision", "recall", "f1", "class_accuracy", "ap", "ap50"):
+        values = series(key)
+        if np.any(np.isfinite(values)):
+            metrics.plot(iterations, values, marker="o", markersize=3, label=key)
+            plotted = True
+    metrics.set_title("Validation metrics")
+    metrics.set_ylim(-0.02, 1.02)
+    if plotted:
+        metrics.legend(fontsize="small")
+    else:
+        metrics.text(0.5, 0.5, "no validation metrics", ha="center", va="center", transform=metrics.transAxes)
+    figure.tight_layout()
+    return figure
+
+
+def plot_training_history(
+    history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], stage_boundary: int | None = None
+) -> Path:
+    """Write `training_history_figure` as a PNG file.
+
+    Parameters
+    ----------
+    history : `~collections.abc.Sequence` [`dict`]
+        `.training.TrainingResult.history` (or the ``history`` of a checkpoint state file).
+    path : `str` or `os.PathLike`
+        Output file (PNG).
+    stage_boundary : `int`, optional
+        See `training_history_figure`.
+
+    Returns
+    -------
+    path : `pathlib.Path`
+        The file written.
+    """
+    path = Path(path)
+    training_history_figure(history, stage_boundary).savefig(path, dpi=100, format="png")
+    return path

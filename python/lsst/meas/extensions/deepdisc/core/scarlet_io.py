@@ -92,6 +92,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 import numpy as np
 from scipy import signal
 
+from ._zipfiles import member_problem, read_member, write_zip
+
 if TYPE_CHECKING:
     from .multiband import MultibandImage
 
@@ -101,8 +103,8 @@ LSST_SCHEMA_VERSION = "1.0.1"
 SCARLET_LITE_SCHEMA_VERSION = "1.0.0"
 _PRE_SCHEMA = "0.0.0"
 _ZIP_MAGIC = b"PK\x03\x04"
-# A fixed member timestamp keeps archives byte-identical for identical models (reproducible repositories).
-_ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+# Largest uncompressed member read (one blend's JSON); checked before decompressing (zip-bomb guard).
+_MAX_MEMBER_BYTES = 2**30
 
 
 class ScarletFormatError(ValueError):
@@ -798,6 +800,16 @@ def _parse_member(name: str, raw: bytes) -> Any:
         raise ScarletFormatError(f"member {name!r} of the scarlet archive is not valid JSON: {err}") from None
 
 
+def _read_checked(archive: zipfile.ZipFile, name: str) -> bytes:
+    """One member, refused before decompression if its entry is unsafe or too large."""
+    info = archive.getinfo(name)
+    # No ratio check: long runs of zeros in model arrays legitimately deflate by hundreds.
+    problem = member_problem(info, max_bytes=_MAX_MEMBER_BYTES, max_compression_ratio=None)
+    if problem:
+        raise ScarletFormatError(f"scarlet archive {problem}")
+    return read_member(archive, info)
+
+
 def _model_from_zip(archive: zipfile.ZipFile, blend_ids: Iterable[int] | None) -> ScarletModelData:
     names = archive.namelist()
     if blend_ids is None:
@@ -808,17 +820,19 @@ def _model_from_zip(archive: zipfile.ZipFile, blend_ids: Iterable[int] | None) -
         if missing:
             raise KeyError(f"blend/source id(s) {missing} are not in this scarlet archive")
     if "metadata" in names:
-        metadata = _parse_member("metadata", archive.read("metadata"))
+        metadata = _parse_member("metadata", _read_checked(archive, "metadata"))
     elif "psf" in names:
         # Legacy zip archives stored the model PSF as two members.
         metadata = {
-            "model_psf": _parse_member("psf", archive.read("psf")),
-            "model_psf_shape": _parse_member("psf_shape", archive.read("psf_shape")),
+            "model_psf": _parse_member("psf", _read_checked(archive, "psf")),
+            "model_psf_shape": _parse_member("psf_shape", _read_checked(archive, "psf_shape")),
             "array_keys": ["model_psf"],
         }
     else:
         metadata = None
-    version = _parse_member("version", archive.read("version")) if "version" in names else _PRE_SCHEMA
+    version = (
+        _parse_member("version", _read_checked(archive, "version")) if "version" in names else _PRE_SCHEMA
+    )
     blends: dict[int, HierarchicalBlendData | ScarletBlendData] = {}
     isolated: dict[int, IsolatedSourceData] = {}
     for name in wanted:
@@ -826,7 +840,7 @@ def _model_from_zip(archive: zipfile.ZipFile, blend_ids: Iterable[int] | None) -
             key = int(name)
         except ValueError:
             raise ScarletFormatError(f"unexpected member {name!r} in scarlet archive") from None
-        value = _parse_member(name, archive.read(name))
+        value = _parse_member(name, _read_checked(archive, name))
         if not isinstance(value, Mapping):
             raise ScarletFormatError(f"member {name!r} is not a JSON object")
         if "blend_type" in value:
@@ -906,12 +920,7 @@ def scarlet_models_to_bytes(data: ScarletModelData, compress: bool = True, compa
     buffer = io.BytesIO()
     compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     # Level 1 keeps ~90% of the size gain of the default level 6 for a fifth of the time.
-    with zipfile.ZipFile(buffer, "w", compression=compression, compresslevel=1) as archive:
-        for name, text in data.zip_members(compact=compact).items():
-            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE_TIME)
-            info.compress_type = compression
-            info._compresslevel = 1  # Public as `compress_level` from Python 3.13.
-            archive.writestr(info, text)
+    write_zip(buffer, data.zip_members(compact=compact), compression=compression, compresslevel=1)
     return buffer.getvalue()
 
 

@@ -31,7 +31,7 @@ CPU states: `torch_cpu_settings` applies them for a block of work and restores t
 
 from __future__ import annotations
 
-__all__ = ["available_cores", "configure_torch", "torch_cpu_settings", "torch_threads"]
+__all__ = ["available_cores", "configure_torch", "quantum_threads", "torch_cpu_settings", "torch_threads"]
 
 import contextlib
 import logging
@@ -75,6 +75,23 @@ def torch_threads(requested: int = 0, share: int = 1) -> tuple[int, str]:
         return int(env), "OMP_NUM_THREADS"
     cores = available_cores()
     return max(1, cores // share), f"{cores} core(s) / {share} process(es)"
+
+
+def quantum_threads(requested: int, num_cores: int) -> int:
+    """The thread request of a PipelineTask quantum: ``requested`` if set, else pipetask's cores.
+
+    ``pipetask run`` sets ``OMP_NUM_THREADS=1`` in every process it runs quanta in (also with ``-j 1``)
+    and gives each quantum ``--cores-per-quantum`` cores (``butlerQC.resources.num_cores``): with
+    ``-j N -n M`` on ``N * M`` cores every quantum uses its ``M`` cores.
+
+    Returns
+    -------
+    threads : `int`
+        ``requested`` when > 0, else ``num_cores`` (to pass to `torch_threads` as an explicit request).
+    """
+    if requested < 0 or num_cores < 1:
+        raise ValueError(f"requested must be >= 0 and num_cores >= 1, got {requested} and {num_cores}")
+    return requested if requested > 0 else num_cores
 
 
 def configure_torch(requested: int = 0, share: int = 1, log: logging.Logger | None = None) -> int:

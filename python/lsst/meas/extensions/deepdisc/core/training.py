@@ -33,14 +33,15 @@ The loop is written for reproducibility and restartability:
   and its augmentations are a pure function of ``(seed, i)`` (a fresh permutation of the examples per
   epoch); the global torch, numpy and Python RNG states are saved with every checkpoint and restored on
   resume; validation runs under a forked, seeded torch RNG and never disturbs the training stream.
-* Checkpoints (every ``checkpoint_period`` iterations, at the end and on ``stop_after``) are written into
-  ``checkpoint_dir``: ``model_<iter>.safetensors`` (weights, no pickle), ``optimizer_<iter>.pt`` (optimizer
-  and gradient-scaler state and torch RNG states: plain tensors and containers, read back with
-  ``torch.load(weights_only=True)``) and ``state_<iter>.json`` (iteration, schedule, numpy/Python RNG
-  states, loss accumulators, validation history, best model); ``last_checkpoint.json`` names the newest and
-  is written last, atomically.  Calling `train_model` again with the same directory resumes there.
-* Validation every ``eval_period`` iterations: the mean loss on the validation examples (model in
-  training mode, normalisation layers in eval mode, no gradients), and detection quality from the
+* Checkpoints (every ``checkpoint_period`` iterations, at the end and on ``stop_after``; written and read
+  by `.checkpoints`) go into ``checkpoint_dir``: ``model_<iter>.safetensors`` (weights, no pickle),
+  ``optimizer_<iter>.pt`` (optimizer and gradient-scaler state and torch RNG states: plain tensors and
+  containers, read back with ``torch.load(weights_only=True)``) and ``state_<iter>.json`` (iteration,
+  schedule, numpy/Python RNG states, loss accumulators, validation history, best model);
+  ``last_checkpoint.json`` names the newest and is written last, atomically.  Calling `train_model` again
+  with the same directory resumes there.
+* Validation every ``eval_period`` iterations (`.evaluation`): the mean loss on the validation examples
+  (model in training mode, normalisation layers in eval mode, no gradients), and detection quality from the
   production inference path (`.inference.run_tiled_inference`): detections above ``eval_score_threshold``
   are matched one-to-one to the labels at IoU >= ``eval_iou`` (`.matching.match_catalogs`), giving
   precision, recall and F1 pooled over the validation examples (0 where nothing was detected or labelled),
@@ -65,6 +66,7 @@ __all__ = [
     "infer_examples",
     "learning_rate_at",
     "load_matching_weights",
+    "make_history_table",
     "plot_training_history",
     "train_model",
 ]
@@ -73,38 +75,44 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
-import json
 import logging
 import math
-import os
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from astropy.table import Table
 from safetensors.torch import load_file as load_safetensors
-from safetensors.torch import save_file as save_safetensors
 
-from .augment import AugmentConfig, augment_example
-from .footprints import spans_centroid
-from .model_package import StateDictDiff, compare_state_dicts
+from .augment import AugmentConfig, augment_example, random_band_keep
+from .augment_sky import SkyAugmentConfig, sky_augment_example
+from .checkpoints import (
+    BEST_WEIGHTS_FILE,
+    LAST_CHECKPOINT_FILE,
+    StateDictDiff,
+    _json_ready,
+    _LoopState,
+    _read_last_state,
+    _resume,
+    _save_checkpoint,
+    _save_weights,
+    load_matching_weights,
+    read_checkpoint_pointer,
+)
+from .evaluation import _resolve_device, _validation_loss, evaluate_detections, infer_examples
+from .plots import plot_training_history
 from .threads import torch_cpu_settings
 from .training_data import TrainingExample, to_detectron2_dict
 
 _LOG = logging.getLogger(__name__)
 
-LAST_CHECKPOINT_FILE = "last_checkpoint.json"
-BEST_WEIGHTS_FILE = "model_best.safetensors"
-STATE_FORMAT_VERSION = 1
-
 # Metrics for which smaller is better when used as ``best_metric``.
 _LOWER_IS_BETTER = frozenset({"val_loss"})
-# Label-magnitude bins of the validation recall (``recall_mag_<low>_<high>`` in the history).
-RECALL_MAG_EDGES = (16.0, 22.0, 23.0, 24.0, 25.0, 26.0)
 _AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -173,6 +181,14 @@ class TrainingConfig:
         Denormals are flushed to zero as well.
     prefetch : `bool`
         Build (augment and rasterise) the next batch in a background thread while the current step runs.
+    band_dropout : `float`
+        Fraction of training examples that lose some of their bands (`.augment.random_band_keep`): the
+        absent bands become NaN planes, which a band-availability model
+        (`.models.band_availability`) sees as absent.  0 for models that need all their bands.
+    min_bands : `int`
+        The fewest bands an example keeps under band dropout.
+    sky : `.augment_sky.SkyAugmentConfig`
+        Pixel-scale, seeing and artifact augmentations (off by default).
     """
 
     heads_iterations: int
@@ -205,8 +221,17 @@ class TrainingConfig:
     keep_checkpoints: int = 2
     num_threads: int = 0
     prefetch: bool = True
+    band_dropout: float = 0.0
+    min_bands: int = 1
+    sky: SkyAugmentConfig = dataclasses.field(default_factory=lambda: SkyAugmentConfig(probability=0.0))
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.band_dropout <= 1.0:
+            raise ValueError(f"band_dropout must be in [0, 1], got {self.band_dropout}")
+        if self.min_bands < 1:
+            raise ValueError(f"min_bands must be >= 1, got {self.min_bands}")
+        if not isinstance(self.sky, SkyAugmentConfig):
+            raise TypeError(f"sky must be a SkyAugmentConfig, got {type(self.sky).__name__}")
         self.lr_steps = tuple(int(step) for step in self.lr_steps)
         for name in (
             "heads_iterations",
@@ -346,248 +371,6 @@ def backbone_body(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
     return backbone, "backbone"
 
 
-# ------------------------------------------------------------------------------------------ init weights
-
-
-def load_matching_weights(
-    model: torch.nn.Module, state_dict: Mapping[str, Any], log: logging.Logger | None = None
-) -> StateDictDiff:
-    """Load the tensors of ``state_dict`` whose names and shapes fit ``model``; report the rest.
-
-    Parameters
-    ----------
-    model : `torch.nn.Module`
-        Model to initialise (in place).
-    state_dict : `~collections.abc.Mapping`
-        Weights already loaded safely by the caller (e.g. safetensors, or ``torch.load(weights_only=True)``);
-        a detectron2 checkpoint dict ``{"model": {...}, ...}`` is unwrapped; numpy arrays are accepted.
-    log : `logging.Logger`, optional
-        Receives one line with the counts and the names of the skipped tensors.
-
-    Returns
-    -------
-    report : `.model_package.StateDictDiff`
-        ``shape_mismatches`` and ``unexpected`` were skipped; ``missing`` keep their initial values.
-    """
-    log = log or _LOG
-    if "model" in state_dict and isinstance(state_dict["model"], Mapping):
-        state_dict = state_dict["model"]
-    tensors: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if isinstance(value, np.ndarray):
-            value = torch.from_numpy(value)
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"init weight {key!r} is a {type(value).__name__}, not a tensor or array")
-        tensors[str(key)] = value
-    expected = model.state_dict()
-    report = compare_state_dicts(expected, tensors)
-    skipped = {key for key, _, _ in report.shape_mismatches}
-    loadable = {key: value for key, value in tensors.items() if key in expected and key not in skipped}
-    model.load_state_dict(loadable, strict=False)
-    log.info(
-        "Initial weights: loaded %d of %d model tensors; skipped %s",
-        len(loadable),
-        len(expected),
-        report.describe(limit=20) if not report.is_empty else "nothing",
-    )
-    return report
-
-
-# ------------------------------------------------------------------------------------------- checkpoint
-
-
-def _json_ready(value: Any) -> Any:
-    """Plain JSON data: NaN and infinities become `None`, tuples lists, numpy scalars Python numbers."""
-    if isinstance(value, Mapping):
-        return {str(key): _json_ready(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that readers see either the old or the complete new content."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
-def _save_weights(path: Path, model: torch.nn.Module, iteration: int) -> None:
-    tensors = {
-        key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()
-    }
-    temporary = path.with_name(path.name + ".tmp")
-    save_safetensors(tensors, str(temporary), metadata={"iteration": str(iteration)})
-    os.replace(temporary, path)
-
-
-def _rng_state() -> tuple[dict[str, Any], dict[str, Any]]:
-    """Global RNG states: tensors (for ``torch.save``) and JSON-able numpy/Python states."""
-    tensors: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors["cuda"] = torch.cuda.get_rng_state_all()
-    version, internal, gauss = random.getstate()
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    plain = {
-        "python": [version, list(internal), gauss],
-        "numpy": [kind, keys.tolist(), int(position), int(has_gauss), float(cached)],
-    }
-    return tensors, plain
-
-
-def _set_rng_state(tensors: Mapping[str, Any], plain: Mapping[str, Any]) -> None:
-    torch.set_rng_state(tensors["torch"])
-    if "cuda" in tensors and torch.cuda.is_available():
-        states = tensors["cuda"]
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
-    version, internal, gauss = plain["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, position, has_gauss, cached = plain["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
-
-
-@dataclass
-class _LoopState:
-    """Everything besides weights and optimizer that a resumed run needs."""
-
-    iteration: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_iteration: int | None = None
-    best_metric: float | None = None
-    best_val_loss: float | None = None
-    loss_sums: dict[str, float] = field(default_factory=dict)
-    loss_count: int = 0
-
-
-def _checkpoint_names(iteration: int) -> dict[str, str]:
-    return {
-        "weights": f"model_{iteration:07d}.safetensors",
-        "optimizer": f"optimizer_{iteration:07d}.pt",
-        "state": f"state_{iteration:07d}.json",
-    }
-
-
-def _save_checkpoint(
-    directory: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    loop: _LoopState,
-    config: TrainingConfig,
-    log: logging.Logger,
-) -> Path:
-    """Write one checkpoint and point ``last_checkpoint.json`` at it; prune older ones."""
-    names = _checkpoint_names(loop.iteration)
-    rng_tensors, rng_plain = _rng_state()
-    _save_weights(directory / names["weights"], model, loop.iteration)
-    temporary = directory / (names["optimizer"] + ".tmp")
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "grad_scaler": scaler.state_dict(), "rng": rng_tensors},
-        temporary,
-    )
-    os.replace(temporary, directory / names["optimizer"])
-    state = {
-        "format_version": STATE_FORMAT_VERSION,
-        "iteration": loop.iteration,
-        "next_stage": 1 if loop.iteration < config.heads_iterations else 2,
-        "next_lr": learning_rate_at(config, loop.iteration)
-        if loop.iteration < config.total_iterations
-        else None,
-        "files": names,
-        "config": config.to_dict(),
-        "rng": rng_plain,
-        "history": loop.history,
-        "best": {
-            "iteration": loop.best_iteration,
-            "metric": loop.best_metric,
-            "metric_name": config.best_metric,
-            "val_loss": loop.best_val_loss,
-            "weights": BEST_WEIGHTS_FILE if loop.best_iteration is not None else None,
-        },
-        "loss_accumulator": {"sums": loop.loss_sums, "count": loop.loss_count},
-        "saved_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-    _write_atomic(directory / names["state"], json.dumps(_json_ready(state), indent=1).encode())
-    pointer = {"iteration": loop.iteration, "state": names["state"]}
-    _write_atomic(directory / LAST_CHECKPOINT_FILE, json.dumps(pointer).encode())
-    log.info("Saved checkpoint at iteration %d in %s", loop.iteration, directory)
-    if config.keep_checkpoints:
-        _prune_checkpoints(directory, config.keep_checkpoints)
-    return directory / names["state"]
-
-
-def _prune_checkpoints(directory: Path, keep: int) -> None:
-    iterations = sorted(int(path.stem.split("_")[1]) for path in directory.glob("state_[0-9]*.json"))
-    for iteration in iterations[:-keep]:
-        for name in _checkpoint_names(iteration).values():
-            (directory / name).unlink(missing_ok=True)
-
-
-def _read_last_state(directory: Path) -> dict[str, Any] | None:
-    pointer_path = directory / LAST_CHECKPOINT_FILE
-    if not pointer_path.exists():
-        return None
-    try:
-        pointer = json.loads(pointer_path.read_text())
-        state = json.loads((directory / pointer["state"]).read_text())
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RuntimeError(f"cannot read the last checkpoint in {directory}: {exc}") from exc
-    if state.get("format_version") != STATE_FORMAT_VERSION:
-        raise RuntimeError(
-            f"checkpoint state {pointer['state']} in {directory} has format version "
-            f"{state.get('format_version')!r}; this code reads version {STATE_FORMAT_VERSION}"
-        )
-    return state
-
-
-def _resume(
-    directory: Path,
-    state: Mapping[str, Any],
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    config: TrainingConfig,
-    log: logging.Logger,
-) -> _LoopState:
-    """Restore weights, optimizer, scaler, RNG states and loop state from a checkpoint."""
-    files = state["files"]
-    weights = load_safetensors(str(directory / files["weights"]))
-    diff = compare_state_dicts(model.state_dict(), weights)
-    if not diff.is_empty:
-        raise RuntimeError(
-            f"the checkpoint in {directory} belongs to a different model than model_config builds: "
-            f"{diff.describe()}"
-        )
-    model.load_state_dict(weights, strict=True)
-    extra = torch.load(directory / files["optimizer"], map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(extra["optimizer"])
-    scaler.load_state_dict(extra["grad_scaler"])
-    _set_rng_state(extra["rng"], state["rng"])
-    saved_config = state.get("config", {})
-    changed = sorted(key for key, value in config.to_dict().items() if saved_config.get(key, value) != value)
-    if changed:
-        log.warning("Resuming with a changed training configuration: %s", ", ".join(changed))
-    best = state.get("best", {})
-    accumulator = state.get("loss_accumulator", {})
-    log.info("Resuming training from the checkpoint at iteration %d in %s", state["iteration"], directory)
-    return _LoopState(
-        iteration=int(state["iteration"]),
-        history=list(state.get("history", [])),
-        best_iteration=best.get("iteration"),
-        best_metric=best.get("metric"),
-        best_val_loss=best.get("val_loss"),
-        loss_sums={str(key): float(value) for key, value in accumulator.get("sums", {}).items()},
-        loss_count=int(accumulator.get("count", 0)),
-    )
-
-
 # ----------------------------------------------------------------------------------------------- data
 
 
@@ -610,7 +393,16 @@ def _training_batch(
     batch = []
     for slot, index in enumerate(_batch_indices(len(examples), config.batch_size, iteration, config.seed)):
         rng = np.random.default_rng([config.seed, iteration, slot, 1])
-        batch.append(to_detectron2_dict(augment_example(examples[index], augment, rng)))
+        example = augment_example(examples[index], augment, rng)
+        if config.sky.enabled:
+            example = sky_augment_example(example, config.sky, rng)
+        record = to_detectron2_dict(example)
+        if config.band_dropout > 0 and rng.random() < config.band_dropout:
+            from .models.band_availability import ABSENT_BAND_VALUE
+
+            keep = random_band_keep(len(example.bands), config.min_bands, rng)
+            record["image"][torch.from_numpy(~keep)] = ABSENT_BAND_VALUE
+        batch.append(record)
     return batch
 
 
@@ -723,280 +515,6 @@ def _apply_hyperparameters(optimizer: torch.optim.Optimizer, config: TrainingCon
     if "momentum" in decay_group:
         for group in optimizer.param_groups:
             group["momentum"] = config.momentum
-
-
-def _resolve_device(name: str) -> torch.device:
-    from .inference import select_device
-
-    return select_device(name)
-
-
-# ------------------------------------------------------------------------------------------ validation
-
-
-class _QuietLog:
-    """Routes the per-image info lines of the inference module to debug level."""
-
-    def __init__(self, log: logging.Logger) -> None:
-        self._log = log
-
-    def info(self, *args: Any, **kwargs: Any) -> None:
-        self._log.debug(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._log, name)
-
-
-@contextlib.contextmanager
-def _forked_rng(device: torch.device, seed: int) -> Iterator[None]:
-    """A seeded torch RNG for validation that leaves the training RNG stream untouched."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def _validation_loss(
-    model: torch.nn.Module, val: Sequence[TrainingExample], config: TrainingConfig, device: torch.device
-) -> dict[str, float]:
-    """Mean loss components on the (unaugmented) validation examples, without gradients."""
-    model.train()
-    for module in model.modules():  # Running normalisation statistics must not learn from validation data.
-        if getattr(module, "running_mean", None) is not None:
-            module.eval()
-    sums: dict[str, float] = {}
-    with torch.no_grad(), _forked_rng(device, config.seed):
-        for start in range(0, len(val), config.batch_size):
-            batch = [to_detectron2_dict(example) for example in val[start : start + config.batch_size]]
-            losses = model(batch)
-            for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * len(batch)
-    means = {f"val_{key}": value / len(val) for key, value in sums.items()}
-    means["val_loss"] = sum(value / len(val) for value in sums.values())
-    return means
-
-
-def _truth_arrays(example: TrainingExample) -> Any:
-    from .matching import SourceArrays
-
-    centres = [spans_centroid(label.spans) for label in example.instances]
-    return SourceArrays(
-        x=np.array([x for x, _ in centres], dtype=np.float64),
-        y=np.array([y for _, y in centres], dtype=np.float64),
-        spans=[label.spans for label in example.instances],
-        class_id=example.class_ids,
-        mag=np.array([label.magnitude for label in example.instances], dtype=np.float64),
-    )
-
-
-def _detection_arrays(detections: Any) -> Any:
-    from .matching import SourceArrays
-
-    centres = [spans_centroid(spans) for spans in detections.footprints]
-    return SourceArrays(
-        x=np.array([x for x, _ in centres], dtype=np.float64),
-        y=np.array([y for _, y in centres], dtype=np.float64),
-        spans=detections.footprints,
-        class_id=detections.class_ids,
-        score=detections.scores,
-    )
-
-
-def _num_classes(model: Any, examples: Sequence[TrainingExample]) -> int:
-    """The model's class count (``roi_heads.num_classes``), else one more than the largest label."""
-    roi_heads = getattr(model, "roi_heads", None)
-    count = getattr(roi_heads, "num_classes", None)
-    if isinstance(count, int) and count > 0:
-        return count
-    return 1 + max((label.class_id for example in examples for label in example.instances), default=0)
-
-
-def _coco_ap(
-    truths: Sequence[Any],
-    detections: Sequence[Any],
-    examples: Sequence[TrainingExample],
-    num_classes: int,
-    config: TrainingConfig,
-    log: logging.Logger,
-) -> dict[str, float | None]:
-    """COCO AP and AP50 over all validation examples with `.coco`; `None` when it cannot be computed.
-
-    The examples are laid side by side on one virtual mosaic (each shifted right by the widths before
-    it), so pooled COCO evaluation of the mosaic equals a multi-image evaluation: objects of different
-    examples never overlap and therefore never match.
-    """
-    try:
-        from .coco import CocoImage, coco_average_precision
-        from .matching import SourceArrays
-    except ImportError as exc:  # pycocotools missing: AP is omitted, the other metrics still run.
-        log.warning("COCO AP omitted from validation: %s", exc)
-        return {"ap": None, "ap50": None}
-
-    def mosaic(catalogs: Sequence[Any], with_scores: bool) -> Any:
-        xs, ys, spans, classes, scores = [], [], [], [], []
-        offset = 0
-        for catalog, example in zip(catalogs, examples):
-            xs.append(catalog.x + offset)
-            ys.append(catalog.y)
-            spans.extend(
-                footprint + np.array([0, offset, offset], dtype=footprint.dtype)
-                for footprint in catalog.spans
-            )
-            classes.append(catalog.class_id)
-            if with_scores:
-                scores.append(catalog.score)
-            offset += example.width
-        return SourceArrays(
-            x=np.concatenate(xs),
-            y=np.concatenate(ys),
-            spans=spans,
-            class_id=np.concatenate(classes),
-            score=np.concatenate(scores) if with_scores else None,
-        )
-
-    if not sum(len(truth) for truth in truths):
-        return {"ap": None, "ap50": None}
-    if not sum(len(found) for found in detections):
-        return {"ap": 0.0, "ap50": 0.0}  # Labels but no detections: no recall at any threshold.
-    iou_type = "segm" if config.eval_iou_type == "mask" else "bbox"
-    image = CocoImage(
-        width=sum(example.width for example in examples), height=max(e.height for e in examples)
-    )
-    scores = coco_average_precision(
-        mosaic(truths, False),
-        mosaic(detections, True),
-        image,
-        iou_types=(iou_type,),
-        class_names={index: str(index) for index in range(num_classes)},
-    )[iou_type]
-    return {"ap": scores.ap, "ap50": scores.ap50}
-
-
-def infer_examples(
-    model: Any,
-    examples: Sequence[TrainingExample],
-    device: str = "auto",
-    seed: int = 0,
-    log: logging.Logger | None = None,
-) -> tuple[list[Any], list[Any]]:
-    """Run a model on labelled examples, each as one tile of the production inference path.
-
-    Parameters
-    ----------
-    model : `torch.nn.Module` or callable
-        A detectron2 ``GeneralizedRCNN``-style model (put in eval mode and on ``device``).
-    examples : `~collections.abc.Sequence` [`TrainingExample`]
-        Labelled, scaled examples.
-    device : `str`
-        Torch device name (``"auto"``: CUDA when available).
-    seed : `int`
-        Seed of a forked torch RNG (the caller's random stream is not disturbed).
-    log : `logging.Logger`, optional
-        For warnings (per-image lines are suppressed).
-
-    Returns
-    -------
-    truths, detections : `list` [`.matching.SourceArrays`]
-        Per example: its labels, and every detection the model returned (with scores).
-    """
-    from .inference import InferenceConfig, run_tiled_inference
-
-    torch_device = _resolve_device(device)
-    quiet = _QuietLog(log or _LOG)
-    num_classes = _num_classes(model, examples)
-    truths, found = [], []
-    with _forked_rng(torch_device, seed):
-        for example in examples:
-            inference = InferenceConfig(
-                tile_size=max(example.height, example.width),
-                overlap=0,
-                stitch_margin=0,
-                batch_size=1,
-                device=str(torch_device),
-                progress_interval_s=1e9,
-            )
-            detections = run_tiled_inference(
-                model, example.image, config=inference, log=quiet, num_classes=num_classes
-            )
-            truths.append(_truth_arrays(example))
-            found.append(_detection_arrays(detections))
-    return truths, found
-
-
-def evaluate_detections(
-    model: Any,
-    examples: Sequence[TrainingExample],
-    config: TrainingConfig,
-    log: logging.Logger | None = None,
-) -> dict[str, Any]:
-    """Detection quality of a model on labelled examples, as `train_model` validates.
-
-    Each example goes through `.inference.run_tiled_inference` as one tile (so the model is put in eval
-    mode and on ``config.device``).  Detections scoring ``>= config.eval_score_threshold`` are matched
-    one-to-one to the labels at IoU ``>= config.eval_iou`` (``config.eval_iou_type``), class-agnostically.
-
-    Parameters
-    ----------
-    model : `torch.nn.Module` or callable
-        A detectron2 ``GeneralizedRCNN``-style model.
-    examples : `~collections.abc.Sequence` [`TrainingExample`]
-        Labelled, scaled examples (not augmented).
-    config : `TrainingConfig`
-        Supplies the device and the ``eval_*`` parameters.
-    log : `logging.Logger`, optional
-        For warnings (per-image inference lines go to debug level).
-
-    Returns
-    -------
-    metrics : `dict`
-        ``precision``, ``recall``, ``f1`` (pooled over the examples; 0 when there is nothing to count),
-        ``class_accuracy`` (fraction of matched pairs with the label's class; `None` without matches),
-        ``ap`` and ``ap50`` (COCO, all detections, per class then averaged; `None` when unavailable),
-        ``n_truth``, ``n_detections`` (above the threshold), ``n_matched`` and, per bin of the labels'
-        magnitudes (`RECALL_MAG_EDGES`), ``recall_mag_<low>_<high>`` (`None` for an empty bin).
-    """
-    from .matching import match_catalogs
-
-    log = log or _LOG
-    val = list(examples)
-    n_truth = n_detections = n_matched = n_same_class = 0
-    num_classes = _num_classes(model, val)
-    truths, all_detections = infer_examples(model, val, config.device, config.seed, log)
-    edges = np.asarray(RECALL_MAG_EDGES)
-    bin_truth = np.zeros(edges.size - 1, dtype=np.int64)
-    bin_found = np.zeros(edges.size - 1, dtype=np.int64)
-    for truth, found in zip(truths, all_detections):
-        kept = found.select(found.score >= config.eval_score_threshold)
-        n_truth += len(truth)
-        n_detections += len(kept)
-        found_truth = np.zeros(len(truth), dtype=bool)
-        if len(truth) and len(kept):
-            match = match_catalogs(
-                truth, kept, min_iou=config.eval_iou, iou_type=config.eval_iou_type, max_distance=0.0
-            )
-            n_matched += match.n_matched
-            n_same_class += int(np.sum(truth.class_id[match.truth_index] == kept.class_id[match.det_index]))
-            found_truth[match.truth_index] = True
-        bins = np.digitize(truth.mag, edges) - 1
-        usable = np.isfinite(truth.mag) & (bins >= 0) & (bins < edges.size - 1)
-        bin_truth += np.bincount(bins[usable], minlength=edges.size - 1)
-        bin_found += np.bincount(bins[usable & found_truth], minlength=edges.size - 1)
-    precision = n_matched / n_detections if n_detections else 0.0
-    recall = n_matched / n_truth if n_truth else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    metrics: dict[str, Any] = {
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "class_accuracy": n_same_class / n_matched if n_matched else None,
-        "n_truth": n_truth,
-        "n_detections": n_detections,
-        "n_matched": n_matched,
-    }
-    for low, high, count, hits in zip(edges[:-1], edges[1:], bin_truth, bin_found):
-        metrics[f"recall_mag_{low:g}_{high:g}"] = float(hits / count) if count else None
-    metrics.update(_coco_ap(truths, all_detections, val, num_classes, config, log))
-    return metrics
 
 
 def _is_better(metric: float | None, val_loss: float | None, loop: _LoopState, name: str) -> bool:
@@ -1210,8 +728,9 @@ def _train(
 
             stopping = stop_after is not None and iterations_this_call >= stop_after and done < total
             if done % config.checkpoint_period == 0 or done == total or stopping:
+                next_lr = learning_rate_at(config, done) if done < total else None
                 last_state_path = _save_checkpoint(
-                    checkpoint_dir, model, optimizer, scaler, loop, config, log
+                    checkpoint_dir, model, optimizer, scaler, loop, config, log, next_lr=next_lr
                 )
             if stopping:
                 interrupted = True
@@ -1220,8 +739,8 @@ def _train(
                 )
                 break
 
-    if last_state_path is None and (checkpoint_dir / LAST_CHECKPOINT_FILE).exists():
-        pointer = json.loads((checkpoint_dir / LAST_CHECKPOINT_FILE).read_text())
+    pointer = read_checkpoint_pointer(checkpoint_dir) if last_state_path is None else None
+    if pointer is not None:
         last_state_path = checkpoint_dir / pointer["state"]
     best_path = checkpoint_dir / BEST_WEIGHTS_FILE
     if loop.best_iteration is not None and best_path.exists():
@@ -1302,93 +821,32 @@ def _evaluate(
         log.info("New best model at iteration %d (%s = %s)", loop.iteration, config.best_metric, metric)
 
 
-# ------------------------------------------------------------------------------------------- plotting
+def make_history_table(
+    history: Sequence[Mapping[str, Any]], best_iteration: int | None, config: TrainingConfig
+) -> Table:
+    """The training history as a table: one row per validation, plus ``is_best``.
 
-
-def plot_training_history(
-    history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], stage_boundary: int | None = None
-) -> Path:
-    """Plot loss components and validation metrics against iteration into a PNG.
-
-    Parameters
-    ----------
-    history : `~collections.abc.Sequence` [`dict`]
-        `TrainingResult.history` (or the ``history`` of a checkpoint state file).
-    path : `str` or `os.PathLike`
-        Output file (PNG).
-    stage_boundary : `int`, optional
-        Iteration at which stage 2 starts (``heads_iterations``), drawn as a vertical line; by default
-        the last validation of stage 1 (exact when ``eval_period`` divides ``heads_iterations``).
-
-    Returns
-    -------
-    path : `pathlib.Path`
-        The file written.
+    Integer-valued entries (iteration, stage, counts) become integer columns, the others float columns
+    with NaN where a value is missing (e.g. AP without pycocotools).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    if not history:
-        raise ValueError("the training history is empty: nothing to plot")
-    path = Path(path)
-    iterations = np.array([entry["iteration"] for entry in history], dtype=np.float64)
-
-    def series(key: str) -> np.ndarray:
-        return np.array(
-            [np.nan if entry.get(key) is None else float(entry[key]) for entry in history], dtype=np.float64
-        )
-
-    keys = {key for entry in history for key in entry}
-    # One colour per loss component; training solid, validation dashed; totals thicker.
-    components = sorted({key.split("_", 1)[1] for key in keys if key.startswith(("train_loss", "val_loss"))})
-    colours = {name: f"C{index % 10}" for index, name in enumerate(components)}
-    figure = Figure(figsize=(12, 4.5))
-    FigureCanvasAgg(figure)  # Renders without pyplot, so no global backend is touched.
-    losses, metrics = figure.subplots(1, 2)
-    all_positive = True
-    for prefix, style in (("train", "-"), ("val", "--")):
-        for name in components:
-            values = series(f"{prefix}_{name}")
-            finite = np.isfinite(values)
-            if not finite.any():
-                continue
-            all_positive &= bool(np.all(values[finite] > 0))
-            losses.plot(
-                iterations,
-                values,
-                color=colours[name],
-                linestyle=style,
-                linewidth=2.2 if name == "loss" else 1.0,
-                marker="o",
-                markersize=3,
-                label=f"{prefix}_{name}",
-            )
-    if stage_boundary is None:
-        # An entry's stage is that of its last iteration: stage 2 began after the last stage-1 entry.
-        switch = np.flatnonzero(np.diff(series("stage")) > 0)
-        stage_boundary = int(iterations[switch[0]]) if switch.size else None
-    for axes in (losses, metrics):
-        if stage_boundary is not None:
-            axes.axvline(stage_boundary, color="grey", linewidth=0.8, linestyle=":")
-        axes.set_xlabel("iteration")
-    losses.set_ylabel("loss")
-    losses.set_title("Losses (solid: training, dashed: validation)")
-    if all_positive and components:
-        losses.set_yscale("log")
-    if components:
-        losses.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    plotted = False
-    for key in ("precision", "recall", "f1", "class_accuracy", "ap", "ap50"):
-        values = series(key)
-        if np.any(np.isfinite(values)):
-            metrics.plot(iterations, values, marker="o", markersize=3, label=key)
-            plotted = True
-    metrics.set_title("Validation metrics")
-    metrics.set_ylim(-0.02, 1.02)
-    if plotted:
-        metrics.legend(fontsize="small")
-    else:
-        metrics.text(0.5, 0.5, "no validation metrics", ha="center", va="center", transform=metrics.transAxes)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100, format="png")
-    return path
+    keys: list[str] = []
+    for entry in history:
+        keys.extend(key for key in entry if key not in keys)
+    table = Table()
+    for key in keys:
+        values = [entry.get(key) for entry in history]
+        present = [value for value in values if value is not None]
+        if (
+            present
+            and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in present)
+            and (len(present) == len(values))
+        ):
+            table[key] = np.array(values, dtype=np.int64)
+        else:
+            table[key] = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    iterations = table["iteration"] if "iteration" in table.colnames else np.zeros(len(table), np.int64)
+    table["is_best"] = np.asarray(iterations) == (-1 if best_iteration is None else best_iteration)
+    table.meta["best_metric_name"] = config.best_metric
+    table.meta["heads_iterations"] = config.heads_iterations
+    table.meta["total_iterations"] = config.total_iterations
+    return table

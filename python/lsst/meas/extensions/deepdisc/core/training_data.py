@@ -25,19 +25,28 @@ sees, after a `~lsst.meas.extensions.deepdisc.core.scaling.ScalingSpec`), and on
 source, whose footprint is stored as spans (see `~lsst.meas.extensions.deepdisc.core.footprints`) in the
 example's *local* pixel coordinates (pixel ``[0, 0]`` of the image is ``x = 0, y = 0``).  Spans keep masks
 exact and small; `to_detectron2_dict` rasterises them only when a batch is built.
+
+Training and validation sets are split by patch, never by example (`choose_split`: examples of one patch
+overlap and share sources); `pixel_statistics` and `training_key` summarise a training set.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "InstanceLabel",
+    "PatchKey",
     "TrainingExample",
-    "split_examples",
+    "choose_split",
+    "parse_patch_spec",
+    "pixel_statistics",
     "to_detectron2_dict",
+    "training_key",
 ]
 
+import hashlib
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,42 +245,168 @@ def to_detectron2_dict(example: TrainingExample) -> dict[str, Any]:
     }
 
 
-def split_examples(
-    examples: Sequence[TrainingExample], validation_fraction: float, seed: int
-) -> tuple[list[TrainingExample], list[TrainingExample]]:
-    """Split examples into training and validation sets, deterministically.
-
-    The examples are ordered by ``example_id`` before a seeded shuffle, so the split depends only on the
-    set of examples and the seed, never on the order they were given in.
+def pixel_statistics(examples: Sequence[TrainingExample]) -> tuple[list[float], list[float]]:
+    """Per-band mean and standard deviation of the valid pixels of scaled examples.
 
     Parameters
     ----------
     examples : `~collections.abc.Sequence` [`TrainingExample`]
-        All examples; ``example_id`` values must be unique.
-    validation_fraction : `float`
-        Fraction in ``[0, 1)`` that goes to validation, rounded to the nearest count but at least one
-        example when the fraction is positive and at least one example stays for training.
-    seed : `int`
-        Seed of the shuffle.
+        The training examples (all with the same bands).
 
     Returns
     -------
-    train, validation : `list` [`TrainingExample`]
-        The two disjoint subsets, each in ``example_id`` order.
+    mean, std : `list` [`float`]
+        One number per band; a band with no spread gets a standard deviation of 1 (never a division by 0).
+
+    Raises
+    ------
+    ValueError
+        If the examples have no valid pixel.
     """
+    n_bands = examples[0].image.shape[0]
+    sums = np.zeros(n_bands)
+    squares = np.zeros(n_bands)
+    count = 0
+    for example in examples:
+        valid = example.valid if example.valid is not None else np.ones(example.image.shape[1:], bool)
+        pixels = example.image[:, valid].astype(np.float64)
+        sums += pixels.sum(axis=1)
+        squares += np.square(pixels).sum(axis=1)
+        count += pixels.shape[1]
+    if count == 0:
+        raise ValueError("the training examples have no valid pixel to compute the pixel statistics from")
+    mean = sums / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    # A constant band (e.g. fully saturated scaling) must not divide by zero.
+    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def training_key(
+    settings: Mapping[str, Any], train: Sequence[TrainingExample], validation: Sequence[TrainingExample]
+) -> str:
+    """16 hex digits of a hash of the training settings and the training data (labels and geometry).
+
+    Parameters
+    ----------
+    settings : `~collections.abc.Mapping`
+        Everything besides the data that determines the training (JSON-serialisable, ``str`` otherwise).
+    train, validation : `~collections.abc.Sequence` [`TrainingExample`]
+        The two example sets (their order does not matter).
+
+    Returns
+    -------
+    key : `str`
+        Equal for equal settings and data; differs when either changes.
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps(dict(settings), sort_keys=True, default=str).encode())
+    for role, examples in (("train", train), ("validation", validation)):
+        for example in sorted(examples, key=lambda item: item.example_id):
+            header = [role, example.example_id, list(example.bands), example.height, example.width]
+            digest.update(json.dumps(header).encode())
+            for label in example.instances:
+                digest.update(np.int64([label.class_id, label.source_id]).tobytes())
+                digest.update(label.spans.tobytes())
+    return digest.hexdigest()[:16]
+
+
+# -------------------------------------------------------------------------------------- split by patch
+
+PatchKey = tuple[int, int]
+"""A patch as ``(tract, patch)``."""
+
+
+def parse_patch_spec(spec: str) -> tuple[int | None, int]:
+    """Parse ``"TRACT:PATCH"`` (or ``"PATCH"``, any tract) into ``(tract or None, patch)``."""
+    text = str(spec).strip()
+    tract_text, separator, patch_text = text.rpartition(":")
+    try:
+        patch = int(patch_text)
+        tract = int(tract_text) if separator else None
+    except ValueError:
+        raise ValueError(f"patch {spec!r} must be 'TRACT:PATCH' or 'PATCH' (integers)") from None
+    if patch < 0 or (tract is not None and tract < 0):
+        raise ValueError(f"patch {spec!r} has a negative tract or patch number")
+    return tract, patch
+
+
+def _select_patches(keys: Iterable[PatchKey], specs: Sequence[str], what: str) -> list[PatchKey]:
+    """The keys named by ``specs``; a spec naming none of them is an error (a typo, or a too-narrow query)."""
+    keys = sorted(keys)
+    selected: set[PatchKey] = set()
+    for spec in specs:
+        tract, patch = parse_patch_spec(spec)
+        matching = [key for key in keys if key[1] == patch and (tract is None or key[0] == tract)]
+        if not matching:
+            raise ValueError(
+                f"{what} names patch {spec!r}, but the inputs have no labels for it; patches with labels: "
+                f"{[f'{t}:{p}' for t, p in keys]}"
+            )
+        selected.update(matching)
+    return sorted(selected)
+
+
+def choose_split(
+    keys: Iterable[PatchKey],
+    train_patches: Sequence[str] = (),
+    validation_patches: Sequence[str] = (),
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[list[PatchKey], list[PatchKey]]:
+    """Split patches into training and validation sets.
+
+    Parameters
+    ----------
+    keys : iterable of `PatchKey`
+        Every patch with labels.
+    train_patches : sequence of `str`
+        Patches to train on (``"TRACT:PATCH"`` or ``"PATCH"``); empty: every patch not used for validation.
+    validation_patches : sequence of `str`
+        Validation patches; empty: ``round(validation_fraction * len(keys))`` of the patches not in
+        ``train_patches`` (at least one when the fraction is positive and one patch is left to train on),
+        drawn with ``seed`` from the sorted list, so the result depends only on the set of patches.
+    validation_fraction : `float`
+        In ``[0, 1)``.
+    seed : `int`
+        Seed of the draw.
+
+    Returns
+    -------
+    train, validation : `list` [`PatchKey`]
+        Sorted, disjoint.
+
+    Raises
+    ------
+    ValueError
+        For unknown or overlapping patches, or no training patch.
+    """
+    keys = sorted(set(keys))
+    if not keys:
+        raise ValueError("no patch has training labels; check the input collections and the data query")
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-    ids = [example.example_id for example in examples]
-    if len(set(ids)) != len(ids):
-        duplicates = sorted({name for name in ids if ids.count(name) > 1})
-        raise ValueError(f"duplicate example_id values: {duplicates[:5]}")
-    ordered = sorted(examples, key=lambda example: example.example_id)
-    n_total = len(ordered)
-    n_val = round(validation_fraction * n_total)
-    if validation_fraction > 0 and n_total >= 2:
-        n_val = min(max(n_val, 1), n_total - 1)
-    permutation = np.random.default_rng(seed).permutation(n_total)
-    val_indices = set(permutation[:n_val].tolist())
-    train = [example for index, example in enumerate(ordered) if index not in val_indices]
-    val = [example for index, example in enumerate(ordered) if index in val_indices]
-    return train, val
+    explicit_train = _select_patches(keys, train_patches, "trainPatches") if train_patches else None
+    if validation_patches:
+        validation = _select_patches(keys, validation_patches, "validationPatches")
+    else:
+        candidates = [key for key in keys if explicit_train is None or key not in explicit_train]
+        n_val = round(validation_fraction * len(keys))
+        if validation_fraction > 0 and len(keys) >= 2:
+            n_val = max(n_val, 1)
+        if explicit_train is None:
+            n_val = min(n_val, len(keys) - 1)
+        n_val = min(n_val, len(candidates))
+        order = np.random.default_rng(seed).permutation(len(candidates))
+        validation = sorted(candidates[index] for index in order[:n_val])
+    train = explicit_train if explicit_train is not None else [key for key in keys if key not in validation]
+    overlap = sorted(set(train) & set(validation))
+    if overlap:
+        raise ValueError(
+            f"patches {[f'{t}:{p}' for t, p in overlap]} are in both the training and validation sets"
+        )
+    if not train:
+        raise ValueError(
+            "no patch is left for training; shorten validationPatches or lower validationFraction"
+        )
+    return train, validation

@@ -43,6 +43,10 @@ Presets:
     patch-to-patch variety than ``small`` (seeing, depth, source density, NO_DATA) and a third tract,
     ``validation``, whose patches are held out for model selection.  Its seeds are disjoint from the demo's
     (``small``, 2024) and from the held-out ``benchmark`` tract.
+``artifacts``
+    ``small`` (same geometry, seed and objects) plus image artifacts (`..core.artifacts`): reflection
+    ghosts and rays around the bright stars, scattered-light patches and streaks anywhere, recorded in the
+    ``truth_artifacts`` table.  The other presets have no artifacts.
 ``benchmark``
     Full LSST-size patches, 4100 px (3900 inner + 100 border), 3x3 per tract, bands u g r i z y, with a
     training tract and a held-out tract (another sky position and its own seed).
@@ -144,6 +148,12 @@ class SimPreset:
         Sigma (pixels) of the deblender's Gaussian model PSF.
     depth_scatter_mag : `float`
         Patch-to-patch scatter of the coadd depth in each band (mag).
+    depth_offset_mag : `float`
+        Depth of every band relative to LSST's 10-year coadd (mag; negative: shallower, as another
+        survey's coadds).
+    seeing_fwhm_arcsec : `float` or `None`
+        Median PSF FWHM of every band (arcsec), for another instrument's seeing; `None`: LSST's per-band
+        medians.
     no_data_fraction : `float`
         Fraction of the patches of a tract that lose a region (corner or strip) to ``NO_DATA``.
     density_scatter : `float`
@@ -152,6 +162,17 @@ class SimPreset:
     truth_threshold_sigma : `float`
         Truth footprints: the band-summed noise-free model above this many sigma of the per-pixel noise of
         the band-summed image.
+    artifact_rate : `float`
+        Mean number of artifacts (ghosts, rays) per bright star at r = 15, scaled by
+        ``10**(-0.2 (r - 15))`` (`..core.artifacts.draw_artifacts`).  0 (the default) with
+        ``artifact_anywhere_per_mpix`` 0: no artifacts, and the scene is exactly the one made without them.
+    artifact_anywhere_per_mpix : `float`
+        Mean number of artifacts tied to no star (scattered-light patches, streaks) per million pixels.
+    artifact_star_mag_max : `float`
+        Stars brighter than this r magnitude make artifacts.
+    artifact_mask_fraction : `float`
+        Fraction of the peak that bounds the truth footprint of patches, rays and streaks (discs and
+        annuli use their geometric outline).
     """
 
     name: str
@@ -180,6 +201,12 @@ class SimPreset:
     no_data_fraction: float = 0.3
     density_scatter: float = 0.0
     truth_threshold_sigma: float = 1.0
+    depth_offset_mag: float = 0.0
+    seeing_fwhm_arcsec: float | None = None
+    artifact_rate: float = 0.0
+    artifact_anywhere_per_mpix: float = 0.0
+    artifact_star_mag_max: float = 16.0
+    artifact_mask_fraction: float = 0.25
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -194,10 +221,19 @@ class SimPreset:
             raise ValueError(f"preset {self.name!r}: border must be >= 0 and < half the inner patch size")
         if self.density_scatter < 0:
             raise ValueError(f"preset {self.name!r}: density_scatter must be >= 0")
+        if self.artifact_rate < 0 or self.artifact_anywhere_per_mpix < 0:
+            raise ValueError(f"preset {self.name!r}: artifact rates must be >= 0")
+        if not 0.0 < self.artifact_mask_fraction <= 1.0:
+            raise ValueError(f"preset {self.name!r}: artifact_mask_fraction must be in (0, 1]")
         if self.psf_size % 2 == 0:
             raise ValueError(f"preset {self.name!r}: psf_size must be odd, got {self.psf_size}")
         if not self.tracts or len({t.tract for t in self.tracts}) != len(self.tracts):
             raise ValueError(f"preset {self.name!r}: tract ids must be distinct and non-empty")
+
+    @property
+    def has_artifacts(self) -> bool:
+        """Whether the preset puts artifacts (ghosts, rays, scattered light, streaks) in its coadds."""
+        return self.artifact_rate > 0 or self.artifact_anywhere_per_mpix > 0
 
     @property
     def patch_size(self) -> int:
@@ -300,6 +336,37 @@ PRESETS: dict[str, SimPreset] = {
         no_data_fraction=0.25,
         description="Demo: 8 patches (4x2) of 1024 px in u, g, r, i, z, y.",
     ),
+    "decam": SimPreset(
+        name="decam",
+        bands=("g", "r", "z"),
+        n_patches_x=2,
+        n_patches_y=2,
+        patch_inner_size=960,
+        patch_border=32,
+        tracts=(TractSpec(tract=0, ra=52.3, dec=-27.9, seed=4242, role="test"),),
+        pixel_scale_arcsec=0.263,
+        seeing_fwhm_arcsec=1.0,
+        depth_offset_mag=-2.0,
+        bright_stars_per_patch=1,
+        no_data_fraction=0.0,
+        description='Another instrument: 4 patches of 1024 px in g, r, z at 0.263"/px with 1.0" seeing, '
+        "2 mag shallower than LSST (as DECam coadds); a test scene no model trains on.",
+    ),
+    "heldout": SimPreset(
+        name="heldout",
+        bands=LSST_BANDS,
+        n_patches_x=2,
+        n_patches_y=2,
+        patch_inner_size=960,
+        patch_border=32,
+        tracts=(TractSpec(tract=0, ra=320.4, dec=-61.0, seed=5150, role="test"),),
+        bright_stars_per_patch=1,
+        psf_fwhm_scatter=0.12,
+        density_scatter=0.35,
+        no_data_fraction=0.25,
+        description="Held-out test: 4 patches of 1024 px in ugrizy with a seed of its own (no model "
+        "trains or validates on it, and the demo does not use it).",
+    ),
     "train": SimPreset(
         name="train",
         bands=LSST_BANDS,
@@ -320,6 +387,22 @@ PRESETS: dict[str, SimPreset] = {
         no_data_fraction=0.3,
         description="Training: 2x16 patches of 1024 px in ugrizy with varied seeing, depth, density and "
         "NO_DATA; tract 2 is the validation tract.",
+    ),
+    "artifacts": SimPreset(
+        name="artifacts",
+        bands=LSST_BANDS,
+        n_patches_x=4,
+        n_patches_y=2,
+        patch_inner_size=960,
+        patch_border=32,
+        tracts=(TractSpec(tract=0, ra=150.1, dec=2.2, seed=2024, role="test"),),
+        bright_stars_per_patch=1,
+        no_data_fraction=0.25,
+        artifact_rate=1.0,
+        artifact_anywhere_per_mpix=0.2,
+        artifact_star_mag_max=16.5,
+        description="Artifacts: the small demo tract (same seed, same objects and noise) plus ghosts, rays, "
+        "scattered light and streaks, with truth_artifacts.",
     ),
     "benchmark": SimPreset(
         name="benchmark",

@@ -29,6 +29,9 @@ every requested patch simulates it (``sim.scene.simulate_patch``) and puts into 
     The coadd: nJy image, variance, mask (``lsst.images`` plane names), tract TAN WCS.
 ``truth_patch`` (tract, patch; ``ArrowAstropy``)
     The simulated objects, with their footprint ``spans``.
+``truth_artifacts`` (tract, patch; ``ArrowAstropy``)
+    The image artifacts (ghosts, rays, scattered light, streaks), with their footprint ``spans``; written
+    only by presets with artifacts (``SimPreset.has_artifacts``), the dataset type is always registered.
 ``object_scarlet_models`` (tract, patch; ``ScarletModelArchive``)
     The deblender's models in the upstream ``.scarlet`` format, PSFs in its metadata.
 ``object_deblend`` (tract, patch; ``ArrowAstropy``)
@@ -69,6 +72,7 @@ __all__ = [
     "OBJECT_PATCH",
     "OBJECT_SCARLET_MODELS",
     "SIM_METADATA",
+    "TRUTH_ARTIFACTS",
     "TRUTH_PATCH",
     "SimRepoInfo",
     "build_sim_repo",
@@ -85,17 +89,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lsst.daf.butler import Butler, CollectionType, Config, DatasetType
-from lsst.resources import ResourcePath, ResourcePathExpression
-from lsst.sphgeom import ConvexPolygon, LonLat, UnitVector3d
+from lsst.daf.butler import Butler, CollectionType, DatasetType
+from lsst.resources import ResourcePathExpression
 
 from .. import __version__
 from ..butler.conversions import masked_image_from_multiband
+from ..butler.regions import pixel_box_region
+from ..butler.repository import open_writeable_butler
 from ..butler.tables import to_arrow
 from .presets import SimPreset, get_preset, make_tract_wcs
 from .scarlet_archive import model_data_from_deblended
@@ -105,6 +109,7 @@ _log = logging.getLogger(__name__)
 
 DEEP_COADD = "deep_coadd"
 TRUTH_PATCH = "truth_patch"
+TRUTH_ARTIFACTS = "truth_artifacts"
 OBJECT_SCARLET_MODELS = "object_scarlet_models"
 OBJECT_DEBLEND = "object_deblend"
 OBJECT_PATCH = "object_patch"
@@ -117,14 +122,13 @@ _PATCH_DIMENSIONS = ("skymap", "tract", "patch")
 ALL_DATASET_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     DEEP_COADD: (("skymap", "tract", "patch", "band"), "MaskedImageV2"),
     TRUTH_PATCH: (_PATCH_DIMENSIONS, "ArrowAstropy"),
+    TRUTH_ARTIFACTS: (_PATCH_DIMENSIONS, "ArrowAstropy"),
     OBJECT_SCARLET_MODELS: (_PATCH_DIMENSIONS, "ScarletModelArchive"),
     OBJECT_DEBLEND: (_PATCH_DIMENSIONS, "ArrowAstropy"),
     OBJECT_PATCH: (_PATCH_DIMENSIONS, "ArrowAstropy"),
     SIM_METADATA: (_PATCH_DIMENSIONS, "StructuredDataDict"),
 }
 """Every dataset type the writer registers: name -> (dimensions, storage class)."""
-
-_CONFIG_DIR = Path(__file__).resolve().parents[1] / "butler" / "configs"
 
 SimulateFunction = Callable[..., SimulatedPatch]
 
@@ -191,61 +195,6 @@ class SimRepoInfo:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _package_seed_config() -> Config:
-    """Repository seed config embedding this package's storage classes and formatters.
-
-    A repository created here then works without ``DAF_BUTLER_CONFIG_PATH`` (the ``butler`` CLI, pipetask).
-    """
-    seed = Config()
-    seed["storageClasses"] = Config(str(_CONFIG_DIR / "storageClasses.yaml"))["storageClasses"]
-    datastore = Config(str(_CONFIG_DIR / "datastores" / "fileDatastore.yaml"))
-    seed[".datastore.formatters"] = datastore["datastore", "formatters"]
-    return seed
-
-
-def _open_butler(root_or_butler: Butler | ResourcePathExpression, create: bool | None) -> tuple[Butler, str]:
-    """A writeable Butler, creating a SQLite/local-file repository where there is none and that is allowed."""
-    if isinstance(root_or_butler, Butler):
-        if not root_or_butler.isWriteable():
-            raise ValueError("the Butler given to build_sim_repo must be writeable")
-        roots = [str(r) for r in root_or_butler.get_datastore_roots().values() if r is not None]
-        return root_or_butler, roots[0] if roots else ""
-    if isinstance(root_or_butler, str) and root_or_butler in Butler.get_known_repos():
-        # A label of the site's repository index (e.g. a PostgreSQL-backed repository).
-        if create is True:
-            raise FileExistsError(f"{root_or_butler!r} names an existing repository")
-        return Butler.from_config(root_or_butler, writeable=True), root_or_butler
-    uri = ResourcePath(root_or_butler)
-    if uri.getExtension() in (".yaml", ".json"):
-        # An explicit Butler configuration file: the repository must exist.
-        if not uri.exists():
-            raise FileNotFoundError(f"no Butler configuration at {uri}")
-        if create is True:
-            raise FileExistsError(f"a Butler repository already exists at {uri}")
-        return Butler.from_config(uri, writeable=True), str(uri)
-    uri = ResourcePath(root_or_butler, forceDirectory=True)
-    if uri.join("butler.yaml").exists():
-        if create is True:
-            raise FileExistsError(f"a Butler repository already exists at {uri}")
-    elif create is False:
-        raise FileNotFoundError(f"no Butler repository at {uri} (pass create=True to make one)")
-    else:
-        _log.info("creating a Butler repository (SQLite registry, file datastore) at %s", uri)
-        Butler.makeRepo(uri, config=_package_seed_config())
-    root = uri.ospath.rstrip("/") if uri.isLocal else str(uri)
-    return Butler.from_config(root, writeable=True), root
-
-
-def _corners_polygon(wcs: Any, x_begin: float, y_begin: float, x_end: float, y_end: float) -> ConvexPolygon:
-    """Sky polygon of a pixel box (outer pixel edges, in parent coordinates)."""
-    x = np.array([x_begin, x_end, x_end, x_begin], dtype=float) - 0.5
-    y = np.array([y_begin, y_begin, y_end, y_end], dtype=float) - 0.5
-    ra, dec = wcs.pixel_to_world_values(x, y)
-    return ConvexPolygon(
-        [UnitVector3d(LonLat.fromDegrees(float(r) % 360.0, float(d))) for r, d in zip(ra, dec)]
-    )
-
-
 def _skymap_hash(preset: SimPreset) -> bytes:
     """20-byte hash of everything that fixes the skymap's geometry."""
     geometry = {
@@ -305,7 +254,7 @@ def _register_dimensions(butler: Butler, preset: SimPreset, skymap: str, tracts:
             continue
         wcs = make_tract_wcs(preset, tract)
         registry.insertDimensionData(
-            "tract", {"skymap": skymap, "id": tract, "region": _corners_polygon(wcs, 0, 0, width, height)}
+            "tract", {"skymap": skymap, "id": tract, "region": pixel_box_region(wcs, 0, 0, width, height)}
         )
         patches = []
         for patch_x, patch_y in preset.patches():
@@ -317,7 +266,7 @@ def _register_dimensions(butler: Butler, preset: SimPreset, skymap: str, tracts:
                     "id": preset.patch_index(patch_x, patch_y),
                     "cell_x": patch_x,
                     "cell_y": patch_y,
-                    "region": _corners_polygon(wcs, x_begin, y_begin, x_end, y_end),
+                    "region": pixel_box_region(wcs, x_begin, y_begin, x_end, y_end),
                 }
             )
         registry.insertDimensionData("patch", *patches, skip_existing=True)
@@ -425,6 +374,12 @@ def _write_patch(
             butler.put(masked, DEEP_COADD, {**data_id, "band": band}, run=run)
     if TRUTH_PATCH in missing:
         butler.put(to_arrow(sim.truth), TRUTH_PATCH, data_id, run=run)
+    if TRUTH_ARTIFACTS in missing:
+        if sim.truth_artifacts is None:
+            raise ValueError(
+                f"the preset has artifacts but the simulation of {data_id} returned no truth_artifacts table"
+            )
+        butler.put(to_arrow(sim.truth_artifacts), TRUTH_ARTIFACTS, data_id, run=run)
     if OBJECT_SCARLET_MODELS in missing:
         models = model_data_from_deblended(sim.blends, image.bands, sim.psf_images, sim.model_psf)
         butler.put(models, OBJECT_SCARLET_MODELS, data_id, run=run)
@@ -436,13 +391,16 @@ def _write_patch(
         butler.put(metadata, SIM_METADATA, data_id, run=run)
 
 
-def _missing_datasets(butler: Butler, data_id: dict[str, Any], bands: Sequence[str], run: str) -> set[str]:
+def _missing_datasets(
+    butler: Butler, data_id: dict[str, Any], bands: Sequence[str], run: str, artifacts: bool = False
+) -> set[str]:
     """Keys (``deep_coadd:<band>`` or dataset type name) of the datasets not yet in ``run``."""
     missing = set()
     for band in bands:
         if butler.find_dataset(DEEP_COADD, {**data_id, "band": band}, collections=run) is None:
             missing.add(f"{DEEP_COADD}:{band}")
-    for name in (TRUTH_PATCH, OBJECT_SCARLET_MODELS, OBJECT_DEBLEND, OBJECT_PATCH, SIM_METADATA):
+    names = (TRUTH_PATCH, OBJECT_SCARLET_MODELS, OBJECT_DEBLEND, OBJECT_PATCH, SIM_METADATA)
+    for name in (TRUTH_ARTIFACTS, *names) if artifacts else names:
         if butler.find_dataset(name, data_id, collections=run) is None:
             missing.add(name)
     return missing
@@ -499,7 +457,7 @@ def build_sim_repo(
         A writeable Butler, a repository root / ``butler.yaml`` URI (any registry), or a directory where a
         new repository (SQLite, local files) is created.
     preset : `str` or ``SimPreset``
-        Simulation preset (``"tiny"``, ``"small"``, ``"benchmark"``).
+        Simulation preset (``"tiny"``, ``"small"``, ``"artifacts"``, ``"benchmark"``...) or a ``SimPreset``.
     seed : `int`, optional
         Base seed; by default each tract's own seed from the preset.  With an explicit seed, tract ``t``
         uses ``seed + t`` (tracts stay independent).
@@ -548,7 +506,7 @@ def build_sim_repo(
     if simulate is None and patch_list:
         simulate = _default_simulate()
 
-    butler, root = _open_butler(root_or_butler, create)
+    butler, root = open_writeable_butler(root_or_butler, create)
     skymap = skymap_name(preset)
     _register_dimensions(butler, preset, skymap, tract_ids)
     _register_dataset_types(butler)
@@ -573,7 +531,7 @@ def build_sim_repo(
             patch = preset.patch_index(patch_x, patch_y)
             data_id = {"skymap": skymap, "tract": tract, "patch": patch}
             info.data_ids.append(data_id)
-            missing = _missing_datasets(butler, data_id, preset.bands, run)
+            missing = _missing_datasets(butler, data_id, preset.bands, run, preset.has_artifacts)
             if SIM_METADATA not in missing:
                 existing = butler.get(SIM_METADATA, data_id, collections=run)
                 _check_consistent(existing, preset, seeds[tract], truth_models, run)

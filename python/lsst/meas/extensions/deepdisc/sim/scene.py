@@ -42,6 +42,10 @@ How the pixels are made
   ``NO_DATA`` in a corner triangle or an edge strip of some patches (image and variance are NaN there, as in
   Rubin coadds);  ``EDGE`` along the patch border, as wide as the detection smoothing kernel's radius
   (``int(7 sigma_psf + 0.5)``, afw's ``SourceDetectionTask``); ``DETECTED`` on the detection footprints.
+* Artifacts (presets with ``artifact_rate`` or ``artifact_anywhere_per_mpix``, see `artifacts`): ghosts,
+  rays, scattered light and streaks are added to the noise-free image before the noise (their photon noise
+  is in the variance), so the deblender sees them as a real one would; they are recorded in
+  ``SimulatedPatch.truth_artifacts`` and change nothing else (truth, blendedness, saturation).
 
 Truth
 -----
@@ -77,6 +81,7 @@ from scipy.signal import fftconvolve
 
 from ..core.footprints import flatten_spans, mask_to_spans, spans_to_mask
 from ..core.multiband import DEFAULT_MASK_PLANES, MultibandImage
+from .artifacts import render_patch_artifacts
 from .catalog import band_fluxes, sources_near_patch
 from .deblend import DEBLENDER_NAME, DeblenderConfig, deblend_patch
 from .ids import pack_id
@@ -164,8 +169,9 @@ def _band_conditions(preset: SimPreset, tract: int, patch: int, seed: int) -> di
     conditions = {}
     for band in preset.bands:
         base = lsst_band_conditions(band, preset.pixel_scale_arcsec)
-        fwhm = base.psf_fwhm_arcsec * seeing * math.exp(rng.normal(0.0, preset.psf_fwhm_scatter / 3.0))
-        depth = rng.normal(0.0, preset.depth_scatter_mag)
+        median = base.psf_fwhm_arcsec if preset.seeing_fwhm_arcsec is None else preset.seeing_fwhm_arcsec
+        fwhm = median * seeing * math.exp(rng.normal(0.0, preset.psf_fwhm_scatter / 3.0))
+        depth = rng.normal(0.0, preset.depth_scatter_mag) + preset.depth_offset_mag
         conditions[band] = base.with_depth_offset(depth).with_fwhm(fwhm)
     return conditions
 
@@ -669,10 +675,20 @@ def simulate_patch(
     normals = _tract_normals(scene.seed, tract, bbox, len(bands))
     no_data = no_data_region(preset, tract, scene.seed, bbox)
     planes = DEFAULT_MASK_PLANES
+    artifact_light, truth_artifacts = None, None
+    if preset.has_artifacts:
+        artifact_start = time.perf_counter()
+        sky_sigmas = [scene.conditions[band].sky_sigma_njy for band in bands]
+        artifact_light, truth_artifacts = render_patch_artifacts(
+            preset, geometry, scene.seed, sky_sigmas, no_data
+        )
+        timings["artifacts"] = time.perf_counter() - artifact_start
     for i, band in enumerate(bands):
         cond = scene.conditions[band]
-        variance[i] = cond.sky_sigma_njy**2 + np.clip(scene.noise_free[i], 0.0, None) * cond.njy_per_electron
-        image[i] = scene.noise_free[i] + np.sqrt(variance[i]) * normals[i]
+        # Artifacts add light (and its photon noise) but are not objects: the truth ignores them.
+        signal = scene.noise_free[i] if artifact_light is None else scene.noise_free[i] + artifact_light[i]
+        variance[i] = cond.sky_sigma_njy**2 + np.clip(signal, 0.0, None) * cond.njy_per_electron
+        image[i] = signal + np.sqrt(variance[i]) * normals[i]
         sat = _saturate(image[i], scene.noise_free[i], cond.saturation_njy)
         mask[i][sat] |= 1 << planes["SAT"]
         sigma_px = scene.psf_fwhm_arcsec[band] / preset.pixel_scale_arcsec / _FWHM_PER_SIGMA
@@ -777,6 +793,9 @@ def simulate_patch(
         "truth_models": bool(truth_models),
         "timing_s": timings,
     }
+    if truth_artifacts is not None:
+        metadata["n_artifacts"] = len(truth_artifacts)
+        metadata["n_artifacts_inner"] = int(np.sum(truth_artifacts["is_inner"]))
     return SimulatedPatch(
         geometry=geometry,
         image=multiband,
@@ -788,4 +807,5 @@ def simulate_patch(
         object_deblend=object_deblend,
         object_patch=object_patch,
         metadata=metadata,
+        truth_artifacts=truth_artifacts,
     )

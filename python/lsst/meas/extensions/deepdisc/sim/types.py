@@ -127,6 +127,9 @@ class SimulatedPatch:
         Object table: objectId, parentObjectId, coord_ra/dec, per-band fluxes, refExtendedness, ...
     metadata : `dict`
         Seed, preset, depth per band, blended fraction, counts.
+    truth_artifacts : `astropy.table.Table`, optional
+        ``truth_artifacts``: one row per image artifact with a footprint in the patch (`sim.artifacts`);
+        `None` for presets without artifacts.
     """
 
     geometry: PatchGeometry
@@ -139,3 +142,4 @@ class SimulatedPatch:
     object_deblend: Table
     object_patch: Table
     metadata: dict[str, Any] = field(default_factory=dict)
+    truth_artifacts: Table | None = None

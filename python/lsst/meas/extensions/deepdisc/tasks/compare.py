@@ -36,6 +36,16 @@ row of per-patch metrics per method; ``deepdisc_overlay_plot`` (``Plot``), the R
 patch with every catalog's footprints outlined by class (``doOverlayPlot``).  Metrics count the objects of
 the patch's inner sky region only (when the data ID carries the patch region), so the tract summary counts
 every object once.
+
+Artifacts (``doArtifacts``): DeepDISC's artifact rows (classes ``artifact_*``) are never compared as sources.
+When the model has artifact classes, or the repository has the optional ``truth_artifacts`` of a simulation
+(a prerequisite input with ``minimum=0``: patches and repositories without it simply have no truth-artifact
+metrics), the metrics table gains the artifact columns of
+`~lsst.meas.extensions.deepdisc.core.comparison.add_artifact_metrics`: purity with and without the artifact
+flags for every method (other methods are flagged by DeepDISC's artifact mask with the same overlap rule),
+and with truth artifacts the mask AP per artifact class, the patch's has-artifact flags, the pixel IoU of the
+artifact masks and the false positives inside truth artifacts; ``deepdisc_artifact_overlay_plot`` shows the
+truth and detected artifacts.
 """
 
 from __future__ import annotations
@@ -63,19 +73,28 @@ import lsst.pipe.base.connectionTypes as cT
 
 from ..butler.conversions import multiband_from_coadds
 from ..butler.regions import inside_region, patch_and_tract_regions
+from ..core.artifacts import ARTIFACT_CLASSES
 from ..core.baseline import run_sep_baseline
+from ..core.coco import CocoImage
 from ..core.comparison import (
     ComparisonCatalog,
+    add_artifact_metrics,
+    artifact_cover_flags,
+    artifact_row_mask,
+    artifact_scores,
     compare_to_reference,
+    deepdisc_artifact_sources,
     deepdisc_catalog,
+    has_artifact_classes,
     labels_catalog,
     scarlet_catalog,
     sep_catalog,
+    truth_artifact_sources,
     truth_catalog,
 )
-from ..core.footprints import spans_centroid
+from ..core.footprints import spans_centroid, spans_union
 from ..core.multiband import MissingBandError, MultibandImage
-from ..core.plots import OverlayPanel, lupton_rgb, overlay_figure
+from ..core.plots import ARTIFACT_COLORS, OverlayPanel, artifact_overlay_box, lupton_rgb, overlay_figure
 from .coadd_inputs import coadd_input_connection, coadd_storage_class_field, use_coadd_storage_class
 
 _PATCH_DIMENSIONS = ("tract", "patch", "skymap")
@@ -110,6 +129,14 @@ class CompareDeepDiscConnections(
         storageClass="ArrowAstropy",
         dimensions=_PATCH_DIMENSIONS,
     )
+    truthArtifacts = cT.PrerequisiteInput(
+        doc="Truth artifacts of a simulated patch (ghosts, rays: class, footprint spans); optional: without "
+        "it there are no truth-artifact metrics.",
+        name="truth_artifacts",
+        storageClass="ArrowAstropy",
+        dimensions=_PATCH_DIMENSIONS,
+        minimum=0,
+    )
     labels = cT.Input(
         doc="DeepDISC training labels of the patch (scarlet-model footprints and classes).",
         name="deepdisc_labels",
@@ -136,6 +163,13 @@ class CompareDeepDiscConnections(
         storageClass="Plot",
         dimensions=_PATCH_DIMENSIONS,
     )
+    artifactOverlayPlot = cT.Output(
+        doc="RGB image around the patch's artifacts with the truth and the detected artifact footprints "
+        "(written only when the patch has some).",
+        name="deepdisc_artifact_overlay_plot",
+        storageClass="Plot",
+        dimensions=_PATCH_DIMENSIONS,
+    )
 
     def __init__(self, *, config: CompareDeepDiscConfig) -> None:
         super().__init__(config=config)
@@ -152,6 +186,10 @@ class CompareDeepDiscConnections(
             del self.coadds
         if not config.doOverlayPlot:
             del self.overlayPlot
+        if not config.doArtifacts:
+            del self.truthArtifacts
+        if not (config.doArtifacts and config.doOverlayPlot):
+            del self.artifactOverlayPlot
 
 
 class CompareDeepDiscConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CompareDeepDiscConnections):
@@ -254,6 +292,24 @@ class CompareDeepDiscConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Com
         doc="Lupton linear stretch (image units); 0: 5 times the robust noise.", default=0.0
     )
     overlayQ = pexConfig.Field[float](doc="Lupton asinh softening Q.", default=8.0)
+    doArtifacts = pexConfig.Field[bool](
+        doc="Artifact metrics: read truth_artifacts when present, report purity with and without the "
+        "artifact flags and the artifact AP, presence and pixel scores (see metrics.rst).",
+        default=True,
+    )
+    artifactClasses = pexConfig.ListField[str](
+        doc="Artifact classes evaluated, without the 'artifact_' prefix of the catalog's class names.",
+        default=list(ARTIFACT_CLASSES),
+    )
+    artifactOverlapFraction = pexConfig.Field[float](
+        doc="A detection lies in an artifact when more than this fraction of its footprint is covered by the "
+        "artifact mask (DeepDISC's, to flag other methods; the truth's, for false positives in truth "
+        "artifacts); the detection task's artifactOverlapFraction rule.",
+        default=0.5,
+    )
+    truthArtifactClassColumn = pexConfig.Field[str](
+        doc="truth_artifacts column of the artifact class names.", default="artifact_class"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -264,6 +320,12 @@ class CompareDeepDiscConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Com
         if not 0.0 < self.minIou <= 1.0:
             raise pexConfig.FieldValidationError(
                 CompareDeepDiscConfig.minIou, self, "minIou must be in (0, 1]"
+            )
+        if not 0.0 <= self.artifactOverlapFraction < 1.0:
+            raise pexConfig.FieldValidationError(
+                CompareDeepDiscConfig.artifactOverlapFraction,
+                self,
+                "artifactOverlapFraction must be in [0, 1)",
             )
         if self.overlayBox and len(self.overlayBox) != 4:
             raise pexConfig.FieldValidationError(
@@ -352,6 +414,10 @@ class CompareDeepDiscTask(pipeBase.PipelineTask):
         objects = butlerQC.get(inputRefs.objects) if config.doObjectTable else None
         truth = butlerQC.get(inputRefs.truth) if config.doTruth else None
         labels = butlerQC.get(inputRefs.labels) if config.doLabels else None
+        truth_artifacts = None
+        artifact_ref = getattr(inputRefs, "truthArtifacts", None) if config.doArtifacts else None
+        if artifact_ref is not None:
+            truth_artifacts = butlerQC.get(artifact_ref)
         image = None
         if config.doSepBaseline or config.doOverlayPlot:
             refs_by_band = {ref.dataId["band"]: ref for ref in inputRefs.coadds}
@@ -371,6 +437,7 @@ class CompareDeepDiscTask(pipeBase.PipelineTask):
             objects=objects,
             truth=truth,
             labels=labels,
+            truth_artifacts=truth_artifacts,
             image=image,
             inner_region=region,
             tract=int(data_id["tract"]),
@@ -380,6 +447,8 @@ class CompareDeepDiscTask(pipeBase.PipelineTask):
         butlerQC.put(result.metrics, outputRefs.metrics)
         if config.doOverlayPlot and result.overlay is not None:
             butlerQC.put(result.overlay, outputRefs.overlayPlot)
+        if config.doArtifacts and config.doOverlayPlot and result.artifactOverlay is not None:
+            butlerQC.put(result.artifactOverlay, outputRefs.artifactOverlayPlot)
 
     def _patch_region(self, data_id: Any) -> Any | None:
         """The patch's inner sky region from the expanded data ID, or `None` (with a warning)."""
@@ -402,6 +471,7 @@ class CompareDeepDiscTask(pipeBase.PipelineTask):
         objects: Table | None = None,
         truth: Table | None = None,
         labels: Table | None = None,
+        truth_artifacts: Table | None = None,
         image: MultibandImage | None = None,
         inner_region: Any | None = None,
         tract: int = 0,
@@ -421,6 +491,8 @@ class CompareDeepDiscTask(pipeBase.PipelineTask):
             Truth catalog; required when ``doTruth``.
         labels : `astropy.table.Table`, optional
             Training labels; required when ``doLabels``.
+        truth_artifacts : `astropy.table.Table`, optional
+            Truth artifacts of a simulated patch (``truth_artifacts``); `None`: no truth-artifact metrics.
         image : `MultibandImage`, optional
             The coadd, for the sep baseline and the overlay plot.
         inner_region : `lsst.sphgeom.Region`, optional
@@ -433,7 +505,9 @@ class CompareDeepDiscTask(pipeBase.PipelineTask):
         -------
         result : `lsst.pipe.base.Struct`
             ``comparison`` and ``metrics`` (`astropy.table.Table`), ``overlay`` (`matplotlib.figure.Figure`
-            or `None`), ``sep`` (the sep catalog or `None`) and ``details`` (per-method intermediate objects).
+            or `None`), ``artifactOverlay`` (figure or `None`: no artifact in the patch, or no image),
+            ``artifacts`` (`~..core.comparison.ArtifactScores` or `None` without truth artifacts), ``sep``
+            (the sep catalog or `None`) and ``details`` (per-method intermediate objects).
         """
         start = time.perf_counter()
         config = self.config
@@ -497,16 +571,110 @@ class CompareDeepDiscTask(pipeBase.PipelineTask):
         )
         result.matches.meta["ref_band"] = band
         result.metrics.meta["ref_band"] = band
-        overlay = None
+        overlay = artifact_overlay = scores = None
         if config.doOverlayPlot and image is not None:
             overlay = self.make_overlay(image, reference, catalogs, tract=tract, patch=patch)
+        if config.doArtifacts and (truth_artifacts is not None or has_artifact_classes(deepdisc)):
+            scores, truth_sources, detected = self.add_artifact_metrics(
+                result, catalogs, deepdisc, truth_artifacts, image, inner_region
+            )
+            if config.doOverlayPlot and image is not None:
+                artifact_overlay = self.make_artifact_overlay(image, truth_sources, detected, tract, patch)
         self._record(result.metrics, time.perf_counter() - start, tract, patch)
         return pipeBase.Struct(
             comparison=result.matches,
             metrics=result.metrics,
             overlay=overlay,
+            artifactOverlay=artifact_overlay,
+            artifacts=scores,
             sep=sep_table,
             details=result.details,
+        )
+
+    def add_artifact_metrics(
+        self,
+        result: Any,
+        catalogs: Mapping[str, ComparisonCatalog],
+        deepdisc: Table,
+        truth_artifacts: Table | None,
+        image: MultibandImage | None,
+        inner_region: Any | None,
+    ) -> tuple[Any, Any, Any]:
+        """Artifact flags of every method and the artifact columns of the metrics (see the module docs).
+
+        Returns
+        -------
+        scores, truth_sources, detected
+            `~..core.comparison.ArtifactScores` (`None` without truth artifacts), the truth artifacts and
+            DeepDISC's artifact detections as `~..core.matching.SourceArrays` (truth `None` when absent).
+        """
+        config = self.config
+        classes = list(config.artifactClasses)
+        threshold = config.artifactOverlapFraction
+        detected = deepdisc_artifact_sources(deepdisc, classes)
+        cover = spans_union(detected.spans)
+        for catalog in catalogs.values():
+            if catalog.artifact_flagged is None:
+                catalog.artifact_flagged = artifact_cover_flags(catalog.sources, cover, threshold)
+        artifact_rows = deepdisc[artifact_row_mask(deepdisc)]
+        n_artifact_rows = len(artifact_rows)
+        if inner_region is not None and n_artifact_rows:
+            ra, dec = np.asarray(artifact_rows["coord_ra"]), np.asarray(artifact_rows["coord_dec"])
+            n_artifact_rows = int(np.sum(inside_region(inner_region, ra, dec)))
+        in_truth = scores = truth_sources = None
+        if truth_artifacts is not None:
+            truth_sources = truth_artifact_sources(
+                truth_artifacts, classes, class_column=config.truthArtifactClassColumn
+            )
+            truth_cover = spans_union(truth_sources.spans)
+            in_truth = {
+                name: artifact_cover_flags(catalog.sources, truth_cover, threshold)
+                for name, catalog in catalogs.items()
+            }
+            coco_image = None
+            if image is not None:
+                coco_image = CocoImage(width=image.width, height=image.height, xy0=image.xy0)
+            scores = artifact_scores(truth_sources, detected, artifact_classes=classes, image=coco_image)
+            self.log.info(
+                "Artifacts: %d truth, %d detected; mask AP50 %.3f, AP %.3f, pixel IoU %.3f",
+                scores.n_truth,
+                scores.n_det,
+                scores.ap50,
+                scores.ap,
+                scores.pixel_iou,
+            )
+        add_artifact_metrics(
+            result,
+            catalogs,
+            in_truth_artifact=in_truth,
+            n_artifact_rows={"deepdisc": n_artifact_rows},
+            scores=scores,
+        )
+        return scores, truth_sources, detected
+
+    def make_artifact_overlay(
+        self, image: MultibandImage, truth: Any | None, detected: Any, tract: int = 0, patch: int = 0
+    ) -> Any | None:
+        """Truth artifacts next to DeepDISC's artifact detections around them (`None` without any)."""
+        config = self.config
+        classes = list(config.artifactClasses)
+        panels_spans = [("truth artifacts", truth), ("DeepDISC artifacts", detected)]
+        footprints = [s for _, sources in panels_spans if sources is not None for s in sources.spans]
+        box = artifact_overlay_box(footprints, (image.xy0[0], image.xy0[1], image.width, image.height))
+        if box is None:
+            return None
+        bands = [band for band in config.overlayBands if band in image.bands] or None
+        rgb, xy0 = lupton_rgb(image, bands, box, stretch=config.overlayStretch or None, q=config.overlayQ)
+        panels = []
+        for label, sources in panels_spans:
+            if sources is None:
+                continue
+            names = [
+                f"artifact_{classes[c]}" if 0 <= c < len(classes) else "" for c in sources.class_id.tolist()
+            ]
+            panels.append(OverlayPanel(f"{label} ({len(sources)})", list(sources.spans), names))
+        return overlay_figure(
+            rgb, xy0, panels, class_colors=ARTIFACT_COLORS, title=f"tract {tract} patch {patch}: artifacts"
         )
 
     def run_sep(self, image: MultibandImage) -> Table:

@@ -31,6 +31,12 @@ the pixels.
 Patches are simply stacked: each reference object is counted in the one patch whose inner region holds it
 (see the compare task), so the tract numbers are totals over distinct objects.  COCO AP is not additive and
 stays per patch (``deepdisc_comparison_metrics``).
+
+Artifacts (``doArtifacts``): the per-patch ``deepdisc_comparison_metrics`` are read too; when they carry
+artifact columns (a model with artifact classes, or ``truth_artifacts`` in the repository) their tract
+summary (`~lsst.meas.extensions.deepdisc.core.comparison.summarize_artifact_metrics`) is added to the total
+row of every method of ``deepdisc_comparison_summary`` (NaN in the magnitude-bin rows) and drawn in
+``deepdisc_artifact_plot``, which is not written when there is no artifact column.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ __all__ = [
     "CompareDeepDiscSummaryConfig",
     "CompareDeepDiscSummaryConnections",
     "CompareDeepDiscSummaryTask",
+    "merge_artifact_summary",
     "stack_match_tables",
 ]
 
@@ -56,9 +63,11 @@ from ..core.comparison import (
     fill_masked_columns,
     match_table_methods,
     precision_recall_from_matches,
+    summarize_artifact_metrics,
     summarize_matches,
 )
 from ..core.plots import (
+    artifact_metrics_figure,
     blend_outcomes_figure,
     classification_figure,
     completeness_purity_figure,
@@ -73,6 +82,13 @@ class CompareDeepDiscSummaryConnections(pipeBase.PipelineTaskConnections, dimens
     comparisons = cT.Input(
         doc="Per-patch match tables of CompareDeepDiscTask.",
         name="deepdisc_comparison",
+        storageClass="ArrowAstropy",
+        dimensions=("tract", "patch", "skymap"),
+        multiple=True,
+    )
+    metrics = cT.Input(
+        doc="Per-patch metrics of CompareDeepDiscTask (artifact columns, when there are artifacts).",
+        name="deepdisc_comparison_metrics",
         storageClass="ArrowAstropy",
         dimensions=("tract", "patch", "skymap"),
         multiple=True,
@@ -119,6 +135,13 @@ class CompareDeepDiscSummaryConnections(pipeBase.PipelineTaskConnections, dimens
         storageClass="Plot",
         dimensions=_TRACT_DIMENSIONS,
     )
+    artifactPlot = cT.Output(
+        doc="Artifact AP per class, purity with and without artifact flags, false positives in truth "
+        "artifacts (written only when the metrics have artifact columns).",
+        name="deepdisc_artifact_plot",
+        storageClass="Plot",
+        dimensions=_TRACT_DIMENSIONS,
+    )
 
     def __init__(self, *, config: CompareDeepDiscSummaryConfig) -> None:
         super().__init__(config=config)
@@ -135,6 +158,10 @@ class CompareDeepDiscSummaryConnections(pipeBase.PipelineTaskConnections, dimens
             del self.precisionRecall
             if config.doPlots:
                 del self.precisionRecallPlot
+        if not config.doArtifacts:
+            del self.metrics
+        if not (config.doArtifacts and config.doPlots):
+            del self.artifactPlot
 
 
 class CompareDeepDiscSummaryConfig(
@@ -160,6 +187,15 @@ class CompareDeepDiscSummaryConfig(
     scoreThresholds = pexConfig.ListField[float](
         doc="Score thresholds of the precision-recall curve.",
         default=[round(0.05 * i, 2) for i in range(20)],
+    )
+    doArtifacts = pexConfig.Field[bool](
+        doc="Read the per-patch metrics and summarise their artifact columns (deepdisc_artifact_plot).",
+        default=True,
+    )
+    artifactFlagTarget = pexConfig.Field[float](
+        doc="Goal for the fraction of false positives inside truth artifacts that the artifact flags catch "
+        "(drawn on deepdisc_artifact_plot, logged).",
+        default=0.9,
     )
 
     def validate(self) -> None:
@@ -199,8 +235,9 @@ class CompareDeepDiscSummaryTask(pipeBase.PipelineTask):
         outputRefs: pipeBase.OutputQuantizedConnection,
     ) -> None:
         tables = [butlerQC.get(ref) for ref in inputRefs.comparisons]
+        metrics = [butlerQC.get(ref) for ref in inputRefs.metrics] if self.config.doArtifacts else None
         tract = int(butlerQC.quantum.dataId["tract"])
-        result = self.run(tables, tract=tract)
+        result = self.run(tables, tract=tract, metrics=metrics)
         butlerQC.put(result.summary, outputRefs.summary)
         if self.config.scoreMethods:
             butlerQC.put(result.precisionRecall, outputRefs.precisionRecall)
@@ -211,8 +248,12 @@ class CompareDeepDiscSummaryTask(pipeBase.PipelineTask):
             butlerQC.put(result.blendOutcomesPlot, outputRefs.blendOutcomesPlot)
             if self.config.scoreMethods:
                 butlerQC.put(result.precisionRecallPlot, outputRefs.precisionRecallPlot)
+            if self.config.doArtifacts and result.artifactPlot is not None:
+                butlerQC.put(result.artifactPlot, outputRefs.artifactPlot)
 
-    def run(self, comparisons: Sequence[Table], tract: int = 0) -> pipeBase.Struct:
+    def run(
+        self, comparisons: Sequence[Table], tract: int = 0, metrics: Sequence[Table] | None = None
+    ) -> pipeBase.Struct:
         """Summarise match tables.
 
         Parameters
@@ -221,6 +262,8 @@ class CompareDeepDiscSummaryTask(pipeBase.PipelineTask):
             ``deepdisc_comparison`` of every patch.
         tract : `int`
             Tract id, for the titles and the table metadata.
+        metrics : `~collections.abc.Sequence` [`astropy.table.Table`], optional
+            ``deepdisc_comparison_metrics`` of every patch, for the artifact summary.
 
         Returns
         -------
@@ -229,7 +272,8 @@ class CompareDeepDiscSummaryTask(pipeBase.PipelineTask):
             ``doPlots``, the figures ``completenessPurityPlot``, ``classificationPlot``, ``iouPlot`` and
             ``blendOutcomesPlot``; with ``scoreMethods``, ``precisionRecall`` (the curves of
             `~lsst.meas.extensions.deepdisc.core.comparison.precision_recall_from_matches`, with a ``method``
-            column) and, when ``doPlots``, ``precisionRecallPlot``.
+            column) and, when ``doPlots``, ``precisionRecallPlot``; ``artifacts`` (the artifact summary, one
+            row per method, or `None`) and ``artifactPlot`` (figure or `None`).
         """
         start = time.perf_counter()
         matches = stack_match_tables(comparisons)
@@ -245,7 +289,12 @@ class CompareDeepDiscSummaryTask(pipeBase.PipelineTask):
         )
         summary.meta["tract"] = tract
         summary.meta["n_patches"] = len(comparisons)
-        result = pipeBase.Struct(summary=summary, matches=matches)
+        artifacts = None
+        if self.config.doArtifacts and metrics:
+            artifacts = summarize_artifact_metrics(stack_match_tables(metrics))
+            if artifacts is not None:
+                merge_artifact_summary(summary, artifacts)
+        result = pipeBase.Struct(summary=summary, matches=matches, artifacts=artifacts, artifactPlot=None)
         curves = [
             precision_recall_from_matches(matches, method, self.config.scoreThresholds)
             for method in self.config.scoreMethods
@@ -273,6 +322,12 @@ class CompareDeepDiscSummaryTask(pipeBase.PipelineTask):
                 result.precisionRecallPlot = precision_recall_figure(
                     result.precisionRecall, title="Precision-recall over score thresholds" + suffix
                 )
+            if artifacts is not None:
+                result.artifactPlot = artifact_metrics_figure(
+                    artifacts, title="Artifacts" + suffix, target=self.config.artifactFlagTarget
+                )
+        if artifacts is not None:
+            self._log_artifacts(artifacts, tract)
         totals = summary[np.asarray(summary["is_total"], dtype=bool)]
         for row in totals:
             self.metadata[f"{row['method']}_completeness"] = float(row["completeness"])
@@ -288,3 +343,54 @@ class CompareDeepDiscSummaryTask(pipeBase.PipelineTask):
             )
         self.metadata["total_seconds"] = time.perf_counter() - start
         return result
+
+    def _log_artifacts(self, artifacts: Table, tract: int) -> None:
+        """Headline artifact numbers in the metadata and the log."""
+        target = self.config.artifactFlagTarget
+        for row in artifacts:
+            method = str(row["method"])
+            caught = float(row["frac_fp_in_truth_artifact_flagged"])
+            self.metadata[f"{method}_purity_artifact_flagged"] = float(row["purity_artifact_flagged"])
+            self.metadata[f"{method}_frac_fp_in_truth_artifact_flagged"] = caught
+            self.log.info(
+                "tract %d, %s: purity %.3f (every row a source %.3f, artifact flags applied %.3f); %.0f of "
+                "%.0f false positives inside truth artifacts, %.1f%% of them flagged (target %.0f%%)",
+                tract,
+                method,
+                row["purity"],
+                row["purity_all_rows"],
+                row["purity_artifact_flagged"],
+                row["n_fp_in_truth_artifact"],
+                row["n_fp"],
+                100 * caught,
+                100 * target,
+            )
+            if np.isfinite(caught) and caught < target:
+                self.log.warning(
+                    "tract %d, %s: only %.1f%% of the false positives inside truth artifacts are flagged "
+                    "(target %.0f%%)",
+                    tract,
+                    method,
+                    100 * caught,
+                    100 * target,
+                )
+
+
+def merge_artifact_summary(summary: Table, artifacts: Table) -> None:
+    """Add the artifact summary's columns to the total row of each method of ``summary``, in place.
+
+    Columns already in ``summary`` (``purity``, ``completeness``) are not repeated; the magnitude-bin rows
+    get NaN (the artifact metrics are not binned).
+    """
+    is_total = np.asarray(summary["is_total"], dtype=bool)
+    methods = np.asarray(summary["method"]).astype(str)
+    by_method = {str(row["method"]): row for row in artifacts}
+    for name in artifacts.colnames:
+        if name in summary.colnames or name == "method":
+            continue
+        values = np.full(len(summary), np.nan)
+        for i in np.flatnonzero(is_total):
+            if methods[i] in by_method:
+                values[i] = float(by_method[methods[i]][name])
+        summary[name] = values
+    summary.meta["artifacts"] = "artifact columns in the total rows (summarize_artifact_metrics)"

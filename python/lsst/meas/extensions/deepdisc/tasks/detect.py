@@ -38,14 +38,14 @@ import lsst.pipe.base.connectionTypes as cT
 
 from ..butler.conversions import multiband_from_coadds
 from ..butler.model_formatter import MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
-from ..butler.regions import inside_region, patch_and_tract_regions
+from ..butler.regions import check_coadd_in_patch, inside_region, patch_and_tract_regions
 from ..butler.tables import to_arrow
-from ..core.catalog import build_catalog, set_primary_flags
+from ..core.catalog import build_artifact_mask, build_catalog, set_primary_flags
 from ..core.ids import IdPacker
 from ..core.inference import InferenceConfig, run_tiled_inference, select_device
 from ..core.model_package import ModelPackage
 from ..core.multiband import MissingBandError, MultibandImage
-from ..core.threads import torch_cpu_settings
+from ..core.threads import quantum_threads, torch_cpu_settings
 from .coadd_inputs import coadd_input_connection, coadd_storage_class_field, use_coadd_storage_class
 
 
@@ -75,12 +75,21 @@ class DeepDiscDetectConnections(
         storageClass="SourceCatalog",
         dimensions=("tract", "patch", "skymap"),
     )
+    artifactMask = cT.Output(
+        doc="Per-patch artifact mask: one row per artifact class with the union of its detected footprints "
+        "as spans (no rows for a model without artifact classes).",
+        name="object_deepdisc_artifact_mask",
+        storageClass="ArrowAstropy",
+        dimensions=("tract", "patch", "skymap"),
+    )
 
     def __init__(self, *, config: DeepDiscDetectConfig) -> None:
         super().__init__(config=config)
         self.coadds = use_coadd_storage_class(self.coadds, config.coaddStorageClass)
         if not config.doWriteSourceCatalog:
             del self.sourceCatalog
+        if not config.doWriteArtifactMask:
+            del self.artifactMask
 
 
 class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepDiscDetectConnections):
@@ -95,7 +104,11 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
         doc="Overlap between tiles (pixels); must exceed the largest expected source.",
         default=InferenceConfig.overlap,
     )
-    batchSize = pexConfig.Field[int](doc="Tiles per forward pass.", default=InferenceConfig.batch_size)
+    batchSize = pexConfig.Field[int](
+        doc="Tiles in flight at once: one forward pass on a GPU (8-16 keep one busy), shared among "
+        "concurrent passes on the CPU (one tile per core: the default suits two cores).",
+        default=InferenceConfig.batch_size,
+    )
     device = pexConfig.ChoiceField[str](
         doc="Torch device.",
         default="auto",
@@ -105,8 +118,8 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
         doc="fp16 autocast on GPU (ignored on CPU).", default=InferenceConfig.half
     )
     numThreads = pexConfig.Field[int](
-        doc="Torch CPU threads; 0: $OMP_NUM_THREADS (pipetask sets it to --cores-per-quantum), else the "
-        "cores this process may use.  Logged; more threads than free cores slow torch several-fold.",
+        doc="Torch CPU threads; 0: pipetask's --cores-per-quantum (-n), outside pipetask $OMP_NUM_THREADS "
+        "or the cores this process may use.  Logged; more threads than free cores slow torch several-fold.",
         default=0,
     )
     scoreThreshold = pexConfig.Field[float](
@@ -144,6 +157,17 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
     doWriteSourceCatalog = pexConfig.Field[bool](
         doc="Also write an afw SourceCatalog with HeavyFootprints (requires lsst.afw).", default=False
     )
+    artifactOverlapFraction = pexConfig.Field[float](
+        doc="A source whose footprint is covered by artifact footprints (classes 'artifact_*') over more "
+        "than this fraction of its area gets flag_in_artifact.  Models without artifact classes flag "
+        "nothing.",
+        default=0.5,
+    )
+    doWriteArtifactMask = pexConfig.Field[bool](
+        doc="Write object_deepdisc_artifact_mask (the union of the artifact footprints per class, as spans; "
+        "empty for models without artifact classes).",
+        default=True,
+    )
     tractBits = pexConfig.Field[int](doc="Bits for the tract in packed source ids.", default=16)
     patchBits = pexConfig.Field[int](doc="Bits for the patch in packed source ids.", default=12)
 
@@ -157,6 +181,12 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
             raise pexConfig.FieldValidationError(
                 DeepDiscDetectConfig.scoreThreshold, self, "scoreThreshold must be in [0, 1] or None"
             )
+        if not 0.0 <= self.artifactOverlapFraction < 1.0:
+            raise pexConfig.FieldValidationError(
+                DeepDiscDetectConfig.artifactOverlapFraction,
+                self,
+                "artifactOverlapFraction must be in [0, 1)",
+            )
 
 
 class DeepDiscDetectTask(pipeBase.PipelineTask):
@@ -164,7 +194,9 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
 
     The model package decides the bands (and their order), the contrast scaling and the classes; the task
     checks the data against it before any pixel is read, scales the patch, runs tiled inference and writes
-    one catalog row per source with its footprint as spans.
+    one catalog row per source with its footprint as spans.  A model with artifact classes (``artifact_*``)
+    also gets artifact rows (``is_artifact``, never primary), ``flag_in_artifact`` on the sources they cover
+    (``artifactOverlapFraction``) and the per-patch mask ``object_deepdisc_artifact_mask``.
     """
 
     ConfigClass = DeepDiscDetectConfig
@@ -185,6 +217,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         image = self.to_multiband(coadds, bands)
         data_id = butlerQC.quantum.dataId
         patch_region, tract_region = patch_and_tract_regions(data_id)
+        check_coadd_in_patch(image, patch_region, data_id)  # A coadd filed under the wrong patch: an error.
         result = self.run(
             image,
             model_package,
@@ -192,12 +225,15 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             patch=int(data_id["patch"]),
             patch_region=patch_region,
             tract_region=tract_region,
+            num_threads=quantum_threads(self.config.numThreads, butlerQC.resources.num_cores),
         )
         butlerQC.put(to_arrow(result.catalog), outputRefs.catalog)
         if self.config.doWriteSourceCatalog:
             from ..butler.afw_catalog import make_source_catalog  # lazy: needs lsst.afw
 
             butlerQC.put(make_source_catalog(result.catalog, image), outputRefs.sourceCatalog)
+        if self.config.doWriteArtifactMask:
+            butlerQC.put(to_arrow(result.artifactMask), outputRefs.artifactMask)
 
     def select_bands(self, model_package: ModelPackage, available: list[str]) -> list[str]:
         """Bands to read, in the model's order; raise before any work if the data cannot serve the model.
@@ -209,14 +245,17 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         BandMismatchError
             If a band the model needs has no coadd for this patch (the message names both band lists).
         """
-        if self.config.bands and list(self.config.bands) != list(model_package.bands):
-            raise MissingBandError(
-                f"config.bands {list(self.config.bands)} differ from the bands the model "
-                f"{model_package.name!r} was trained on {list(model_package.bands)}; leave config.bands "
-                "empty or use a model for these bands"
-            )
-        model_package.check_bands(available)
-        return list(model_package.bands)
+        if self.config.bands:
+            wanted = list(self.config.bands)
+            subset = model_package.min_bands is not None and set(wanted) <= set(model_package.bands)
+            if wanted != list(model_package.bands) and not subset:
+                raise MissingBandError(
+                    f"config.bands {wanted} differ from the bands the model {model_package.name!r} was "
+                    f"trained on {list(model_package.bands)}; leave config.bands empty or use a model for "
+                    "these bands"
+                )
+            available = [band for band in available if band in wanted]
+        return list(model_package.usable_bands(available))
 
     def to_multiband(self, coadds: Mapping[str, Any], bands: list[str]) -> MultibandImage:
         """Convert the per-band Butler objects to the core's multi-band image."""
@@ -230,6 +269,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         patch: int = 0,
         patch_region: Any | None = None,
         tract_region: Any | None = None,
+        num_threads: int | None = None,
     ) -> pipeBase.Struct:
         """Detect sources on a multi-band image.
 
@@ -244,15 +284,28 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         patch_region, tract_region : `lsst.sphgeom.Region`, optional
             The patch's and the tract's inner regions, for ``detect_isPatchInner``, ``detect_isTractInner``
             and ``detect_isPrimary``; without them every row is flagged inner (with a warning).
+        num_threads : `int`, optional
+            Torch CPU threads, overriding ``config.numThreads`` (`runQuantum` passes pipetask's cores).
 
         Returns
         -------
         result : `lsst.pipe.base.Struct`
-            ``catalog`` (`astropy.table.Table`) and ``detections`` (core ``Detections``).
+            ``catalog`` (`astropy.table.Table`), ``detections`` (core ``Detections``) and ``artifactMask``
+            (`astropy.table.Table`, `~..core.catalog.build_artifact_mask`: the union of the artifact
+            footprints per artifact class; no rows for a model without artifact classes).
         """
         start = time.perf_counter()
-        model_package.check_bands(image.bands)
-        image = image.select_bands(model_package.bands)
+        used = model_package.usable_bands(image.bands)
+        image = image.select_bands(used)
+        self.metadata["bands_used"] = list(used)
+        if used != model_package.bands:
+            self.log.info(
+                "Running model %r on bands %s of its %s (absent: %s).",
+                model_package.name,
+                "".join(used),
+                "".join(model_package.bands),
+                "".join(band for band in model_package.bands if band not in used),
+            )
         invalid = image.invalid_pixels(self.config.invalidMaskPlanes)
         valid_any_band = ~invalid.all(axis=0)
         id_packer = IdPacker(n_tracts_bits=self.config.tractBits, n_patches_bits=self.config.patchBits)
@@ -265,6 +318,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             id_packer=id_packer,
             edge_margin=self.config.edgeMargin,
             nodata_planes=tuple(self.config.invalidMaskPlanes),
+            artifact_overlap_threshold=self.config.artifactOverlapFraction,
         )
         invalid_fraction = 1.0 - float(valid_any_band.mean())
         self.metadata["invalid_fraction"] = invalid_fraction
@@ -281,20 +335,35 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             catalog = build_catalog(detections, image, **catalog_kwargs)
             self.flag_primary(catalog, patch_region, tract_region)
             self._record(catalog, start, device="none", inference_seconds=0.0)
-            return pipeBase.Struct(catalog=catalog, detections=detections)
+            return pipeBase.Struct(
+                catalog=catalog, detections=detections, artifactMask=build_artifact_mask(catalog)
+            )
 
-        scaled, _ = model_package.scaling.apply(image)
+        if tuple(used) == tuple(model_package.bands):
+            # Scaled tile by tile as the inference reads the tiles: the scaled patch is never held whole.
+            del invalid
+            scaled = model_package.scaling.scaled_cube(image)
+        else:
+            # The invalid-pixel mask is built once: the scaling reuses it when it counts the same planes.
+            same_planes = tuple(model_package.scaling.invalid_planes) == tuple(self.config.invalidMaskPlanes)
+            scaled, _ = model_package.scaling.apply(image, invalid if same_planes else None)
+            del invalid
+            scaled = model_package.network_input(scaled, used)
         device = select_device(self.config.device)
-        with torch_cpu_settings(self.config.numThreads, log=self.log) as threads:
+        threads_wanted = self.config.numThreads if num_threads is None else num_threads
+        with torch_cpu_settings(threads_wanted, log=self.log) as threads:
             if device.type == "cpu":
                 self.metadata["torch_threads"] = threads
             detections, inference_seconds = self._infer(
                 model_package, scaled, image, valid_any_band, device, tract, patch
             )
+        del scaled  # The catalog measures the unscaled image: free the network's input first.
         catalog = build_catalog(detections, image, **catalog_kwargs)
         if self.config.minDetectionSnr > 0 and len(catalog):
             snr = np.asarray(catalog["detection_snr"], dtype=np.float64)
-            faint = snr < self.config.minDetectionSnr  # NaN compares false: kept.
+            # NaN compares false: kept.  Artifacts (ghosts, rays) are kept whatever their S/N: the cut is
+            # the classical detection threshold of sources.
+            faint = (snr < self.config.minDetectionSnr) & ~np.asarray(catalog["is_artifact"], dtype=bool)
             self.metadata["n_below_min_snr"] = int(faint.sum())
             if faint.any():
                 self.log.info(
@@ -308,7 +377,9 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
                 catalog = build_catalog(detections, image, **catalog_kwargs)
         self.flag_primary(catalog, patch_region, tract_region)
         self._record(catalog, start, device=str(device), inference_seconds=inference_seconds)
-        return pipeBase.Struct(catalog=catalog, detections=detections)
+        return pipeBase.Struct(
+            catalog=catalog, detections=detections, artifactMask=build_artifact_mask(catalog)
+        )
 
     def _infer(
         self,
@@ -393,6 +464,9 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             )
         for name, value in counts.items():
             self.metadata[f"n_{name}"] = value
+        if n and "is_artifact" in catalog.colnames:
+            self.metadata["n_artifacts"] = int(np.sum(catalog["is_artifact"]))
+            self.metadata["n_flag_in_artifact"] = int(np.sum(catalog["flag_in_artifact"]))
         self.metadata["inference_seconds"] = inference_seconds
         self.metadata["total_seconds"] = total
         self.metadata["device"] = device

@@ -86,12 +86,10 @@ __all__ = [
 ]
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -108,27 +106,29 @@ import lsst.pipe.base.connectionTypes as cT
 from ..butler.conversions import multiband_from_coadds
 from ..butler.model_formatter import MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 from ..butler.tables import to_arrow
+from ..core.augment_sky import SkyAugmentConfig
+from ..core.checkpoints import last_checkpoint_iteration, load_checkpoint_state_dict
 from ..core.example_cache import ExampleCache, cache_key
 from ..core.inference import select_device
 from ..core.labels import labels_to_examples
-from ..core.model_package import ModelPackage, load_checkpoint_state_dict
+from ..core.model_package import ModelPackage
 from ..core.models import ARCHITECTURES, ModelSpec, make_model_config
 from ..core.multiband import MissingBandError, MultibandImage
 from ..core.operating_point import DEFAULT_THRESHOLDS, choose_operating_point, precision_recall_curve
+from ..core.plots import training_history_figure
 from ..core.scaling import SCALINGS, ScalingSpec
-from ..core.training import (
-    LAST_CHECKPOINT_FILE,
-    TrainingConfig,
-    infer_examples,
-    plot_training_history,
-    train_model,
+from ..core.threads import quantum_threads
+from ..core.training import TrainingConfig, infer_examples, make_history_table, train_model
+from ..core.training_data import (
+    PatchKey,
+    TrainingExample,
+    choose_split,
+    parse_patch_spec,
+    pixel_statistics,
+    training_key,
 )
-from ..core.training_data import TrainingExample
 from ..version import __version__
 from .coadd_inputs import coadd_input_connection, coadd_storage_class_field, use_coadd_storage_class
-
-PatchKey = tuple[int, int]
-"""A patch as ``(tract, patch)``."""
 
 _PATCH_DIMENSIONS = ("tract", "patch", "skymap")
 # Bands in wavelength order, for choosing the default band order; other bands follow, sorted by name.
@@ -205,101 +205,6 @@ class DeepDiscTrainConnections(
         self.coadds = use_coadd_storage_class(self.coadds, config.coaddStorageClass)
         if not config.doWritePlot:
             del self.trainingPlot
-
-
-def parse_patch_spec(spec: str) -> tuple[int | None, int]:
-    """Parse ``"TRACT:PATCH"`` (or ``"PATCH"``, any tract) into ``(tract or None, patch)``."""
-    text = str(spec).strip()
-    tract_text, separator, patch_text = text.rpartition(":")
-    try:
-        patch = int(patch_text)
-        tract = int(tract_text) if separator else None
-    except ValueError:
-        raise ValueError(f"patch {spec!r} must be 'TRACT:PATCH' or 'PATCH' (integers)") from None
-    if patch < 0 or (tract is not None and tract < 0):
-        raise ValueError(f"patch {spec!r} has a negative tract or patch number")
-    return tract, patch
-
-
-def _select_patches(keys: Iterable[PatchKey], specs: Sequence[str], what: str) -> list[PatchKey]:
-    """The keys named by ``specs``; a spec naming none of them is an error (a typo, or a too-narrow query)."""
-    keys = sorted(keys)
-    selected: set[PatchKey] = set()
-    for spec in specs:
-        tract, patch = parse_patch_spec(spec)
-        matching = [key for key in keys if key[1] == patch and (tract is None or key[0] == tract)]
-        if not matching:
-            raise ValueError(
-                f"{what} names patch {spec!r}, but the inputs have no labels for it; patches with labels: "
-                f"{[f'{t}:{p}' for t, p in keys]}"
-            )
-        selected.update(matching)
-    return sorted(selected)
-
-
-def choose_split(
-    keys: Iterable[PatchKey],
-    train_patches: Sequence[str] = (),
-    validation_patches: Sequence[str] = (),
-    validation_fraction: float = 0.2,
-    seed: int = 0,
-) -> tuple[list[PatchKey], list[PatchKey]]:
-    """Split patches into training and validation sets.
-
-    Parameters
-    ----------
-    keys : iterable of `PatchKey`
-        Every patch with labels.
-    train_patches : sequence of `str`
-        Patches to train on (``"TRACT:PATCH"`` or ``"PATCH"``); empty: every patch not used for validation.
-    validation_patches : sequence of `str`
-        Validation patches; empty: ``round(validation_fraction * len(keys))`` of the patches not in
-        ``train_patches`` (at least one when the fraction is positive and one patch is left to train on),
-        drawn with ``seed`` from the sorted list, so the result depends only on the set of patches.
-    validation_fraction : `float`
-        In ``[0, 1)``.
-    seed : `int`
-        Seed of the draw.
-
-    Returns
-    -------
-    train, validation : `list` [`PatchKey`]
-        Sorted, disjoint.
-
-    Raises
-    ------
-    ValueError
-        For unknown or overlapping patches, or no training patch.
-    """
-    keys = sorted(set(keys))
-    if not keys:
-        raise ValueError("no patch has training labels; check the input collections and the data query")
-    if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-    explicit_train = _select_patches(keys, train_patches, "trainPatches") if train_patches else None
-    if validation_patches:
-        validation = _select_patches(keys, validation_patches, "validationPatches")
-    else:
-        candidates = [key for key in keys if explicit_train is None or key not in explicit_train]
-        n_val = round(validation_fraction * len(keys))
-        if validation_fraction > 0 and len(keys) >= 2:
-            n_val = max(n_val, 1)
-        if explicit_train is None:
-            n_val = min(n_val, len(keys) - 1)
-        n_val = min(n_val, len(candidates))
-        order = np.random.default_rng(seed).permutation(len(candidates))
-        validation = sorted(candidates[index] for index in order[:n_val])
-    train = explicit_train if explicit_train is not None else [key for key in keys if key not in validation]
-    overlap = sorted(set(train) & set(validation))
-    if overlap:
-        raise ValueError(
-            f"patches {[f'{t}:{p}' for t, p in overlap]} are in both the training and validation sets"
-        )
-    if not train:
-        raise ValueError(
-            "no patch is left for training; shorten validationPatches or lower validationFraction"
-        )
-    return train, validation
 
 
 def output_collection_of_run(run: str) -> str:
@@ -489,13 +394,46 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
         doc="Torch device: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:N'.", default="auto"
     )
     numThreads = pexConfig.Field[int](
-        doc="Torch CPU threads; 0: $OMP_NUM_THREADS, else the cores this process may use (logged).  More "
-        "threads than free cores slow every step several-fold.",
+        doc="Torch CPU threads; 0: pipetask's --cores-per-quantum (-n), outside pipetask $OMP_NUM_THREADS "
+        "or the cores this process may use (logged).  More threads than free cores slow every step "
+        "several-fold.",
         default=TrainingConfig.num_threads,
     )
     prefetchBatches = pexConfig.Field[bool](
         doc="Build the next training batch in a background thread while a step runs.",
         default=TrainingConfig.prefetch,
+    )
+    bandDropout = pexConfig.Field[float](
+        doc="Fraction of training examples that lose some bands (absent bands become NaN planes).  Above 0 "
+        "the model gets a band-availability backbone and the package runs on any minBands of its bands.",
+        default=TrainingConfig.band_dropout,
+    )
+    minBands = pexConfig.Field[int](
+        doc="The fewest bands an example keeps under band dropout; recorded as the package's min_bands.",
+        default=TrainingConfig.min_bands,
+    )
+    skyAugmentProbability = pexConfig.Field[float](
+        doc="Fraction of training examples given another pixel scale and seeing (pixelScaleRange, "
+        "seeingRange); needs the asinh_per_band scaling.",
+        default=0.0,
+    )
+    nativePixelScale = pexConfig.Field[float](
+        doc="Pixel scale of the training coadds (arcsec).", default=SkyAugmentConfig.native_pixel_scale
+    )
+    pixelScaleRange = pexConfig.ListField[float](
+        doc="Pixel scales (arcsec) simulated by the sky augmentation, [low, high]; empty: none.", default=[]
+    )
+    nativeSeeing = pexConfig.Field[float](
+        doc="Typical PSF FWHM of the training coadds (arcsec).", default=SkyAugmentConfig.native_seeing
+    )
+    seeingRange = pexConfig.ListField[float](
+        doc="PSF FWHM (arcsec) simulated by the sky augmentation, [low, high]; empty: none.", default=[]
+    )
+    artifactRate = pexConfig.Field[float](
+        doc="Mean number of simulated artifacts (ghosts, scattered light, rays) drawn into each training "
+        "example and labelled with the artifact classes, which classNames must then list "
+        "(artifact_ghost_bright, artifact_ghost_faint, artifact_rays); 0: none.",
+        default=0.0,
     )
     doOperatingPoint = pexConfig.Field[bool](
         doc="Choose the package's score threshold (its operating point) on the validation patches.",
@@ -633,6 +571,30 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
             keep_checkpoints=self.keepCheckpoints,
             num_threads=self.numThreads,
             prefetch=self.prefetchBatches,
+            band_dropout=self.bandDropout,
+            min_bands=self.minBands,
+            sky=self.sky_augment_config(),
+        )
+
+    def sky_augment_config(self) -> SkyAugmentConfig:
+        """The pixel-scale, seeing and artifact augmentations of these settings."""
+        from ..core.artifacts import ARTIFACT_CLASSES
+
+        names = list(self.classNames)
+        artifact_ids = (
+            tuple(names.index(f"artifact_{name}") for name in ARTIFACT_CLASSES)
+            if self.artifactRate > 0
+            else ()
+        )
+        return SkyAugmentConfig(
+            probability=self.skyAugmentProbability,
+            native_pixel_scale=self.nativePixelScale,
+            pixel_scale_range=tuple(self.pixelScaleRange) or None,
+            native_seeing=self.nativeSeeing,
+            seeing_range=tuple(self.seeingRange) or None,
+            softening_sigma=float(self.scaling_spec().params.get("softening_sigma", 1.0)),
+            artifact_rate=self.artifactRate,
+            artifact_class_ids=artifact_ids,
         )
 
     def training_key_config(self) -> dict[str, Any]:
@@ -670,6 +632,27 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
         names = list(self.classNames)
         if not names or len(set(names)) != len(names) or not all(names):
             fail(cls.classNames, f"classNames must be unique non-empty names, got {names}")
+        if not 0.0 <= self.bandDropout <= 1.0:
+            fail(cls.bandDropout, f"bandDropout must be in [0, 1], got {self.bandDropout}")
+        if self.minBands < 1 or (self.bands and self.minBands > len(self.bands)):
+            fail(cls.minBands, f"minBands must be in [1, number of bands], got {self.minBands}")
+        sky_on = self.skyAugmentProbability > 0 or self.artifactRate > 0
+        if sky_on and self.scalingName != "asinh_per_band":
+            fail(
+                cls.skyAugmentProbability,
+                f"the sky augmentation (pixel scale, seeing, artifacts) needs the asinh_per_band scaling, "
+                f"not {self.scalingName!r}",
+            )
+        if self.artifactRate > 0:
+            from ..core.artifacts import ARTIFACT_CLASSES
+
+            missing = [f"artifact_{name}" for name in ARTIFACT_CLASSES if f"artifact_{name}" not in names]
+            if missing:
+                fail(cls.artifactRate, f"artifactRate > 0 needs classNames to list {missing}")
+        try:
+            self.sky_augment_config()
+        except ValueError as err:
+            fail(cls.skyAugmentProbability, str(err))
         if self.tileSize < 16:
             fail(cls.tileSize, f"tileSize must be at least 16 pixels, got {self.tileSize}")
         if not 0 <= self.tileOverlap < self.tileSize:
@@ -790,7 +773,12 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
                 else:
                     refs = {"labels": str(inputs.labels.id)}
                     refs.update({band: str(inputs.coadds[band].id) for band in bands})
-                    patch_examples = cache.get_or_build(self.example_cache_key(refs), build)
+                    # Examples built with fewer classes (a prefix of classNames) are the same examples:
+                    # such a file exists only if every label of the patch had one of those classes, and
+                    # appended classes leave the class ids of the earlier ones unchanged.
+                    names = list(self.config.classNames)
+                    prefixes = [self.example_cache_key(refs, names[:n]) for n in range(len(names) - 1, 0, -1)]
+                    patch_examples = cache.get_or_build(self.example_cache_key(refs), build, prefixes)
                 examples[role].extend(patch_examples)
                 label_counts[role] += sum(len(example.instances) for example in patch_examples)
         if cache is not None:
@@ -814,6 +802,7 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
             checkpoint_dir=checkpoint_dir,
             provenance=provenance,
             stop_after=self.config.stopAfter or None,
+            num_threads=quantum_threads(self.config.numThreads, butlerQC.resources.num_cores),
         )
         if result.interrupted:
             raise TrainingInterruptedError(
@@ -926,8 +915,11 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
                 )
         return labels
 
-    def example_cache_key(self, refs: Mapping[str, str]) -> str:
-        """Cache key of one patch's examples: its input dataset ids and every setting the examples use."""
+    def example_cache_key(self, refs: Mapping[str, str], class_names: Sequence[str] | None = None) -> str:
+        """Cache key of one patch's examples: its input dataset ids and every setting the examples use.
+
+        ``class_names`` replaces ``config.classNames`` (for the keys of equivalent, earlier files).
+        """
         settings = {
             "tileSize": self.config.tileSize,
             "tileOverlap": self.config.tileOverlap,
@@ -935,7 +927,7 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
             "maxNoDataFraction": self.config.maxNoDataFraction,
             "skipEmptyTiles": self.config.skipEmptyTiles,
             "invalidMaskPlanes": list(self.config.invalidMaskPlanes),
-            "classNames": list(self.config.classNames),
+            "classNames": list(self.config.classNames if class_names is None else class_names),
             "scaling": self.config.scaling_spec().to_dict(),
             "coaddStorageClass": self.config.coaddStorageClass,
         }
@@ -968,39 +960,13 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
         )
 
     def training_key(self, train: Sequence[TrainingExample], validation: Sequence[TrainingExample]) -> str:
-        """16 hex digits of a hash of the training settings and the training data (labels and geometry)."""
-        digest = hashlib.sha256()
-        digest.update(json.dumps(self.config.training_key_config(), sort_keys=True, default=str).encode())
-        for role, examples in (("train", train), ("validation", validation)):
-            for example in sorted(examples, key=lambda item: item.example_id):
-                header = [role, example.example_id, list(example.bands), example.height, example.width]
-                digest.update(json.dumps(header).encode())
-                for label in example.instances:
-                    digest.update(np.int64([label.class_id, label.source_id]).tobytes())
-                    digest.update(label.spans.tobytes())
-        return digest.hexdigest()[:16]
+        """16 hex digits of a hash of the training settings and data (`.core.training_data.training_key`)."""
+        return training_key(self.config.training_key_config(), train, validation)
 
     def pixel_statistics(self, examples: Sequence[TrainingExample]) -> tuple[list[float], list[float]]:
-        """Per-band mean and standard deviation of the valid pixels of scaled examples (config values win)."""
-        n_bands = examples[0].image.shape[0]
-        sums = np.zeros(n_bands)
-        squares = np.zeros(n_bands)
-        count = 0
-        for example in examples:
-            valid = example.valid if example.valid is not None else np.ones(example.image.shape[1:], bool)
-            pixels = example.image[:, valid].astype(np.float64)
-            sums += pixels.sum(axis=1)
-            squares += np.square(pixels).sum(axis=1)
-            count += pixels.shape[1]
-        if count == 0:
-            raise ValueError("the training examples have no valid pixel to compute the pixel statistics from")
-        mean = sums / count
-        std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
-        # A constant band (e.g. fully saturated scaling) must not divide by zero.
-        std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
-        pixel_mean = list(self.config.pixelMean) or [float(v) for v in mean]
-        pixel_std = list(self.config.pixelStd) or [float(v) for v in std]
-        return pixel_mean, pixel_std
+        """Per-band mean and std of the valid pixels of scaled examples; ``pixelMean``/``pixelStd`` win."""
+        mean, std = pixel_statistics(examples)
+        return list(self.config.pixelMean) or mean, list(self.config.pixelStd) or std
 
     def run(
         self,
@@ -1010,6 +976,7 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
         checkpoint_dir: str | os.PathLike[str],
         provenance: Mapping[str, Any] | None = None,
         stop_after: int | None = None,
+        num_threads: int | None = None,
     ) -> pipeBase.Struct:
         """Train a model on labelled examples and package it.
 
@@ -1023,6 +990,8 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
             Plain data added to the package provenance (e.g. collections and patches).
         stop_after : `int`, optional
             Stop after this many iterations of this call, once a checkpoint is written.
+        num_threads : `int`, optional
+            Torch CPU threads, overriding ``config.numThreads`` (`runQuantum` passes pipetask's cores).
 
         Returns
         -------
@@ -1052,11 +1021,14 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
             pixel_mean=tuple(pixel_mean),
             pixel_std=tuple(pixel_std),
             overrides=self.config.model_overrides(),
+            band_availability=self.config.bandDropout > 0,
         )
         model_config = make_model_config(spec)
         training_config = self.config.training_config(len(train))
+        if num_threads is not None:
+            training_config = dataclasses.replace(training_config, num_threads=num_threads)
         checkpoint_dir = Path(checkpoint_dir)
-        start_iteration = _checkpoint_iteration(checkpoint_dir)
+        start_iteration = last_checkpoint_iteration(checkpoint_dir)
         init_state_dict, init_info = None, None
         if start_iteration is None:  # A resumed run takes its weights from the checkpoint.
             init_state_dict, init_info = self._initial_weights()
@@ -1084,10 +1056,10 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
             log=self.log,
             stop_after=stop_after,
         )
-        history_table = self.make_history_table(training.history, training.best_iteration, training_config)
+        history_table = make_history_table(training.history, training.best_iteration, training_config)
         figure = None
         if self.config.doWritePlot and training.history:
-            figure = _history_figure(training.history, training_config.heads_iterations)
+            figure = training_history_figure(training.history, training_config.heads_iterations)
         self.metadata["checkpoint_dir"] = str(checkpoint_dir)
         self.metadata["iterations_done"] = training.iterations_done
         self.metadata["total_iterations"] = training_config.total_iterations
@@ -1138,6 +1110,7 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
             pixel_std=tuple(pixel_std),
             architecture=architecture,
             provenance=package_provenance,
+            min_bands=self.config.minBands if self.config.bandDropout > 0 else None,
         )
         if self.config.doOperatingPoint and validation:
             model = self.choose_operating_point(model, validation, training_config)
@@ -1202,67 +1175,6 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
         info = {**info, "path": str(path)}
         self.log.info("Initial weights from %s (%d tensors)", path, len(state_dict))
         return state_dict, info
-
-    @staticmethod
-    def make_history_table(
-        history: Sequence[Mapping[str, Any]], best_iteration: int | None, config: TrainingConfig
-    ) -> Table:
-        """The training history as a table: one row per validation, plus ``is_best``.
-
-        Integer-valued entries (iteration, stage, counts) become integer columns, the others float columns
-        with NaN where a value is missing (e.g. AP without pycocotools).
-        """
-        keys: list[str] = []
-        for entry in history:
-            keys.extend(key for key in entry if key not in keys)
-        table = Table()
-        for key in keys:
-            values = [entry.get(key) for entry in history]
-            present = [value for value in values if value is not None]
-            if (
-                present
-                and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in present)
-                and (len(present) == len(values))
-            ):
-                table[key] = np.array(values, dtype=np.int64)
-            else:
-                table[key] = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
-        iterations = table["iteration"] if "iteration" in table.colnames else np.zeros(len(table), np.int64)
-        table["is_best"] = np.asarray(iterations) == (-1 if best_iteration is None else best_iteration)
-        table.meta["best_metric_name"] = config.best_metric
-        table.meta["heads_iterations"] = config.heads_iterations
-        table.meta["total_iterations"] = config.total_iterations
-        return table
-
-
-def _checkpoint_iteration(directory: Path) -> int | None:
-    """Iteration of the last checkpoint in ``directory``, or `None` when there is none."""
-    pointer = directory / LAST_CHECKPOINT_FILE
-    if not pointer.exists():
-        return None
-    try:
-        return int(json.loads(pointer.read_text())["iteration"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise RuntimeError(f"cannot read the checkpoint pointer {pointer}: {err}") from err
-
-
-def _history_figure(history: Sequence[Mapping[str, Any]], stage_boundary: int) -> Any:
-    """The history plot of `plot_training_history` as a `matplotlib.figure.Figure` (for the Plot class).
-
-    The core draws straight into a PNG; the image is shown 1:1 on a figure of the same pixel size, so the
-    Butler's PNG writer reproduces it.
-    """
-    from matplotlib.figure import Figure
-    from matplotlib.image import imread
-
-    with tempfile.TemporaryDirectory() as directory:
-        path = plot_training_history(history, Path(directory) / "training.png", stage_boundary=stage_boundary)
-        pixels = imread(path)
-    dpi = 100
-    height, width = pixels.shape[:2]
-    figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
-    figure.figimage(pixels, xo=0, yo=0, origin="upper")
-    return figure
 
 
 def _final_validation(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -178,6 +178,9 @@ class ModelSpec:
     pixel_mean, pixel_std : `tuple` [`float`, ...] or `None`
         Per-band normalisation the model applies to its input, ``(x - mean) / std``; `None` gives zeros
         and ones (inputs already scaled, see `~lsst.meas.extensions.deepdisc.core.scaling`).
+    band_availability : `bool`
+        Whether the model runs on any subset of its bands: an absent band is a NaN plane and the backbone
+        sees one availability plane per band (`.band_availability`; yacs architectures only).
     overrides : `dict` [`str`, `~typing.Any`]
         Dotted keys -> values applied last: yacs keys (``"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.3``; for
         lazy architectures only those of `lazy_format.LAZY_YACS_KEYS`) or, for lazy architectures,
@@ -190,8 +193,11 @@ class ModelSpec:
     pixel_mean: tuple[float, ...] | None = None
     pixel_std: tuple[float, ...] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    band_availability: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.band_availability, bool):
+            raise TypeError(f"band_availability must be a bool, got {self.band_availability!r}")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}; known: {list_architectures()}")
         bands = _as_str_tuple(self.bands, "bands")
@@ -216,7 +222,7 @@ class ModelSpec:
         # `overrides` is a dict (unhashable): hash its canonical JSON text instead.
         overrides = json.dumps(self.overrides, sort_keys=True)
         fields = (self.architecture, self.bands, self.class_names, self.pixel_mean, self.pixel_std)
-        return hash((*fields, overrides))
+        return hash((*fields, overrides, self.band_availability))
 
     @property
     def num_bands(self) -> int:
@@ -240,6 +246,7 @@ class ModelSpec:
             "pixel_mean": None if self.pixel_mean is None else list(self.pixel_mean),
             "pixel_std": None if self.pixel_std is None else list(self.pixel_std),
             "overrides": copy.deepcopy(self.overrides),
+            "band_availability": self.band_availability,
         }
 
     @classmethod
@@ -248,6 +255,7 @@ class ModelSpec:
         if not isinstance(data, Mapping):
             raise TypeError(f"a ModelSpec dict must be a mapping, got {type(data).__name__}")
         known = {"architecture", "bands", "class_names", "pixel_mean", "pixel_std", "overrides"}
+        known.add("band_availability")
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown ModelSpec field(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -290,6 +298,7 @@ def _top_level(spec_like: Mapping[str, Any]) -> dict[str, Any]:
         "class_names": list(spec_like["class_names"]),
         "pixel_mean": [float(v) for v in spec_like["pixel_mean"]],
         "pixel_std": [float(v) for v in spec_like["pixel_std"]],
+        "band_availability": bool(spec_like.get("band_availability", False)),
     }
 
 
@@ -297,9 +306,21 @@ def _top_level(spec_like: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _finish_yacs_cfg(
-    cfg: Any, bands: Sequence[str], class_names: Sequence[str], mean: Sequence[float], std: Sequence[float]
+    cfg: Any,
+    bands: Sequence[str],
+    class_names: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    band_availability: bool = False,
 ) -> None:
     """Settings every yacs model of ours has, whatever its recipe or origin."""
+    from .band_availability import ensure_registered, is_wrapped, wrapped_name
+
+    if band_availability:
+        cfg.MODEL.BACKBONE.NAME = wrapped_name(cfg.MODEL.BACKBONE.NAME)
+        ensure_registered(cfg.MODEL.BACKBONE.NAME)
+    elif is_wrapped(cfg.MODEL.BACKBONE.NAME):
+        raise ValueError(f"backbone {cfg.MODEL.BACKBONE.NAME!r} needs band_availability")
     roi_name = cfg.MODEL.ROI_HEADS.NAME
     if roi_name not in _OUR_ROI_HEADS:
         if roi_name not in _ROI_HEADS_BY_BASE:
@@ -343,7 +364,14 @@ def _make_yacs_config(spec: ModelSpec, recipe: Mapping[str, Any]) -> dict[str, A
         _check_override_key(key, value)
     merge_dotted(cfg, spec.overrides)
     # Last, so that bands, classes and ROI heads hold whatever the overrides did.
-    _finish_yacs_cfg(cfg, spec.bands, spec.class_names, spec.resolved_pixel_mean(), spec.resolved_pixel_std())
+    _finish_yacs_cfg(
+        cfg,
+        spec.bands,
+        spec.class_names,
+        spec.resolved_pixel_mean(),
+        spec.resolved_pixel_std(),
+        spec.band_availability,
+    )
     return {"format": FORMAT_YACS, "config": cfg_to_data(cfg)}
 
 
@@ -404,6 +432,11 @@ def _resolve_lazy_model(model: dict[str, Any], root: Mapping[str, Any] | None = 
 def _make_lazy_config(spec: ModelSpec, recipe: Mapping[str, Any]) -> dict[str, Any]:
     from .lazy_format import apply_override, apply_yacs_key
 
+    if spec.band_availability:
+        raise ValueError(
+            "band_availability is supported for yacs (registry) architectures, not the lazy "
+            f"{spec.architecture!r}"
+        )
     model = copy.deepcopy(recipe["model"])
     check_plain_data(model, "model")
     for key, value in ASTRO_DEFAULTS.items():
@@ -459,6 +492,7 @@ def make_model_config(spec: ModelSpec) -> dict[str, Any]:
                 "class_names": spec.class_names,
                 "pixel_mean": spec.resolved_pixel_mean(),
                 "pixel_std": spec.resolved_pixel_std(),
+                "band_availability": spec.band_availability,
             }
         ),
     }
@@ -490,6 +524,14 @@ def _validate_model_config(model_config: Mapping[str, Any]) -> None:
         inner_mean = inner["MODEL"].get("PIXEL_MEAN")
         inner_std = inner["MODEL"].get("PIXEL_STD")
         inner_classes = inner["MODEL"].get("ROI_HEADS", {}).get("NUM_CLASSES")
+        from .band_availability import is_wrapped
+
+        wrapped = is_wrapped(inner["MODEL"].get("BACKBONE", {}).get("NAME", ""))
+        if wrapped != bool(model_config.get("band_availability", False)):
+            raise ValueError(
+                f"the backbone {'is' if wrapped else 'is not'} a band-availability backbone but the config's "
+                f"band_availability is {model_config.get('band_availability', False)!r}"
+            )
     elif fmt == FORMAT_LAZY:
         inner = model_config.get("model")
         if not isinstance(inner, Mapping) or TARGET_KEY not in inner:
@@ -534,6 +576,10 @@ def build_model(model_config: Mapping[str, Any], device: str = "cpu") -> torch.n
         from .yacs_format import build_cfg
 
         cfg = build_cfg(model_config["config"])
+        if model_config.get("band_availability", False):
+            from .band_availability import ensure_registered
+
+            ensure_registered(cfg.MODEL.BACKBONE.NAME)
         if cfg.MODEL.ROI_HEADS.NAME not in _OUR_ROI_HEADS:
             raise ValueError(
                 f"ROI heads {cfg.MODEL.ROI_HEADS.NAME!r} are not ours; expected {_OUR_ROI_HEADS}"

@@ -45,7 +45,8 @@ one dot is the dict holding the key, each further dot one level up) or ``"${mode
 `resolve_interpolations` replaces them by copies of what they point to.  Resolver calls
 (``"${oc.env:HOME}"``) are refused.
 
-`load_yaml_data` reads YAML with a `yaml.SafeLoader` subclass that turns the Python tags written by
+`load_yaml_data` reads YAML with a subclass of the package's safe loader (`..safe_yaml.SafeYamlLoader`,
+which also refuses duplicate keys) that turns the Python tags written by
 ``LazyConfig.save`` (``!!python/name:``, ``!!python/object:``, ``!!python/object/apply:``,
 ``!!python/tuple``) into the inert directive dicts above instead of constructing objects.
 """
@@ -75,6 +76,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import yaml
+
+from ..safe_yaml import SafeYamlLoader, load_yaml
 
 TARGET_KEY = "_target_"
 PARTIAL_KEY = "_partial_"
@@ -373,8 +376,10 @@ def resolve_interpolations(tree: Any, only: str | None = None) -> Any:
     return resolve(tree[only], [tree], 0)
 
 
-class _DirectiveLoader(yaml.SafeLoader):
-    """SafeLoader that maps LazyConfig.save's Python tags to inert directive dicts (never to objects)."""
+class _DirectiveLoader(SafeYamlLoader):
+    """`.safe_yaml.SafeYamlLoader` mapping LazyConfig.save's Python tags to inert directive dicts."""
+
+    allow_aliases = True  # LazyConfig.save writes anchors for objects referenced twice.
 
 
 def _python_name(loader: _DirectiveLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
@@ -447,9 +452,10 @@ def load_yaml_data(text: str, *, python_tags: bool = False) -> Any:
     text : `str`
         The YAML document.
     python_tags : `bool`
-        If false, plain `yaml.safe_load`.  If true, also accept the Python tags written by detectron2's
-        ``LazyConfig.save`` and turn them into directive dicts (see the module docstring); the referenced
-        names are *not* resolved here - that happens against the allowlist when the config is built.
+        If false, plain data only (`..safe_yaml.load_yaml`, aliases accepted).  If true, also accept the
+        Python tags written by detectron2's ``LazyConfig.save`` and turn them into directive dicts (see the
+        module docstring); the referenced names are *not* resolved here - that happens against the
+        allowlist when the config is built.
 
     Raises
     ------
@@ -458,7 +464,7 @@ def load_yaml_data(text: str, *, python_tags: bool = False) -> Any:
     """
     try:
         if not python_tags:
-            return yaml.safe_load(text)
+            return load_yaml(text, allow_aliases=True)
         return yaml.load(text, Loader=_DirectiveLoader)  # A SafeLoader subclass: constructs no objects.
     except yaml.constructor.ConstructorError as exc:
         raise UnsafeConfigError(f"YAML holds something that is not data: {exc}") from exc

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# GPU benchmark of DeepDISC detection: the shipped compact package and R50-FPN (random weights, capped at
+# a realistic number of detections per tile), both with fp16 autocast, through the detection task's own
+# run (bench/bench_detect_scaling.py), on a simulated LSST patch.
+#
+# Two steps, both from the repository root:
+#
+#   bench/gpu_benchmark.sh prepare     on a machine with this project's venv and network access: writes
+#                                      the wheels the GPU machine lacks into .whl/ (git-ignored through
+#                                      .git/info/exclude) and prints their size (they travel with the
+#                                      working tree; keep them under its size limit)
+#   bench/gpu_benchmark.sh run [OUT]   on the GPU machine (no network needed): installs .whl/ into a
+#                                      scratch directory unless the imports already work, simulates the
+#                                      patch(es) and runs the benchmark; results (.md, .json) go to OUT
+#                                      (default bench/results)
+#
+# The GPU machine needs only python3 (>= 3.12) with a CUDA build of torch and torchvision.  Settings, by
+# environment variable: SIZES (patch sides, default "4100"; simulating the 4100 px patch takes about 4
+# minutes on one core), DENSITIES ("1"), BATCH (tiles per forward call, "16"), CAP (R50-FPN detections per
+# tile, "375": 1.5 x sep's source density per 512 px tile on this patch), MODELS ("R50-FPN"; empty: the
+# package only), DEVICE ("cuda"; "cpu" checks the script without a GPU), THREADS (torch CPU threads, all
+# cores), EXTRA (more options for bench_detect_scaling.py).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+WHEELS=.whl
+SITE=${DEEPDISC_SITE:-/tmp/deepdisc-site}
+# Runtime needs of the package and the benchmark that the GPU image may lack (their own dependencies are
+# added from the venv's metadata).  Not sep or photutils: the CPU baselines do not run there.
+ROOTS="lsst-pipe-base lsst-daf-butler lsst-pex-config lsst-utils lsst-images lsst-resources lsst-sphgeom
+astropy galsim surveycodex pycocotools fvcore iopath omegaconf hydra-core yacs termcolor"
+# Packages of the GPU image (see the device notes), never downloaded: torch and friends stay the image's.
+IMAGE_HAS="torch torchvision numpy scipy pandas pyarrow pyyaml psutil matplotlib pillow safetensors
+requests urllib3 idna certifi charset-normalizer packaging typing-extensions click tqdm tabulate
+cloudpickle portalocker filelock fsspec jinja2 markupsafe networkx sympy mpmath setuptools six
+python-dateutil contourpy cycler fonttools kiwisolver pyparsing timm huggingface-hub protobuf wrapt
+pygments rich markdown-it-py mdurl pybind11 threadpoolctl"
+
+prepare() {
+    local python=${PYTHON:-.venv/bin/python}
+    grep -qxF "/$WHEELS/" .git/info/exclude 2>/dev/null || echo "/$WHEELS/" >>.git/info/exclude
+    rm -rf "$WHEELS"
+    mkdir -p "$WHEELS/detectron2"
+    # The closure of ROOTS at the versions installed in the venv, minus what the image has.
+    local pins
+    pins=$("$python" - "$ROOTS" "$IMAGE_HAS" <<'PYEOF'
+import re
+import sys
+from importlib import metadata
+
+from packaging.markers import Marker
+
+def key(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+have = {key(n) for n in sys.argv[2].split()}
+todo, pins = sys.argv[1].split(), {}
+while todo:
+    name = todo.pop()
+    if key(name) in pins or key(name) in have:
+        continue
+    dist = metadata.distribution(name)
+    pins[key(name)] = f"{dist.metadata['Name']}=={dist.version}"
+    for requirement in dist.requires or []:
+        spec, _, marker = requirement.partition(";")
+        if marker and ("extra" in marker or not Marker(marker).evaluate()):
+            continue
+        todo.append(re.split(r"[\s<>=!~\[(]", spec.strip(), maxsplit=1)[0])
+print("\n".join(sorted(pins.values())))
+PYEOF
+)
+    echo "wheels for: $(echo "$pins" | tr '\n' ' ')"
+    # pip wheel takes the published wheel where there is one and builds pure-Python sdists (fvcore...).
+    # shellcheck disable=SC2086
+    "$python" -m pip wheel --quiet --no-deps -w "$WHEELS" $pins
+    # detectron2's Python code: the wheel install-detectron2.sh unpacks (cp310-tagged, so kept apart).
+    "$python" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.10 \
+        --platform manylinux2014_x86_64 --platform linux_x86_64 -d "$WHEELS/detectron2" sal-detectron2==0.7.2
+    du -sh "$WHEELS"
+    echo "run on the GPU machine: bench/gpu_benchmark.sh run (with $WHEELS in the working tree)"
+}
+
+install() {
+    if python3 -c "import lsst.pipe.base, lsst.images, astropy, galsim, detectron2.modeling" 2>/dev/null; then
+        return
+    fi
+    [ -d "$WHEELS" ] || { echo "no $WHEELS/: run 'bench/gpu_benchmark.sh prepare' first" >&2; exit 2; }
+    mkdir -p "$SITE"
+    python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$SITE" "$WHEELS"/*.whl
+    python3 - "$WHEELS/detectron2" "$SITE" <<'PYEOF'
+import pathlib
+import sys
+import zipfile
+
+wheel = next(pathlib.Path(sys.argv[1]).glob("sal_detectron2-*.whl"))
+with zipfile.ZipFile(wheel) as archive:
+    for member in archive.namelist():
+        path = pathlib.PurePosixPath(member)
+        if path.parts[0] == "detectron2" and not (len(path.parts) == 2 and path.name.startswith("_C")):
+            archive.extract(member, sys.argv[2])
+PYEOF
+}
+
+run() {
+    local out=${1:-bench/results}
+    export PYTHONPATH="$PWD/python:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+    export DAF_BUTLER_CONFIG_PATH="$PWD/python/lsst/meas/extensions/deepdisc/butler/configs"
+    export MEAS_EXTENSIONS_DEEPDISC_DIR="$PWD" PYTHONUNBUFFERED=1
+    install
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+    if [ "${DEVICE:-cuda}" = cuda ]; then
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    fi
+    # shellcheck disable=SC2086
+    python3 bench/bench_detect_scaling.py --device "${DEVICE:-cuda}" --half \
+        --sizes ${SIZES:-4100} --densities ${DENSITIES:-1} --baselines --no-reference \
+        --models ${MODELS-R50-FPN} --detections-cap "${CAP:-375}" --batch-size "${BATCH:-16}" \
+        --threads "${THREADS:-$(nproc)}" --out "$out" ${EXTRA:-}
+}
+
+case "${1:-}" in
+    prepare) prepare ;;
+    run) shift; run "$@" ;;
+    *) sed -n '2,22p' "$0"; exit 2 ;;
+esac
