@@ -164,7 +164,9 @@ def evaluate(args: argparse.Namespace) -> Table:
     from lsst.meas.extensions.deepdisc.core.model_package import ModelPackage
 
     package = ModelPackage.load(args.model)
-    _run([str(BIN / "deepdisc-model"), "ingest", args.repo, args.model, "--name", package.name])
+    # One collection per package version, so that evaluating a new version never clashes with an old one.
+    model_name = f"{package.name}-{package.version}"
+    _run([str(BIN / "deepdisc-model"), "ingest", args.repo, args.model, "--name", model_name])
     butler = _butler(args.repo)
     skymap = args.skymap or next(iter(butler.registry.queryDimensionRecords("skymap"))).name
     rows = []
@@ -179,13 +181,14 @@ def evaluate(args: argparse.Namespace) -> Table:
                     "-b",
                     args.repo,
                     "-i",
-                    f"{args.input},pretrained_models/{package.name}",
+                    f"{args.input},pretrained_models/{model_name}",
                     "-o",
                     output,
                     "-p",
                     str(ROOT / "pipelines" / "DeepDiscCompare.yaml"),
                     "-c",
                     f"detect:bands=[{band_list}]",
+                    *[item for config in args.config for item in ("-c", config)],
                     "-d",
                     f"skymap='{skymap}'",
                     "--register-dataset-types",
@@ -232,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="prefix of the output collections' last part")
     parser.add_argument("--sep", action="store_true", help="also measure agreement with sep (slower)")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--config", action="append", default=[], help="extra pipetask -c, e.g. compare:refBand=r (no i band)"
+    )
     parser.add_argument("--output", help="markdown file to write")
     args = parser.parse_args(argv)
     os.environ.setdefault(

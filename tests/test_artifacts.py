@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 
@@ -628,3 +629,22 @@ def test_annotations_become_a_label_table_and_round_trip_through_coco() -> None:
     )
     with pytest.raises(ValueError, match="2 images"):
         annotations_to_label_table(mixed)
+
+
+def test_a_preset_with_artifacts_can_share_a_repository_with_its_clean_twin() -> None:
+    """The registry needs a unique skymap hash: ``artifacts`` has ``small``'s geometry but its own hash."""
+    from lsst.meas.extensions.deepdisc.sim.presets import get_preset
+    from lsst.meas.extensions.deepdisc.sim.repo import _skymap_hash
+
+    small, artifacts = get_preset("small"), get_preset("artifacts")
+    assert (small.n_patches_x, small.patch_inner_size) == (artifacts.n_patches_x, artifacts.patch_inner_size)
+    assert _skymap_hash(small) != _skymap_hash(artifacts)
+    # Clean presets keep the hash of their geometry alone (existing repositories stay valid).
+    geometry = {
+        "n_patches": [small.n_patches_x, small.n_patches_y],
+        "inner": small.patch_inner_size,
+        "border": small.patch_border,
+        "scale": small.pixel_scale_arcsec,
+        "tracts": [[t.tract, t.ra, t.dec] for t in small.tracts],
+    }
+    assert _skymap_hash(small) == hashlib.sha1(json.dumps(geometry, sort_keys=True).encode()).digest()

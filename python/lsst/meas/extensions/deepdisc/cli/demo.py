@@ -228,7 +228,7 @@ def summary_table(summary: Table) -> Table:
     ):
         if column in totals.colnames:
             rows[label] = np.round(np.asarray(totals[column], dtype=float), 3)
-    for column in [c for c in totals.colnames if c.startswith("frac_")]:
+    for column in [c for c in totals.colnames if c.startswith("frac_") and "artifact" not in c]:
         rows[column.removeprefix("frac_").replace("_", " ")] = np.round(np.asarray(totals[column], float), 3)
     rows.meta["reference"] = str(totals["reference"][0]) if "reference" in totals.colnames else "truth"
     rows.meta["n_ref"] = int(totals["n_ref"][0]) if "n_ref" in totals.colnames else 0

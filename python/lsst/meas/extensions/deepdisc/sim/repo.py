@@ -204,6 +204,10 @@ def _skymap_hash(preset: SimPreset) -> bytes:
         "scale": preset.pixel_scale_arcsec,
         "tracts": [[t.tract, t.ra, t.dec] for t in preset.tracts],
     }
+    if preset.has_artifacts:
+        # The registry wants a unique hash per skymap: a preset with artifacts on the geometry of another
+        # (``artifacts`` on ``small``'s) must live beside it in one repository.
+        geometry["name"] = preset.name
     return hashlib.sha1(json.dumps(geometry, sort_keys=True).encode()).digest()
 
 
