@@ -63,7 +63,6 @@ __all__ = [
     "deepdisc_artifact_sources",
     "deepdisc_catalog",
     "fill_masked_columns",
-    "flux_to_mag",
     "has_artifact_classes",
     "labels_catalog",
     "match_table_methods",
@@ -101,24 +100,12 @@ from .metrics import (
     magnitude_bin_index,
     presence_scores,
 )
+from .photometry import njy_to_mag
 
 UNKNOWN_CLASS = -1
 """Class id of sources whose class is not known."""
 
-"""Artifact classes (DeepGhostBusters'), without the catalog's ``artifact_`` prefix."""
-
-AB_ZEROPOINT_NJY = 31.4
-"""AB magnitude of 1 nJy."""
-
 _DEEPDISC_BBOX = ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")
-
-
-def flux_to_mag(flux_njy: np.ndarray) -> np.ndarray:
-    """AB magnitudes of fluxes in nJy; NaN where the flux is not positive or not finite."""
-    flux = np.asarray(flux_njy, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mag = AB_ZEROPOINT_NJY - 2.5 * np.log10(flux)
-    return np.where(np.isfinite(flux) & (flux > 0), mag, np.nan)
 
 
 def _class_index(class_names: Sequence[str]) -> dict[str, int]:
@@ -312,7 +299,7 @@ def deepdisc_catalog(
         spans=list(table["footprint"]) if "footprint" in table.colnames else None,
         class_id=class_id,
         score=_optional(table, "score"),
-        mag=None if flux is None else flux_to_mag(flux),
+        mag=None if flux is None else njy_to_mag(flux),
     )
     flagged = _optional(table, "flag_in_artifact")
     return ComparisonCatalog(
@@ -382,7 +369,7 @@ def scarlet_catalog(
         flux = _optional(objects, _flux_column(flux_column, band))
         if flux is not None:
             flux = np.where(found, np.asarray(flux, dtype=np.float64)[rows], np.nan)
-            mag = flux_to_mag(flux)
+            mag = njy_to_mag(flux)
             error = _optional(objects, _flux_column(flux_column, band) + "Err")
             if error is not None:
                 error = np.where(found, np.asarray(error, dtype=np.float64)[rows], np.nan)
@@ -410,7 +397,7 @@ def sep_catalog(table: Table, *, band: str, flux_column: str = "{band}_flux") ->
     """The sep baseline's catalog (`~.baseline.run_sep_baseline`)."""
     flux = _optional(table, _flux_column(flux_column, band))
     sources = SourceArrays.from_table(table, x="x", y="y", bbox=BBOX_COLUMNS, spans="footprint")
-    sources.mag = None if flux is None else flux_to_mag(flux)
+    sources.mag = None if flux is None else njy_to_mag(flux)
     return ComparisonCatalog(
         name="sep",
         ids=_column(table, "id", "sep catalog"),

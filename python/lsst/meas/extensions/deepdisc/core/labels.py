@@ -119,6 +119,7 @@ from .coco import CocoImage, coco_ground_truth
 from .footprints import SPAN_DTYPE, flatten_spans, mask_to_spans, spans_area, unflatten_spans
 from .matching import SourceArrays
 from .multiband import MultibandImage
+from .photometry import njy_to_mag
 from .scaling import ScalingSpec
 from .scarlet_io import (
     HierarchicalBlendData,
@@ -141,8 +142,6 @@ DETECTION_WEIGHTINGS = ("sum", "inverse_variance")
 
 REFERENCE_UNMATCHED = ("drop", "extendedness")
 """What `build_labels` does with sources that have no reference match (``class_source="reference"``)."""
-
-_AB_ZEROPOINT_NJY = 31.4  # AB magnitude of 1 nJy.
 
 
 @dataclass(frozen=True)
@@ -514,7 +513,7 @@ def _render(
 
 
 def _mag(flux: float) -> float:
-    return -2.5 * math.log10(flux) + _AB_ZEROPOINT_NJY if flux > 0 and math.isfinite(flux) else math.nan
+    return float(njy_to_mag(flux))
 
 
 def _object_lookup(objects: Table | None, config: LabelConfig) -> dict[int, int]:

@@ -48,24 +48,10 @@ __all__ = [
 import math
 from dataclasses import dataclass, replace
 
-import numpy as np
+from ..core.photometry import AB_ZEROPOINT_NJY, mag_to_njy, njy_to_mag
 
-# An AB magnitude m is a flux of 10**(-0.4 * (m - 31.4)) nJy.
-AB_ZEROPOINT_NJY = 31.4
 FULL_WELL_ELECTRONS = 100_000.0
 VISIT_EXPOSURE_S = 30.0
-
-
-def mag_to_njy(mag: float | np.ndarray) -> float | np.ndarray:
-    """AB magnitude to flux in nJy."""
-    return 10.0 ** (-0.4 * (np.asarray(mag, dtype=float) - AB_ZEROPOINT_NJY))
-
-
-def njy_to_mag(flux: float | np.ndarray) -> float | np.ndarray:
-    """Flux in nJy to AB magnitude (NaN for non-positive fluxes)."""
-    flux = np.asarray(flux, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(flux > 0, AB_ZEROPOINT_NJY - 2.5 * np.log10(np.where(flux > 0, flux, 1.0)), np.nan)
 
 
 @dataclass(frozen=True)
