@@ -178,3 +178,28 @@ def test_weights_of_a_strict_model_start_a_band_availability_model_with_more_cla
     image = torch.randn(1, 4, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(new.backbone(image)["p3"], old.backbone(image)["p3"])
+
+
+def test_band_count_thresholds_round_trip_and_choose_the_operating_point(
+    availability_model: torch.nn.Module, tmp_path: Path
+) -> None:
+    package = _package(availability_model, min_bands=1)
+    package = ModelPackage(
+        **{
+            **{name: getattr(package, name) for name in ("name", "version", "model_config", "state_dict")},
+            **{name: getattr(package, name) for name in ("bands", "scaling", "class_names", "architecture")},
+            "score_threshold": 0.55,
+            "min_bands": 1,
+            "band_count_thresholds": {1: 0.4, 3: 0.5},
+        }
+    )
+    assert package.score_threshold_for(3) == 0.5
+    assert package.score_threshold_for(2) == 0.55  # No threshold of its own: the package's.
+    assert package.score_threshold_for(4) == 0.55
+    loaded = ModelPackage.load(package.save(tmp_path / "thresholds.zip"))
+    assert loaded.band_count_thresholds == {1: 0.4, 3: 0.5}
+    assert "3 bands: 0.5" in loaded.summary()
+    with pytest.raises(ModelPackageError, match="band count"):
+        ModelPackage(**{**loaded.__dict__, "band_count_thresholds": {4: 0.5}})
+    with pytest.raises(ModelPackageError, match=r"in \[0, 1\]"):
+        ModelPackage(**{**loaded.__dict__, "band_count_thresholds": {2: 1.5}})

@@ -185,3 +185,18 @@ def test_a_band_availability_model_runs_on_the_bands_present_and_records_them(
         _task().run(_image(bands=("r",)), subset_package)
     # config.bands may choose a subset of such a model's bands.
     assert _task(bands=["g", "r"]).select_bands(subset_package, ["g", "r", "i", "z"]) == ["g", "r"]
+
+
+def test_the_operating_point_follows_the_number_of_bands_present(subset_package: ModelPackage) -> None:
+    import dataclasses
+
+    package = dataclasses.replace(subset_package, score_threshold=0.6, band_count_thresholds={3: 0.3})
+    task = _task()
+    task.run(_image(), package)  # g r i: 3 of the model's 4 bands.
+    assert task.metadata["score_threshold"] == pytest.approx(0.3)
+    two = _task()
+    two.run(_image(bands=("g", "i")), package)  # No threshold for 2 bands: the package's.
+    assert two.metadata["score_threshold"] == pytest.approx(0.6)
+    configured = _task(scoreThreshold=0.45)
+    configured.run(_image(), package)  # The task's config wins.
+    assert configured.metadata["score_threshold"] == pytest.approx(0.45)

@@ -204,6 +204,7 @@ def infer_examples(
     device: str = "auto",
     seed: int = 0,
     log: logging.Logger | None = None,
+    keep_bands: Sequence[np.ndarray] | None = None,
 ) -> tuple[list[Any], list[Any]]:
     """Run a model on labelled examples, each as one tile of the production inference path.
 
@@ -219,6 +220,9 @@ def infer_examples(
         Seed of a forked torch RNG (the caller's random stream is not disturbed).
     log : `logging.Logger`, optional
         For warnings (per-image lines are suppressed).
+    keep_bands : sequence of `numpy.ndarray`, optional
+        Per example, a boolean mask of the bands given to the model; the others are absent bands (NaN
+        planes, for a band-availability model).
 
     Returns
     -------
@@ -232,7 +236,12 @@ def infer_examples(
     num_classes = _num_classes(model, examples)
     truths, found = [], []
     with _forked_rng(torch_device, seed):
-        for example in examples:
+        for index, example in enumerate(examples):
+            image = example.image
+            if keep_bands is not None:
+                image = np.where(
+                    np.asarray(keep_bands[index], bool)[:, None, None], image, np.float32(np.nan)
+                )
             inference = InferenceConfig(
                 tile_size=max(example.height, example.width),
                 overlap=0,
@@ -242,7 +251,7 @@ def infer_examples(
                 progress_interval_s=1e9,
             )
             detections = run_tiled_inference(
-                model, example.image, config=inference, log=quiet, num_classes=num_classes
+                model, image, config=inference, log=quiet, num_classes=num_classes
             )
             truths.append(_truth_arrays(example))
             found.append(_detection_arrays(detections))

@@ -122,7 +122,7 @@ _METADATA_KEYS = (
     "format_version",
 )
 # Keys a package may carry (older packages lack them; they are written only when set).
-_OPTIONAL_METADATA_KEYS = ("score_threshold", "min_bands")
+_OPTIONAL_METADATA_KEYS = ("score_threshold", "min_bands", "band_count_thresholds")
 
 
 class BandMismatchError(ModelPackageError):
@@ -257,6 +257,9 @@ class ModelPackage:
         The operating point: the detection score threshold chosen on validation data when the model was
         trained (`None`: not recorded; the model config's own ``SCORE_THRESH_TEST`` applies).  The detection
         task uses it unless configured otherwise, and `build_model` can set any other.
+    band_count_thresholds : `dict` [`int`, `float`] or `None`
+        For a model with ``min_bands``: the operating point chosen on validation data with only that many of
+        its bands present (fewer bands give lower scores); `score_threshold_for` picks it.
     min_bands : `int` or `None`
         For a model trained with band dropout (its config has ``band_availability``): the fewest of its
         bands it runs on (absent bands are given to it as NaN planes; see `network_input`).  `None` for
@@ -280,6 +283,7 @@ class ModelPackage:
     provenance: dict[str, Any] = field(default_factory=dict)
     score_threshold: float | None = None
     min_bands: int | None = None
+    band_count_thresholds: dict[int, float] | None = None
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -316,6 +320,7 @@ class ModelPackage:
                 raise ModelPackageError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
             self.score_threshold = float(self.score_threshold)
         self._check_min_bands()
+        self._check_band_count_thresholds()
         if not isinstance(self.state_dict, Mapping) or not self.state_dict:
             raise ModelPackageError("state_dict must be a non-empty mapping of names to tensors")
         for key, tensor in self.state_dict.items():
@@ -351,6 +356,45 @@ class ModelPackage:
             raise ModelPackageError(f"min_bands must be an integer, got {self.min_bands!r}")
         if not 1 <= self.min_bands <= len(self.bands):
             raise ModelPackageError(f"min_bands must be in [1, {len(self.bands)}], got {self.min_bands}")
+
+    def _check_band_count_thresholds(self) -> None:
+        if self.band_count_thresholds is None:
+            return
+        if self.min_bands is None:
+            raise ModelPackageError("band_count_thresholds need a model with min_bands")
+        if not isinstance(self.band_count_thresholds, Mapping):
+            raise ModelPackageError(
+                f"band_count_thresholds must be a mapping, got {self.band_count_thresholds!r}"
+            )
+        checked = {}
+        for count, threshold in self.band_count_thresholds.items():
+            # Metadata keys are strings (plain data); in memory they are band counts.
+            count = int(count) if isinstance(count, str) and count.isdigit() else count
+            if (
+                isinstance(count, bool)
+                or not isinstance(count, int)
+                or not self.min_bands <= count < len(self.bands)
+            ):
+                raise ModelPackageError(
+                    f"band_count_thresholds key {count!r} must be a band count in [{self.min_bands}, "
+                    f"{len(self.bands) - 1}]"
+                )
+            if (
+                isinstance(threshold, bool)
+                or not isinstance(threshold, int | float)
+                or not 0 <= threshold <= 1
+            ):
+                raise ModelPackageError(
+                    f"band_count_thresholds[{count}] must be in [0, 1], got {threshold!r}"
+                )
+            checked[count] = float(threshold)
+        self.band_count_thresholds = checked
+
+    def score_threshold_for(self, n_bands: int) -> float | None:
+        """The operating point for data with ``n_bands`` of the model's bands (`score_threshold` if none)."""
+        if self.band_count_thresholds and n_bands in self.band_count_thresholds:
+            return self.band_count_thresholds[n_bands]
+        return self.score_threshold
 
     def _check_config_agrees(self) -> None:
         """Where the model config repeats bands, classes or pixel statistics, they must be the package's."""
@@ -681,6 +725,11 @@ class ModelPackage:
             "format_version": self.format_version,
             **({} if self.score_threshold is None else {"score_threshold": self.score_threshold}),
             **({} if self.min_bands is None else {"min_bands": self.min_bands}),
+            **(
+                {}
+                if self.band_count_thresholds is None
+                else {"band_count_thresholds": {str(n): t for n, t in self.band_count_thresholds.items()}}
+            ),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -717,7 +766,14 @@ class ModelPackage:
             f"  scaling        : {scaling.name} ({params}); invalid planes {list(scaling.invalid_planes)}",
             f"  pixel mean/std : {mean} / {std}",
             "  score threshold: "
-            + ("(model config's)" if self.score_threshold is None else f"{self.score_threshold:g}"),
+            + ("(model config's)" if self.score_threshold is None else f"{self.score_threshold:g}")
+            + (
+                ""
+                if not self.band_count_thresholds
+                else " (with "
+                + ", ".join(f"{n} bands: {t:g}" for n, t in sorted(self.band_count_thresholds.items()))
+                + ")"
+            ),
             f"  weights        : {weights['tensors']} tensors, {weights['values']:,} values, "
             f"{weights['bytes'] / 2**20:.1f} MiB ({dtypes})",
             f"  format         : {FORMAT_NAME} v{self.format_version}, written by "
@@ -874,6 +930,7 @@ class ModelPackage:
             provenance=metadata["provenance"],
             score_threshold=metadata.get("score_threshold"),
             min_bands=metadata.get("min_bands"),
+            band_count_thresholds=metadata.get("band_count_thresholds"),
             package_version=metadata["package_version"],
             format_version=metadata["format_version"],
         )

@@ -355,7 +355,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             if device.type == "cpu":
                 self.metadata["torch_threads"] = threads
             detections, inference_seconds = self._infer(
-                model_package, scaled, image, valid_any_band, device, tract, patch
+                model_package, scaled, image, valid_any_band, device, tract, patch, len(used)
             )
         del scaled  # The catalog measures the unscaled image: free the network's input first.
         catalog = build_catalog(detections, image, **catalog_kwargs)
@@ -390,12 +390,14 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         device: Any,
         tract: int,
         patch: int,
+        n_bands: int,
     ) -> tuple[Any, float]:
-        """Build the model at the configured score threshold and run tiled inference on the scaled patch."""
+        """Build the model at the configured score threshold (or the package's for ``n_bands`` bands present)
+        and run tiled inference on the scaled patch."""
         score_threshold = (
             self.config.scoreThreshold
             if self.config.scoreThreshold is not None
-            else model_package.score_threshold
+            else model_package.score_threshold_for(n_bands)
         )
         model = model_package.build_model(device=str(device), score_threshold=score_threshold)
         self.metadata["score_threshold"] = math.nan if score_threshold is None else score_threshold

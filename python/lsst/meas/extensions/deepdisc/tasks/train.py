@@ -1159,7 +1159,58 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
             point["f1"],
         )
         provenance = {**model.provenance, "operating_point": {**point, "curve": curve}}
-        return dataclasses.replace(model, score_threshold=point["threshold"], provenance=provenance)
+        model = dataclasses.replace(model, score_threshold=point["threshold"], provenance=provenance)
+        if model.min_bands is not None:
+            model = self.choose_band_count_thresholds(model, validation, training_config)
+        return model
+
+    def choose_band_count_thresholds(
+        self, model: ModelPackage, validation: Sequence[TrainingExample], training_config: TrainingConfig
+    ) -> ModelPackage:
+        """The package with an operating point per number of bands present (``band_count_thresholds``).
+
+        For every count from ``min_bands`` to one less than all the bands, each validation example keeps a
+        random set of that many bands (seeded by the count and the example), the others absent, and the
+        threshold is chosen as for all bands.  A model sees fewer bands with lower scores, so one threshold
+        for all counts would trade completeness away on three-band data.
+        """
+        thresholds = sorted(self.config.operatingThresholds)
+        network = model.build_model(
+            device=str(select_device(training_config.device)), score_threshold=thresholds[0]
+        )
+        n_bands = len(model.bands)
+        chosen: dict[int, float] = {}
+        points: dict[str, Any] = {}
+        for count in range(model.min_bands or 1, n_bands):
+            keep = []
+            for index in range(len(validation)):
+                rng = np.random.default_rng([training_config.seed, count, index])
+                mask = np.zeros(n_bands, dtype=bool)
+                mask[rng.choice(n_bands, size=count, replace=False)] = True
+                keep.append(mask)
+            truths, found = infer_examples(
+                network, validation, training_config.device, training_config.seed, keep_bands=keep
+            )
+            curve = precision_recall_curve(
+                truths, found, thresholds, min_iou=self.config.evalIou, iou_type=self.config.evalIouType
+            )
+            point = choose_operating_point(
+                curve, self.config.operatingPointRule, self.config.operatingMinPrecision
+            )
+            chosen[count] = point["threshold"]
+            points[str(count)] = point
+            self.log.info(
+                "Operating point with %d of %d bands: score >= %.2f, validation precision %.3f, recall %.3f, "
+                "F1 %.3f",
+                count,
+                n_bands,
+                point["threshold"],
+                point["precision"],
+                point["recall"],
+                point["f1"],
+            )
+        provenance = {**model.provenance, "band_count_operating_points": points}
+        return dataclasses.replace(model, band_count_thresholds=chosen, provenance=provenance)
 
     def _initial_weights(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The weights of ``config.initCheckpoint`` and their provenance, or `None` for random ones."""
