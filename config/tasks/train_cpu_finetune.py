@@ -15,7 +15,7 @@
 import os
 
 config.load(os.path.join(os.path.dirname(__file__), "train_cpu_scale.py"))
-config.modelVersion = "3.0"
+config.modelVersion = "3.1"
 config.classNames = ["star", "galaxy", "artifact_ghost_bright", "artifact_ghost_faint", "artifact_rays"]
 config.bandDropout = 0.5
 config.minBands = 1
