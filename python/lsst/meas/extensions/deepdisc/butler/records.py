@@ -31,7 +31,13 @@ primary flags of the detection catalog use these regions).
 
 from __future__ import annotations
 
-__all__ = ["FITS_INSTRUMENT", "SkymapConflictError", "register_bands", "register_image_skymap"]
+__all__ = [
+    "FITS_INSTRUMENT",
+    "SkymapConflictError",
+    "register_band_filters",
+    "register_bands",
+    "register_image_skymap",
+]
 
 from collections.abc import Sequence
 from typing import Any
@@ -61,13 +67,22 @@ def register_bands(butler: Any, bands: Sequence[str]) -> list[str]:
     """
     known = {record.name for record in butler.query_dimension_records("band", explain=False)}
     missing = [band for band in bands if band not in known]
-    if not missing:
-        return []
+    if missing:
+        register_band_filters(butler, FITS_INSTRUMENT, missing, "fits_")
+    return missing
+
+
+def register_band_filters(butler: Any, instrument: str, bands: Sequence[str], filter_prefix: str) -> None:
+    """Register a pseudo-instrument and one physical filter per band (``<prefix><band>``); idempotent.
+
+    Band records can only enter the registry through physical filters: this is how data with no obs
+    package (ingested FITS coadds, simulations) get their bands.
+    """
     registry = butler.registry
     registry.insertDimensionData(
         "instrument",
         {
-            "name": FITS_INSTRUMENT,
+            "name": instrument,
             "visit_max": 1,
             "visit_system": 0,
             "exposure_max": 1,
@@ -78,10 +93,9 @@ def register_bands(butler: Any, bands: Sequence[str]) -> list[str]:
     )
     registry.insertDimensionData(
         "physical_filter",
-        *[{"instrument": FITS_INSTRUMENT, "name": f"fits_{band}", "band": band} for band in missing],
+        *[{"instrument": instrument, "name": f"{filter_prefix}{band}", "band": band} for band in bands],
         skip_existing=True,
     )
-    return missing
 
 
 def register_image_skymap(butler: Any, name: str, wcs: WCS, grid: PatchGrid, tract: int = 0) -> bool:

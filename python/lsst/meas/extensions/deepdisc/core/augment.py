@@ -39,6 +39,7 @@ __all__ = [
     "crop_spans",
     "flip_example",
     "flip_spans",
+    "band_subset",
     "random_band_keep",
     "random_crop_box",
     "rot90_example",
@@ -286,10 +287,13 @@ def random_band_keep(n_bands: int, min_bands: int, rng: np.random.Generator) -> 
     keep : `numpy.ndarray`
         Boolean ``[n_bands]``; all True when there are not more than ``min_bands`` bands.
     """
-    keep = np.ones(n_bands, dtype=bool)
     if n_bands <= min_bands:
-        return keep
-    n_keep = int(rng.integers(min_bands, n_bands))
-    keep[:] = False
-    keep[rng.choice(n_bands, size=n_keep, replace=False)] = True
+        return np.ones(n_bands, dtype=bool)
+    return band_subset(n_bands, int(rng.integers(min_bands, n_bands)), rng)
+
+
+def band_subset(n_bands: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random set of ``count`` of ``n_bands`` bands, as a boolean ``[n_bands]`` mask."""
+    keep = np.zeros(n_bands, dtype=bool)
+    keep[rng.choice(n_bands, size=count, replace=False)] = True
     return keep

@@ -98,6 +98,7 @@ from lsst.resources import ResourcePathExpression
 
 from .. import __version__
 from ..butler.conversions import masked_image_from_multiband
+from ..butler.records import register_band_filters
 from ..butler.regions import pixel_box_region
 from ..butler.repository import open_writeable_butler
 from ..butler.tables import to_arrow
@@ -218,23 +219,7 @@ def _register_dimensions(butler: Butler, preset: SimPreset, skymap: str, tracts:
     inserted in batches, which matters on SQLite where every transaction is a disk sync.
     """
     registry = butler.registry
-    registry.insertDimensionData(
-        "instrument",
-        {
-            "name": INSTRUMENT_NAME,
-            "visit_max": 1,
-            "visit_system": 0,
-            "exposure_max": 1,
-            "detector_max": 1,
-            "class_name": None,
-        },
-        skip_existing=True,
-    )
-    registry.insertDimensionData(
-        "physical_filter",
-        *[{"instrument": INSTRUMENT_NAME, "name": f"sim_{band}", "band": band} for band in preset.bands],
-        skip_existing=True,
-    )
+    register_band_filters(butler, INSTRUMENT_NAME, preset.bands, "sim_")
     try:
         registry.syncDimensionData(
             "skymap",

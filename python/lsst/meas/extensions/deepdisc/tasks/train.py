@@ -106,6 +106,7 @@ import lsst.pipe.base.connectionTypes as cT
 from ..butler.conversions import multiband_from_coadds
 from ..butler.model_formatter import MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 from ..butler.tables import to_arrow
+from ..core.augment import band_subset
 from ..core.augment_sky import SkyAugmentConfig
 from ..core.checkpoints import last_checkpoint_iteration, load_checkpoint_state_dict
 from ..core.example_cache import ExampleCache, cache_key
@@ -1182,12 +1183,10 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
         chosen: dict[int, float] = {}
         points: dict[str, Any] = {}
         for count in range(model.min_bands or 1, n_bands):
-            keep = []
-            for index in range(len(validation)):
-                rng = np.random.default_rng([training_config.seed, count, index])
-                mask = np.zeros(n_bands, dtype=bool)
-                mask[rng.choice(n_bands, size=count, replace=False)] = True
-                keep.append(mask)
+            keep = [
+                band_subset(n_bands, count, np.random.default_rng([training_config.seed, count, index]))
+                for index in range(len(validation))
+            ]
             truths, found = infer_examples(
                 network, validation, training_config.device, training_config.seed, keep_bands=keep
             )
