@@ -31,7 +31,11 @@ then, from the Butler:
 - the fraction of sep's S/N > 20 detections that DeepDISC recovers (within 3 px), also counting only those
   within 3 px of a truth object (sep shreds large galaxies into bright fragments that are not objects),
   and DeepDISC's purity against sep's S/N > 5 detections plus truth (the foreign-instrument targets of
-  issue 12).
+  issue 12);
+- with ``--artifacts`` (a repository with ``truth_artifacts``), the artifact metrics of the comparison
+  summary (issue 13) for every method: patch-level "has artifact" precision, recall and F1, artifact AP50
+  per class and AP, pixel IoU of the artifact masks, purity with and without the artifact flags, and the
+  fraction of each method's false positives inside truth artifacts that DeepDISC's artifacts flag.
 
 Example (the demo's held-out tract, after ``make demo``)::
 
@@ -160,7 +164,30 @@ def sep_agreement(butler, collection: str, radius: float = 3.0) -> dict[str, flo
     }
 
 
-def evaluate(args: argparse.Namespace) -> Table:
+ARTIFACT_COLUMNS = (
+    "artifact_presence_precision",
+    "artifact_presence_recall",
+    "artifact_presence_f1",
+    "artifact_ap",
+    "artifact_ap50",
+    "artifact_pixel_iou",
+    "purity",
+    "purity_artifact_flagged",
+    "n_fp_in_truth_artifact",
+    "frac_fp_in_truth_artifact_flagged",
+)
+
+
+def artifact_table(summary: Table) -> Table:
+    """The artifact columns of the comparison summary's total rows, one row per method."""
+    totals = summary[np.asarray(summary["is_total"], dtype=bool)]
+    per_class = [c for c in totals.colnames if c.startswith("artifact_ap50_")]
+    names = ["method", *[c for c in (*ARTIFACT_COLUMNS, *per_class) if c in totals.colnames]]
+    rows = [[str(row["method"]), *[float(row[name]) for name in names[1:]]] for row in totals]
+    return Table(rows=rows, names=names)
+
+
+def evaluate(args: argparse.Namespace) -> tuple[Table, Table | None]:
     from lsst.meas.extensions.deepdisc.core.model_package import ModelPackage
 
     package = ModelPackage.load(args.model)
@@ -170,6 +197,7 @@ def evaluate(args: argparse.Namespace) -> Table:
     butler = _butler(args.repo)
     skymap = args.skymap or next(iter(butler.registry.queryDimensionRecords("skymap"))).name
     rows = []
+    artifacts = None
     for bands in args.bands:
         output = f"u/eval/{package.name}-{package.version}/{args.tag}{bands}"
         if not list(butler.registry.queryCollections(output + "*")):
@@ -199,6 +227,8 @@ def evaluate(args: argparse.Namespace) -> Table:
             butler = _butler(args.repo)
         ((_, summary),) = _get_all(butler, "deepdisc_comparison_summary", output)
         match = vstack([table for _, table in _get_all(butler, "deepdisc_comparison", output)])
+        if args.artifacts and artifacts is None:
+            artifacts = artifact_table(summary)
         row = {"bands": bands, **completeness_by_mag(summary)}
         row.update({"star F1 (i<24)": classification(match, "deepdisc")["star_f1"]})
         row.update({"galaxy F1 (i<24)": classification(match, "deepdisc")["galaxy_f1"]})
@@ -211,7 +241,7 @@ def evaluate(args: argparse.Namespace) -> Table:
             reference["galaxy F1 (i<24)"] = classification(match, "scarlet")["galaxy_f1"]
     rows.append(reference)
     table = Table(rows=[[row.get(name, np.nan) for name in rows[0]] for row in rows], names=list(rows[0]))
-    return table
+    return table, artifacts
 
 
 def to_markdown(table: Table) -> str:
@@ -234,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skymap", default="")
     parser.add_argument("--tag", default="", help="prefix of the output collections' last part")
     parser.add_argument("--sep", action="store_true", help="also measure agreement with sep (slower)")
+    parser.add_argument(
+        "--artifacts", action="store_true", help="also report the artifact metrics (needs truth_artifacts)"
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument(
         "--config", action="append", default=[], help="extra pipetask -c, e.g. compare:refBand=r (no i band)"
@@ -245,8 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("MEAS_EXTENSIONS_DEEPDISC_DIR", str(ROOT))
     start = time.perf_counter()
-    table = evaluate(args)
+    table, artifacts = evaluate(args)
     text = to_markdown(table)
+    if artifacts is not None:
+        text += (
+            f"\n\nArtifacts (bands {args.bands[0]}; AP: mean over patches with truth artifacts; the last "
+            "column: fraction of the method's false positives inside truth artifacts that DeepDISC's "
+            "artifact rows flag):\n\n" + to_markdown(artifacts)
+        )
     print(text)
     if args.output:
         commit = subprocess.run(

@@ -5,13 +5,15 @@
 # patches of 1024 px with varied seeing, depth, density and NO_DATA; 4 patches of tract 2 validate), whose
 # seeds are disjoint from the demo's (`small`, seed 2024).  Labels come from the simulated deblender's
 # scarlet-format models and the object table, exactly as on a real DRP repository, with classes from the
-# truth table as a reference catalog (config/tasks/labels_reference_classes.py).  Two stages: the recipe
+# truth table as a reference catalog (config/tasks/labels_reference_classes.py).  Three stages: the recipe
 # config/tasks/train_cpu_scale.py from random weights, then config/tasks/train_cpu_finetune.py (band
-# dropout, pixel-scale and seeing augmentation, artifact classes) from the stage-1 weights.
+# dropout, pixel-scale and seeing augmentation, artifact classes) from the stage-1 weights, then
+# config/tasks/train_cpu_artifacts.py (binned examples, where the large faint artifacts are learned) from
+# the stage-2 weights.
 #
 #   bin/train-demo-model.sh [WORKDIR] [EXTRA PIPETASK CONFIG...]
-#       (default WORKDIR: train_work/; CPU: ~20 min to simulate and label, then ~65 + ~75 min of training
-#        on 2 idle cores; an interrupted run resumes where it stopped when the same command is re-run)
+#       (default WORKDIR: train_work/; CPU: ~20 min to simulate and label, then ~65 + ~75 + ~55 min of
+#        training on 2 idle cores; an interrupted run resumes where it stopped when the same command is re-run)
 #
 # Examples and checkpoints are kept under WORKDIR/checkpoints, so a re-run rebuilds nothing.
 set -euo pipefail
@@ -49,6 +51,12 @@ fi
     -p pipelines/DeepDiscTrain.yaml#train \
     -C train:config/tasks/train_cpu_finetune.py -c "train:initCheckpoint=$(realpath -m "$WORK/stage1.zip")" "$@" \
     -d "skymap='$SKYMAP'" --register-dataset-types -j 1 --cores-per-quantum "${CORES:-2}"
+"$BIN/deepdisc-model" export "$REPO" u/deepdisc/train-final --output "$WORK/stage2.zip" --half --force
+# Stage 3: binned examples with artifacts drawn at the binned scale (the large, faint ghosts).
+"$BIN/pipetask" run -b "$REPO" -i sim/train,u/deepdisc/labels-demo -o u/deepdisc/train-artifacts \
+    -p pipelines/DeepDiscTrain.yaml#train \
+    -C train:config/tasks/train_cpu_artifacts.py -c "train:initCheckpoint=$(realpath -m "$WORK/stage2.zip")" "$@" \
+    -d "skymap='$SKYMAP'" --register-dataset-types -j 1 --cores-per-quantum "${CORES:-2}"
 mkdir -p models
-"$BIN/deepdisc-model" export "$REPO" u/deepdisc/train-final --output models/deepdisc-compact-sim.zip --half --force
+"$BIN/deepdisc-model" export "$REPO" u/deepdisc/train-artifacts --output models/deepdisc-compact-sim.zip --half --force
 "$BIN/deepdisc-model" inspect models/deepdisc-compact-sim.zip

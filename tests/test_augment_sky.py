@@ -23,6 +23,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,32 @@ def test_configuration_errors_are_clear() -> None:
         SkyAugmentConfig(pixel_scale_range=(0.3, 0.2))
     with pytest.raises(ValueError, match="band_dropout"):
         TrainingConfig(heads_iterations=0, full_iterations=1, band_dropout=1.5)
+
+
+def test_binned_examples_get_binned_artifacts_and_no_pixel_scale_change() -> None:
+    example = _example()
+    binned = TrainingExample(example.image, example.instances, "b", example.bands, metadata={"binning": 4})
+    config = SkyAugmentConfig(
+        probability=1.0,
+        pixel_scale_range=(0.3, 0.3),
+        artifact_rate=2.0,
+        artifact_class_ids=(2, 3, 4),
+        binned_artifact_rate=6.0,
+    )
+    areas: dict[str, list[int]] = {"binned": [], "unbinned": []}
+    counts = []
+    for seed in range(8):
+        out = sky_augment_example(binned, config, np.random.default_rng(seed))
+        assert out.image.shape == example.image.shape  # No pixel-scale change on a binned example.
+        artifacts = [label for label in out.instances if label.class_id >= 2]
+        counts.append(len(artifacts))
+        # Scattered-light patches (ghost_faint: class 3; the example has no bright source for ghosts).
+        areas["binned"] += [label.area for label in artifacts if label.class_id == 3]
+        plain = sky_augment_example(
+            example, dataclasses.replace(config, probability=0.0), np.random.default_rng(seed)
+        )
+        areas["unbinned"] += [label.area for label in plain.instances if label.class_id == 3]
+    assert np.mean(counts) > 3  # binned_artifact_rate, not artifact_rate.
+    # Drawn at the binned scale: 16 times smaller in area (less where the unbinned ones are clipped).
+    assert areas["binned"] and areas["unbinned"]
+    assert np.median(areas["unbinned"]) > 4 * np.median(areas["binned"])

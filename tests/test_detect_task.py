@@ -200,3 +200,60 @@ def test_the_operating_point_follows_the_number_of_bands_present(subset_package:
     configured = _task(scoreThreshold=0.45)
     configured.run(_image(), package)  # The task's config wins.
     assert configured.metadata["score_threshold"] == pytest.approx(0.45)
+
+
+@pytest.fixture(scope="module")
+def artifact_package() -> ModelPackage:
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        architecture="compact-R18-FPN",
+        bands=BANDS,
+        class_names=("star", "galaxy", "artifact_ghost_bright", "artifact_ghost_faint", "artifact_rays"),
+        overrides={"TEST.DETECTIONS_PER_IMAGE": 100},
+    )
+    model = build_model_from_spec(spec)
+    package = ModelPackage.from_model(model, spec, ScalingSpec("asinh_per_band"), name="test-artifacts")
+    import dataclasses
+
+    return dataclasses.replace(package, artifact_binning=4)
+
+
+def test_the_binned_artifact_pass_adds_only_artifact_rows_on_whole_blocks(artifact_package) -> None:
+    image = _image()
+    # A random network at score threshold 0 reports its top detections: enough to see where they go.
+    task = _task(scoreThreshold=0.0, minDetectionSnr=0.0)
+    catalog = task.run(image, artifact_package).catalog
+    coarse = catalog[np.asarray(catalog["tile_index"]) == -1]
+    assert task.metadata["n_binned_artifacts"] > 0 and len(coarse) > 0
+    assert all(name.startswith("artifact_") for name in coarse["class_name"])
+    assert np.all(coarse["is_artifact"]) and not np.any(coarse["detect_isPrimary"])
+    for row in coarse:
+        spans = unflatten_spans(row["footprint"])
+        # Whole 4x4 blocks of the binned grid, aligned with the patch origin.
+        assert np.all((spans[:, 1] - image.xy0[0]) % 4 == 0)
+        mask = spans_to_mask(spans, image.shape, image.xy0)
+        assert mask.sum() % 4 == 0
+    # Without the binned pass (config 0, or a package without artifact_binning) there are no such rows.
+    for overrides, package in (
+        ({"artifactBinning": 0}, artifact_package),
+        ({}, package_without(artifact_package)),
+    ):
+        plain = _task(scoreThreshold=0.0, minDetectionSnr=0.0, **overrides)
+        assert not np.any(np.asarray(plain.run(image, package).catalog["tile_index"]) == -1)
+        assert "n_binned_artifacts" not in plain.metadata
+
+
+def package_without(package: ModelPackage) -> ModelPackage:
+    import dataclasses
+
+    return dataclasses.replace(package, artifact_binning=None)
+
+
+def test_a_binned_pass_is_skipped_with_a_warning_for_a_model_without_artifact_classes(
+    package: ModelPackage, caplog: pytest.LogCaptureFixture
+) -> None:
+    task = _task(artifactBinning=4)
+    with caplog.at_level("WARNING"):
+        task.run(_image(), package)
+    assert "artifactBinning=4 ignored" in caplog.text
+    assert "n_binned_artifacts" not in task.metadata

@@ -627,3 +627,39 @@ def test_cuda_batches_come_from_pinned_memory_in_one_call_and_match_cpu() -> Non
     assert gpu.stats["workers"] == 1 and gpu.stats["tiles_per_call"] == 5 and max(oracle.batch_sizes) == 5
     assert _found(gpu) == _found(cpu)
     np.testing.assert_allclose(gpu.boxes, cpu.boxes, rtol=0, atol=1e-4)
+
+
+def test_coarse_detections_join_and_duplicates_of_one_class_keep_the_higher_score() -> None:
+    from lsst.meas.extensions.deepdisc.core.inference import add_coarse_detections
+
+    def square(x0: int, y0: int, size: int) -> np.ndarray:
+        return np.array([[y, x0, x0 + size - 1] for y in range(y0, y0 + size)], dtype=np.int32)
+
+    def detections(rows: list[tuple[int, float, int, int, int]]) -> Detections:
+        return Detections(
+            boxes=np.array([[x, y, x + s, y + s] for _, _, x, y, s in rows], dtype=float),
+            scores=np.array([score for _, score, *_ in rows]),
+            class_ids=np.array([cls for cls, *_ in rows]),
+            class_probs=np.eye(3)[[cls for cls, *_ in rows]],
+            footprints=[square(x, y, s) for _, _, x, y, s in rows],
+            tile_index=np.zeros(len(rows)),
+            merged_duplicate=np.zeros(len(rows), dtype=bool),
+        )
+
+    fine = detections([(0, 0.9, 0, 0, 10), (2, 0.6, 100, 100, 40), (2, 0.9, 300, 300, 40)])
+    coarse = detections(
+        [(2, 0.8, 100, 100, 40), (2, 0.5, 300, 300, 40), (1, 0.7, 0, 0, 10), (2, 0.7, 500, 0, 8)]
+    )
+    merged = add_coarse_detections(fine, coarse, merge_iou=0.5)
+    # The fine ghost at 100 lost to the coarse one; the coarse one at 300 lost to the fine one; a coarse
+    # detection of another class at the same place as a source stays (classes are not merged).
+    assert [(int(c), round(float(s), 3)) for c, s in zip(merged.class_ids, merged.scores)] == [
+        (0, 0.9),
+        (2, 0.9),
+        (2, 0.8),
+        (1, 0.7),
+        (2, 0.7),
+    ]
+    assert merged.tile_index.tolist() == [0, 0, -1, -1, -1]
+    assert merged.merged_duplicate.tolist() == [False, True, True, False, False]
+    assert add_coarse_detections(fine, Detections.empty(3), 0.5) is fine

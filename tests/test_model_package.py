@@ -695,6 +695,17 @@ def test_score_threshold_round_trips_and_old_packages_have_none(tmp_path: Path) 
             _tiny_package(score_threshold=bad)
 
 
+def test_artifact_binning_round_trips_and_is_shown(tmp_path: Path) -> None:
+    package = _tiny_package(artifact_binning=4)
+    loaded = ModelPackage.load(package.save(tmp_path / "tiny.deepdisc.zip"))
+    assert loaded.artifact_binning == 4 and loaded == package
+    assert "binned 4x" in loaded.summary()
+    assert "artifact_binning" not in _tiny_package().metadata_dict()
+    for bad in (1, 2.0, True, "4"):
+        with pytest.raises(ModelPackageError, match="artifact_binning"):
+            _tiny_package(artifact_binning=bad)
+
+
 def test_build_model_sets_the_score_threshold_lower_or_higher(
     compact: tuple[torch.nn.Module, ModelPackage],
 ) -> None:

@@ -162,6 +162,7 @@ def test_epoch_schedule_converts_with_the_training_set_size() -> None:
         ({"headsLr": -1.0}, "heads_lr"),
         ({"scalingParams": {"minimum": "[0, 1"}}, "YAML"),
         ({"classNames": ["star", "star"]}, "unique"),
+        ({"artifactBinning": 4}, "needs artifactRate"),
     ],
 )
 def test_inconsistent_config_is_refused(changes: dict, message: str) -> None:
@@ -237,6 +238,25 @@ def test_examples_map_classes_by_name_and_keep_parent_geometry() -> None:
     # "star" is class 1 and "galaxy" class 0 in this task's classNames.
     assert [by_source[source].class_id for source in (1, 2, 3)] == [1, 0, 1]
     assert all(label.area == 81 for label in by_source.values())
+
+
+def test_binned_examples_cover_the_patch_with_its_labels_binned_and_say_so() -> None:
+    names = ["star", "galaxy", "artifact_ghost_bright", "artifact_ghost_faint", "artifact_rays"]
+    task = DeepDiscTrainTask(
+        config=short_config(classNames=names, tileSize=64, artifactRate=0.5, artifactBinning=4)
+    )
+    image, labels = patch_with_labels(["star", "galaxy"])
+    examples = task.make_binned_examples(image, labels, tract=3, patch=7)
+    # 96 px binned 4x4: one 24 px example, every source in it as a 9x9 square shrunk to about 2x2.
+    assert len(examples) == 1
+    (example,) = examples
+    assert example.example_id.startswith("t3_p7_bin4_") and example.metadata["binning"] == 4
+    assert example.image.shape == (len(BANDS), 24, 24)
+    assert sorted(label.source_id for label in example.instances) == [1, 2, 3]
+    assert all(1 <= label.area <= 9 for label in example.instances)
+    # Binned examples are cached under a key of their own.
+    refs = {"labels": "a", "g": "b"}
+    assert task.example_cache_key(refs, binning=True) != task.example_cache_key(refs)
 
 
 def test_unknown_label_classes_are_refused() -> None:

@@ -661,6 +661,37 @@ class ArtifactConfig:
             return self.ghost_radius
         return (min(3.0 * self.psf_fwhm, 200.0), 200.0)
 
+    def binned(self, factor: int) -> ArtifactConfig:
+        """The same artifacts seen on the image binned ``factor x factor`` (`.binning.bin_image`).
+
+        Lengths (PSF, radii, offsets, ray lengths, patch sizes) shrink ``factor``-fold; surface brightnesses,
+        in units of the pixel noise, grow ``factor``-fold, as the noise of a block mean falls that much.
+        """
+        if int(factor) != factor or factor < 1:
+            raise ValueError(f"the binning factor must be a positive integer, got {factor}")
+        if factor == 1:
+            return self
+
+        def shrink(bounds: tuple[float, float]) -> tuple[float, float]:
+            return (bounds[0] / factor, bounds[1] / factor)
+
+        def brighten(bounds: tuple[float, float]) -> tuple[float, float]:
+            return (bounds[0] * factor, bounds[1] * factor)
+
+        return dataclasses.replace(
+            self,
+            psf_fwhm=self.psf_fwhm / factor,
+            ghost_radius=shrink(self.ghost_radius_range),
+            ghost_offset=shrink(self.ghost_offset),
+            ray_length=shrink(self.ray_length),
+            patch_radius=shrink(self.patch_radius),
+            bright_sb=brighten(self.bright_sb),
+            faint_sb=brighten(self.faint_sb),
+            ray_sb=brighten(self.ray_sb),
+            streak_sb=brighten(self.streak_sb),
+            patch_sb=brighten(self.patch_sb),
+        )
+
 
 def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(math.exp(rng.uniform(math.log(bounds[0]), math.log(bounds[1]))))

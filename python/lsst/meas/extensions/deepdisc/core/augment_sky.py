@@ -84,6 +84,10 @@ class SkyAugmentConfig:
         Class index of each of `.artifacts.ARTIFACT_CLASSES` (needed when ``artifact_rate > 0``).
     bright_magnitude : `float`
         Labelled sources brighter than this seed ghosts and rays (`.artifacts.draw_artifacts`).
+    binned_artifact_rate : `float`
+        Mean number of artifacts tied to no source in a binned example (metadata ``binning`` > 1, see
+        `.binning`), drawn at the binned scale (`.artifacts.ArtifactConfig.binned`); binned examples get
+        no pixel-scale or seeing change.
     """
 
     probability: float = 0.5
@@ -95,6 +99,7 @@ class SkyAugmentConfig:
     artifact_rate: float = 0.0
     artifact_class_ids: tuple[int, ...] = ()
     bright_magnitude: float = 18.0
+    binned_artifact_rate: float = 3.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probability <= 1.0:
@@ -109,8 +114,10 @@ class SkyAugmentConfig:
             if len(value) != 2 or not 0 < value[0] <= value[1]:
                 raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {value!r}")
             object.__setattr__(self, name, (float(value[0]), float(value[1])))
-        if self.artifact_rate < 0:
-            raise ValueError(f"artifact_rate must be >= 0, got {self.artifact_rate}")
+        if self.artifact_rate < 0 or self.binned_artifact_rate < 0:
+            raise ValueError(
+                f"artifact rates must be >= 0, got {self.artifact_rate} and {self.binned_artifact_rate}"
+            )
         object.__setattr__(self, "artifact_class_ids", tuple(int(v) for v in self.artifact_class_ids))
         if self.artifact_rate > 0:
             from .artifacts import ARTIFACT_CLASSES
@@ -182,7 +189,8 @@ def sky_augment_example(
         A new example (or ``example`` itself when nothing was drawn), whose image is scaled as the
         input's and whose labels follow the resampled pixels; artifacts come as extra labels.
     """
-    change = rng.random() < config.probability
+    binning = int(example.metadata.get("binning", 1))
+    change = rng.random() < config.probability and binning == 1
     factor = 1.0
     blur_sigma = 0.0
     if change and config.pixel_scale_range is not None:
@@ -198,7 +206,9 @@ def sky_augment_example(
         if factor != 1.0
         else (example.height, example.width)
     )
-    artifacts = _random_artifacts(example, shape, factor, config, rng) if config.artifact_rate > 0 else []
+    artifacts = (
+        _random_artifacts(example, shape, factor, binning, config, rng) if config.artifact_rate > 0 else []
+    )
     if factor == 1.0 and blur_sigma < 0.3 and not artifacts:
         return example
 
@@ -243,11 +253,13 @@ def _random_artifacts(
     example: TrainingExample,
     shape: tuple[int, int],
     factor: float,
+    binning: int,
     config: SkyAugmentConfig,
     rng: np.random.Generator,
 ) -> list:
-    """Artifacts for an example: ghosts and rays of its bright labelled sources, others anywhere."""
-    from .artifacts import draw_artifacts
+    """Artifacts for an example: ghosts and rays of its bright labelled sources, others anywhere; on a
+    binned example (``binning > 1``), as they look at that binning."""
+    from .artifacts import ArtifactConfig, draw_artifacts
 
     bright = [label for label in example.instances if label.magnitude < config.bright_magnitude]
     sources = None
@@ -263,8 +275,9 @@ def _random_artifacts(
         example.image.shape[0],
         sources=sources,
         rate=config.artifact_rate,
-        anywhere_rate=config.artifact_rate,
+        anywhere_rate=config.binned_artifact_rate if binning > 1 else config.artifact_rate,
         field_centre=centre,
+        config=ArtifactConfig().binned(binning),
     )
 
 

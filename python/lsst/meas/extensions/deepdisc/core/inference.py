@@ -60,6 +60,8 @@ __all__ = [
     "Detections",
     "InferenceConfig",
     "Tile",
+    "add_coarse_detections",
+    "only_classes",
     "paste_box_mask",
     "plan_tiles",
     "run_tiled_inference",
@@ -78,6 +80,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .binning import unbin_boxes, unbin_spans
 from .footprints import SPAN_DTYPE, mask_to_spans, spans_area, spans_intersection_area
 
 _LOG = logging.getLogger(__name__)
@@ -372,6 +375,37 @@ class Detections:
             stats=dict(self.stats),
         )
 
+    def unbinned(self, factor: int, xy0: tuple[int, int], shape: tuple[int, int]) -> Detections:
+        """Detections made on an image binned by ``factor`` (`.binning.bin_image`), in the parent
+        coordinates of the unbinned image (origin ``xy0``, ``shape = (height, width)``); each binned pixel of
+        a footprint becomes its whole block."""
+        return Detections(
+            boxes=unbin_boxes(self.boxes, factor, xy0),
+            scores=self.scores,
+            class_ids=self.class_ids,
+            class_probs=self.class_probs,
+            footprints=[unbin_spans(f, factor, xy0, shape) for f in self.footprints],
+            tile_index=self.tile_index,
+            merged_duplicate=self.merged_duplicate,
+            stats=dict(self.stats),
+        )
+
+    @staticmethod
+    def concatenate(parts: Sequence[Detections]) -> Detections:
+        """One `Detections` with the rows of ``parts`` in order (``stats`` of the first)."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        return Detections(
+            boxes=np.concatenate([p.boxes for p in parts]),
+            scores=np.concatenate([p.scores for p in parts]),
+            class_ids=np.concatenate([p.class_ids for p in parts]),
+            class_probs=np.concatenate([p.class_probs for p in parts]),
+            footprints=[f for p in parts for f in p.footprints],
+            tile_index=np.concatenate([p.tile_index for p in parts]),
+            merged_duplicate=np.concatenate([p.merged_duplicate for p in parts]),
+            stats=dict(parts[0].stats),
+        )
+
     @staticmethod
     def empty(num_classes: int) -> Detections:
         """No detections, with ``num_classes`` probability columns."""
@@ -386,6 +420,90 @@ class Detections:
             tile_index=np.zeros(0),
             merged_duplicate=np.zeros(0, dtype=bool),
         )
+
+
+def add_coarse_detections(detections: Detections, coarse: Detections, merge_iou: float) -> Detections:
+    """Add detections from a coarser pass (for instance the binned artifact pass) to a patch's detections.
+
+    A coarse detection whose footprint overlaps a detection of the same class with an IoU of at least
+    ``merge_iou`` is one object found twice: the higher score stays (with ``merged_duplicate`` set).
+    Coarse rows get ``tile_index = -1``.
+
+    Parameters
+    ----------
+    detections : `Detections`
+        The patch's detections.
+    coarse : `Detections`
+        The coarse pass's, already in the same parent coordinates (`Detections.unbinned`).
+    merge_iou : `float`
+        Footprint IoU above which two detections of one class are the same object.
+
+    Returns
+    -------
+    detections : `Detections`
+        ``detections`` (minus the duplicates that lost) followed by the kept coarse detections.
+    """
+    if len(coarse) == 0:
+        return detections
+    coarse = coarse.select(slice(None))
+    coarse.tile_index = np.full(len(coarse), -1, dtype=np.int32)
+    keep_fine = np.ones(len(detections), dtype=bool)
+    keep_coarse = np.ones(len(coarse), dtype=bool)
+    fine_merged = detections.merged_duplicate.copy()
+    coarse.merged_duplicate = coarse.merged_duplicate.copy()
+    same_class = np.flatnonzero(np.isin(detections.class_ids, np.unique(coarse.class_ids)))
+    for j in range(len(coarse)):
+        box = coarse.boxes[j]
+        for i in same_class:
+            if not keep_fine[i] or detections.class_ids[i] != coarse.class_ids[j]:
+                continue
+            other = detections.boxes[i]
+            if other[0] >= box[2] or other[2] <= box[0] or other[1] >= box[3] or other[3] <= box[1]:
+                continue
+            inter = spans_intersection_area(detections.footprints[i], coarse.footprints[j])
+            union = spans_area(detections.footprints[i]) + spans_area(coarse.footprints[j]) - inter
+            if not inter or inter / union < merge_iou:
+                continue
+            if coarse.scores[j] > detections.scores[i]:
+                keep_fine[i] = False
+                coarse.merged_duplicate[j] = True
+            else:
+                keep_coarse[j] = False
+                fine_merged[i] = True
+                break
+    fine = detections.select(slice(None))
+    fine.merged_duplicate = fine_merged
+    return Detections.concatenate([fine.select(keep_fine), coarse.select(keep_coarse)])
+
+
+@contextlib.contextmanager
+def only_classes(
+    model: Any, class_ids: Sequence[int] | None, score_threshold: float | None = None
+) -> Iterator[None]:
+    """Make ``model`` report only ``class_ids`` (`None`: all), above ``score_threshold`` if given, while in
+    the block (``inference_class_ids`` of `.models.roi_heads`)."""
+    heads = getattr(model, "roi_heads", None)
+    if class_ids is not None and not hasattr(heads, "inference_class_ids"):
+        raise ValueError(f"model heads {type(heads).__name__} cannot restrict the classes they report")
+    predictor = getattr(heads, "box_predictor", None)
+    predictors = list(predictor) if isinstance(predictor, torch.nn.ModuleList) else [predictor]
+    if score_threshold is not None and not all(hasattr(p, "test_score_thresh") for p in predictors):
+        raise ValueError(f"model heads {type(heads).__name__} have no score threshold to set")
+    previous_ids = getattr(heads, "inference_class_ids", None)
+    previous_thresholds = [getattr(p, "test_score_thresh", None) for p in predictors]
+    if class_ids is not None:
+        heads.inference_class_ids = tuple(int(c) for c in class_ids)
+    if score_threshold is not None:
+        for p in predictors:
+            p.test_score_thresh = float(score_threshold)
+    try:
+        yield
+    finally:
+        if class_ids is not None:
+            heads.inference_class_ids = previous_ids
+        if score_threshold is not None:
+            for p, value in zip(predictors, previous_thresholds):
+                p.test_score_thresh = value
 
 
 def _interpolation_matrix(first: int, stop: int, low: float, high: float, size: int) -> np.ndarray:

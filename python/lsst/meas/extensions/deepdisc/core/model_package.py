@@ -122,7 +122,7 @@ _METADATA_KEYS = (
     "format_version",
 )
 # Keys a package may carry (older packages lack them; they are written only when set).
-_OPTIONAL_METADATA_KEYS = ("score_threshold", "min_bands", "band_count_thresholds")
+_OPTIONAL_METADATA_KEYS = ("score_threshold", "min_bands", "band_count_thresholds", "artifact_binning")
 
 
 class BandMismatchError(ModelPackageError):
@@ -264,6 +264,10 @@ class ModelPackage:
         For a model trained with band dropout (its config has ``band_availability``): the fewest of its
         bands it runs on (absent bands are given to it as NaN planes; see `network_input`).  `None` for
         any other model, which needs all of its bands.  Defaults to 1 for a band-availability model.
+    artifact_binning : `int` or `None`
+        For a model with artifact classes trained on binned examples too (`.binning`): the binning at
+        which it finds the large, faint artifacts; the detection task runs it on the patch binned so for
+        those classes.  `None`: artifacts are found on the unbinned patch only.
     package_version : `str`
         Version of meas_extensions_deepdisc that created the package.
     format_version : `int`
@@ -284,6 +288,7 @@ class ModelPackage:
     score_threshold: float | None = None
     min_bands: int | None = None
     band_count_thresholds: dict[int, float] | None = None
+    artifact_binning: int | None = None
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -321,6 +326,14 @@ class ModelPackage:
             self.score_threshold = float(self.score_threshold)
         self._check_min_bands()
         self._check_band_count_thresholds()
+        if self.artifact_binning is not None and (
+            isinstance(self.artifact_binning, bool)
+            or not isinstance(self.artifact_binning, int)
+            or self.artifact_binning < 2
+        ):
+            raise ModelPackageError(
+                f"artifact_binning must be an integer >= 2, got {self.artifact_binning!r}"
+            )
         if not isinstance(self.state_dict, Mapping) or not self.state_dict:
             raise ModelPackageError("state_dict must be a non-empty mapping of names to tensors")
         for key, tensor in self.state_dict.items():
@@ -730,6 +743,7 @@ class ModelPackage:
                 if self.band_count_thresholds is None
                 else {"band_count_thresholds": {str(n): t for n, t in self.band_count_thresholds.items()}}
             ),
+            **({} if self.artifact_binning is None else {"artifact_binning": self.artifact_binning}),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -773,6 +787,11 @@ class ModelPackage:
                 else " (with "
                 + ", ".join(f"{n} bands: {t:g}" for n, t in sorted(self.band_count_thresholds.items()))
                 + ")"
+            ),
+            *(
+                []
+                if self.artifact_binning is None
+                else [f"  artifacts      : also found on the patch binned {self.artifact_binning}x"]
             ),
             f"  weights        : {weights['tensors']} tensors, {weights['values']:,} values, "
             f"{weights['bytes'] / 2**20:.1f} MiB ({dtypes})",
@@ -931,6 +950,7 @@ class ModelPackage:
             score_threshold=metadata.get("score_threshold"),
             min_bands=metadata.get("min_bands"),
             band_count_thresholds=metadata.get("band_count_thresholds"),
+            artifact_binning=metadata.get("artifact_binning"),
             package_version=metadata["package_version"],
             format_version=metadata["format_version"],
         )

@@ -40,9 +40,16 @@ from ..butler.conversions import multiband_from_coadds
 from ..butler.model_formatter import MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 from ..butler.regions import check_coadd_in_patch, inside_region, patch_and_tract_regions
 from ..butler.tables import to_arrow
-from ..core.catalog import build_artifact_mask, build_catalog, set_primary_flags
+from ..core.binning import bin_image
+from ..core.catalog import build_artifact_mask, build_catalog, is_artifact_class, set_primary_flags
 from ..core.ids import IdPacker
-from ..core.inference import InferenceConfig, run_tiled_inference, select_device
+from ..core.inference import (
+    InferenceConfig,
+    add_coarse_detections,
+    only_classes,
+    run_tiled_inference,
+    select_device,
+)
 from ..core.model_package import ModelPackage
 from ..core.multiband import MissingBandError, MultibandImage
 from ..core.threads import quantum_threads, torch_cpu_settings
@@ -168,6 +175,18 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
         "empty for models without artifact classes).",
         default=True,
     )
+    artifactBinning = pexConfig.Field[int](
+        doc="Also run the model on the patch binned artifactBinning x artifactBinning, for its artifact "
+        "classes only: large, faint ghosts and scattered light stand out of the noise there "
+        "(core/binning.py).  -1: the binning the package was trained for (its artifact_binning; none: no "
+        "binned pass); 0 or 1: no binned pass.",
+        default=-1,
+    )
+    artifactScoreThreshold = pexConfig.Field[float](
+        doc="Score threshold of the binned artifact pass; None: the one of the sources.",
+        default=None,
+        optional=True,
+    )
     tractBits = pexConfig.Field[int](doc="Bits for the tract in packed source ids.", default=16)
     patchBits = pexConfig.Field[int](doc="Bits for the patch in packed source ids.", default=12)
 
@@ -180,6 +199,14 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
         if self.scoreThreshold is not None and not 0.0 <= self.scoreThreshold <= 1.0:
             raise pexConfig.FieldValidationError(
                 DeepDiscDetectConfig.scoreThreshold, self, "scoreThreshold must be in [0, 1] or None"
+            )
+        if self.artifactBinning < -1:
+            raise pexConfig.FieldValidationError(
+                DeepDiscDetectConfig.artifactBinning, self, "artifactBinning must be -1, 0 or positive"
+            )
+        if self.artifactScoreThreshold is not None and not 0.0 <= self.artifactScoreThreshold <= 1.0:
+            raise pexConfig.FieldValidationError(
+                DeepDiscDetectConfig.artifactScoreThreshold, self, "artifactScoreThreshold must be in [0, 1]"
             )
         if not 0.0 <= self.artifactOverlapFraction < 1.0:
             raise pexConfig.FieldValidationError(
@@ -354,10 +381,18 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         with torch_cpu_settings(threads_wanted, log=self.log) as threads:
             if device.type == "cpu":
                 self.metadata["torch_threads"] = threads
+            model, inference_config = self._build_model(model_package, device, len(used))
             detections, inference_seconds = self._infer(
-                model_package, scaled, image, valid_any_band, device, tract, patch, len(used)
+                model, model_package, inference_config, scaled, image, valid_any_band, tract, patch
             )
-        del scaled  # The catalog measures the unscaled image: free the network's input first.
+            del scaled  # The binned pass and the catalog work from the unscaled image.
+            binning = self.artifact_binning(model_package)
+            if binning > 1:
+                t0 = time.perf_counter()
+                coarse = self._infer_binned_artifacts(model, model_package, inference_config, image, binning)
+                detections = add_coarse_detections(detections, coarse, self.config.mergeIou)
+                inference_seconds += time.perf_counter() - t0
+        # The catalog measures the unscaled image: free the network's input first.
         catalog = build_catalog(detections, image, **catalog_kwargs)
         if self.config.minDetectionSnr > 0 and len(catalog):
             snr = np.asarray(catalog["detection_snr"], dtype=np.float64)
@@ -381,19 +416,11 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             catalog=catalog, detections=detections, artifactMask=build_artifact_mask(catalog)
         )
 
-    def _infer(
-        self,
-        model_package: ModelPackage,
-        scaled: np.ndarray,
-        image: MultibandImage,
-        valid_any_band: np.ndarray,
-        device: Any,
-        tract: int,
-        patch: int,
-        n_bands: int,
-    ) -> tuple[Any, float]:
-        """Build the model at the configured score threshold (or the package's for ``n_bands`` bands present)
-        and run tiled inference on the scaled patch."""
+    def _build_model(
+        self, model_package: ModelPackage, device: Any, n_bands: int
+    ) -> tuple[Any, InferenceConfig]:
+        """The network at the configured score threshold (or the package's for ``n_bands`` bands present)
+        and the tiling settings."""
         score_threshold = (
             self.config.scoreThreshold
             if self.config.scoreThreshold is not None
@@ -410,6 +437,20 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             merge_iou=self.config.mergeIou,
             stitch_margin=self.config.stitchMargin,
         )
+        return model, inference_config
+
+    def _infer(
+        self,
+        model: Any,
+        model_package: ModelPackage,
+        inference_config: InferenceConfig,
+        scaled: np.ndarray,
+        image: MultibandImage,
+        valid_any_band: np.ndarray,
+        tract: int,
+        patch: int,
+    ) -> tuple[Any, float]:
+        """Tiled inference on the scaled patch; returns the detections and the seconds it took."""
         self.log.info(
             "Running %s (%s) on tract=%d patch=%d: %dx%d px, bands %s, device %s",
             model_package.name,
@@ -419,7 +460,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             image.width,
             image.height,
             "".join(image.bands),
-            device,
+            inference_config.device,
         )
         t0 = time.perf_counter()
         detections = run_tiled_inference(
@@ -427,6 +468,51 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         )
         inference_seconds = time.perf_counter() - t0
         return detections, inference_seconds
+
+    def artifact_binning(self, model_package: ModelPackage) -> int:
+        """The binning of the artifact pass (`config.artifactBinning` or the package's); 0: none."""
+        has_artifacts = bool(np.any(is_artifact_class(list(model_package.class_names))))
+        binning = self.config.artifactBinning
+        if binning == -1:
+            binning = model_package.artifact_binning or 0
+        if binning > 1 and not has_artifacts:
+            self.log.warning(
+                "artifactBinning=%d ignored: model %r has no artifact classes", binning, model_package.name
+            )
+            return 0
+        return binning if binning > 1 else 0
+
+    def _infer_binned_artifacts(
+        self,
+        model: Any,
+        model_package: ModelPackage,
+        inference_config: InferenceConfig,
+        image: MultibandImage,
+        binning: int,
+    ) -> Any:
+        """The artifact classes found on the patch binned ``binning`` x ``binning``, in patch coordinates."""
+        planes = tuple(self.config.invalidMaskPlanes)
+        binned = bin_image(image, binning, planes)
+        same_planes = tuple(model_package.scaling.invalid_planes) == planes
+        invalid = binned.invalid_pixels(planes)
+        scaled, _ = model_package.scaling.apply(binned, invalid if same_planes else None)
+        if tuple(binned.bands) != tuple(model_package.bands):
+            scaled = model_package.network_input(scaled, list(binned.bands))
+        artifact_ids = np.flatnonzero(is_artifact_class(list(model_package.class_names)))
+        self.log.info(
+            "Artifact pass on the patch binned %dx%d (%dx%d px), classes %s",
+            binning,
+            binning,
+            binned.width,
+            binned.height,
+            ", ".join(model_package.class_names[i] for i in artifact_ids),
+        )
+        with only_classes(model, artifact_ids.tolist(), self.config.artifactScoreThreshold):
+            coarse = run_tiled_inference(
+                model, scaled, xy0=(0, 0), config=inference_config, valid=~invalid.all(axis=0), log=self.log
+            )
+        self.metadata["n_binned_artifacts"] = len(coarse)
+        return coarse.unbinned(binning, image.xy0, image.shape)
 
     def flag_primary(self, catalog: Table, patch_region: Any | None, tract_region: Any | None) -> None:
         """Set the primary flags of ``catalog`` from the inner regions (warn when they are unknown)."""

@@ -108,6 +108,7 @@ from ..butler.model_formatter import MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 from ..butler.tables import to_arrow
 from ..core.augment import band_subset
 from ..core.augment_sky import SkyAugmentConfig
+from ..core.binning import bin_image, bin_labels
 from ..core.checkpoints import last_checkpoint_iteration, load_checkpoint_state_dict
 from ..core.example_cache import ExampleCache, cache_key
 from ..core.inference import select_device
@@ -436,6 +437,23 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
         "(artifact_ghost_bright, artifact_ghost_faint, artifact_rays); 0: none.",
         default=0.0,
     )
+    artifactBinning = pexConfig.Field[int](
+        doc="With artifactRate > 0: also train on each training patch binned artifactBinning x "
+        "artifactBinning (core/binning.py), with artifacts drawn at that scale (binnedArtifactRate per "
+        "example): the detection task finds the large, faint artifacts there (the package records this "
+        "binning); 0 or 1: no binned examples.",
+        default=0,
+    )
+    binnedArtifactRate = pexConfig.Field[float](
+        doc="Mean number of artifacts tied to no source drawn into each binned example.",
+        default=SkyAugmentConfig.binned_artifact_rate,
+    )
+    binnedExampleRepeat = pexConfig.Field[int](
+        doc="How many times each binned example appears in the training set (each draw gets its own "
+        "artifacts): a patch gives one binned example per tileSize x tileSize binned pixels, few against its "
+        "unbinned tiles.",
+        default=8,
+    )
     doOperatingPoint = pexConfig.Field[bool](
         doc="Choose the package's score threshold (its operating point) on the validation patches.",
         default=True,
@@ -596,6 +614,7 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
             softening_sigma=float(self.scaling_spec().params.get("softening_sigma", 1.0)),
             artifact_rate=self.artifactRate,
             artifact_class_ids=artifact_ids,
+            binned_artifact_rate=self.binnedArtifactRate,
         )
 
     def training_key_config(self) -> dict[str, Any]:
@@ -654,6 +673,10 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
             self.sky_augment_config()
         except ValueError as err:
             fail(cls.skyAugmentProbability, str(err))
+        if self.artifactBinning < 0 or self.binnedExampleRepeat < 1:
+            fail(cls.artifactBinning, "artifactBinning must be >= 0 and binnedExampleRepeat >= 1")
+        if self.artifactBinning > 1 and self.artifactRate <= 0:
+            fail(cls.artifactBinning, "artifactBinning > 1 trains artifacts: it needs artifactRate > 0")
         if self.tileSize < 16:
             fail(cls.tileSize, f"tileSize must be at least 16 pixels, got {self.tileSize}")
         if not 0 <= self.tileOverlap < self.tileSize:
@@ -769,11 +792,11 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
                     del coadds  # One patch of pixels in memory at a time (plus the examples).
                     return self.make_examples(image, labels, tract=key[0], patch=key[1])
 
+                refs = {"labels": str(inputs.labels.id)}
+                refs.update({band: str(inputs.coadds[band].id) for band in bands})
                 if cache is None:
                     patch_examples = build()
                 else:
-                    refs = {"labels": str(inputs.labels.id)}
-                    refs.update({band: str(inputs.coadds[band].id) for band in bands})
                     # Examples built with fewer classes (a prefix of classNames) are the same examples:
                     # such a file exists only if every label of the patch had one of those classes, and
                     # appended classes leave the class ids of the earlier ones unchanged.
@@ -782,6 +805,23 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
                     patch_examples = cache.get_or_build(self.example_cache_key(refs), build, prefixes)
                 examples[role].extend(patch_examples)
                 label_counts[role] += sum(len(example.instances) for example in patch_examples)
+                if role == "train" and self.config.artifactBinning > 1:
+
+                    def build_binned(
+                        inputs: _PatchInputs = inputs, key: PatchKey = key
+                    ) -> list[TrainingExample]:
+                        labels = butlerQC.get(inputs.labels)
+                        coadds = {band: butlerQC.get(inputs.coadds[band]) for band in bands}
+                        image = self.to_multiband(coadds, bands)
+                        del coadds
+                        return self.make_binned_examples(image, labels, tract=key[0], patch=key[1])
+
+                    binned = (
+                        build_binned()
+                        if cache is None
+                        else cache.get_or_build(self.example_cache_key(refs, binning=True), build_binned)
+                    )
+                    examples[role].extend(binned * self.config.binnedExampleRepeat)
         if cache is not None:
             self.log.info(
                 "Example cache %s: %d patch(es) read, %d built", cache.directory, cache.hits, cache.misses
@@ -893,6 +933,41 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
         )
         return examples
 
+    def make_binned_examples(
+        self, image: MultibandImage, labels: Table, tract: int, patch: int
+    ) -> list[TrainingExample]:
+        """The patch binned ``artifactBinning`` x ``artifactBinning`` (`.core.binning`), cut into scaled
+        examples with its labels' footprints binned too; metadata ``binning`` tells the sky augmentation
+        to draw artifacts at that scale."""
+        factor = self.config.artifactBinning
+        planes = tuple(self.config.invalidMaskPlanes)
+        binned = bin_image(image, factor, planes)
+        labels = bin_labels(self.map_classes(labels, tract, patch), factor, image.xy0, binned.shape)
+        examples = labels_to_examples(
+            binned,
+            labels,
+            self.config.scaling_spec(),
+            tile_size=self.config.tileSize,
+            overlap=0,
+            min_fraction_inside=self.config.minFractionInside,
+            max_no_data_fraction=self.config.maxNoDataFraction,
+            no_data_planes=planes,
+            skip_empty=False,
+            example_prefix=f"t{tract}_p{patch}_bin{factor}_",
+        )
+        for example in examples:
+            example.metadata["binning"] = factor
+        self.log.info(
+            "tract=%d patch=%d: binned %dx%d -> %d example(s) with %d labelled sources",
+            tract,
+            patch,
+            factor,
+            factor,
+            len(examples),
+            sum(len(example.instances) for example in examples),
+        )
+        return examples
+
     def map_classes(self, labels: Table, tract: int, patch: int) -> Table:
         """A copy of ``labels`` whose ``class_id`` indexes ``config.classNames``."""
         class_names = list(self.config.classNames)
@@ -916,10 +991,13 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
                 )
         return labels
 
-    def example_cache_key(self, refs: Mapping[str, str], class_names: Sequence[str] | None = None) -> str:
+    def example_cache_key(
+        self, refs: Mapping[str, str], class_names: Sequence[str] | None = None, binning: bool = False
+    ) -> str:
         """Cache key of one patch's examples: its input dataset ids and every setting the examples use.
 
-        ``class_names`` replaces ``config.classNames`` (for the keys of equivalent, earlier files).
+        ``class_names`` replaces ``config.classNames`` (for the keys of equivalent, earlier files);
+        ``binning``: the key of its binned examples (`make_binned_examples`).
         """
         settings = {
             "tileSize": self.config.tileSize,
@@ -932,6 +1010,8 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
             "scaling": self.config.scaling_spec().to_dict(),
             "coaddStorageClass": self.config.coaddStorageClass,
         }
+        if binning:
+            settings["artifactBinning"] = self.config.artifactBinning
         return cache_key({"refs": dict(refs), "settings": settings})
 
     def example_cache_directory(self) -> Path:
@@ -1113,6 +1193,8 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
             provenance=package_provenance,
             min_bands=self.config.minBands if self.config.bandDropout > 0 else None,
         )
+        if self.config.artifactBinning > 1:
+            model = dataclasses.replace(model, artifact_binning=self.config.artifactBinning)
         if self.config.doOperatingPoint and validation:
             model = self.choose_operating_point(model, validation, training_config)
         self.metadata["best_iteration"] = -1 if training.best_iteration is None else training.best_iteration

@@ -35,6 +35,11 @@ standard and the cascade Mask R-CNN heads, registered in ``ROI_HEADS_REGISTRY`` 
 The rows are found through the kept-proposal indices that ``fast_rcnn_inference`` returns.  A proposal may
 yield one detection per class above threshold; all of them share that proposal's row, so
 ``argmax(class_probs)`` need not equal ``pred_classes``.  Training is unchanged.
+
+Setting ``inference_class_ids`` on a head (a tuple of class indices; `None` by default) makes its inference
+report only those classes: the other classes' scores are zeroed before the score threshold, NMS and top-k
+(so that they neither crowd the wanted ones out of ``DETECTIONS_PER_IMAGE`` nor appear), while
+``class_probs`` stay the classifier's.  The detection task uses it for its binned artifact pass.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ __all__ = [
     "fast_rcnn_inference_with_class_probs",
     "is_class_probs_head",
 ]
+
+from collections.abc import Sequence
 
 import torch
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
@@ -64,19 +71,31 @@ def fast_rcnn_inference_with_class_probs(
     score_thresh: float,
     nms_thresh: float,
     topk_per_image: int,
+    class_ids: Sequence[int] | None = None,
 ) -> list[Instances]:
     """`detectron2.modeling.roi_heads.fast_rcnn_inference` plus a ``class_probs`` field.
 
     Parameters are those of ``fast_rcnn_inference``: per-image predicted boxes ``[R, K*4]`` or ``[R, 4]``
-    and probabilities ``[R, K+1]`` (last column background).
+    and probabilities ``[R, K+1]`` (last column background); ``class_ids``, when given, are the only
+    classes reported (the others' scores are zeroed before thresholding).
     """
+    thresholded = scores
+    if class_ids is not None:
+        thresholded = []
+        for per_image in scores:
+            keep = torch.zeros(per_image.shape[1], dtype=torch.bool, device=per_image.device)
+            keep[list(class_ids)] = True
+            keep[-1] = True  # background
+            thresholded.append(torch.where(keep, per_image, torch.zeros_like(per_image)))
     instances, kept = fast_rcnn_inference(
-        boxes, scores, image_shapes, score_thresh, nms_thresh, topk_per_image
+        boxes, thresholded, image_shapes, score_thresh, nms_thresh, topk_per_image
     )
-    for result, kept_index, boxes_per_image, scores_per_image in zip(instances, kept, boxes, scores):
+    for result, kept_index, boxes_per_image, scores_per_image, seen in zip(
+        instances, kept, boxes, scores, thresholded
+    ):
         # fast_rcnn_inference drops proposals with non-finite boxes or scores *before* indexing, so its
         # indices count only the finite rows; map them back to the rows of `scores_per_image`.
-        finite = torch.isfinite(boxes_per_image).all(dim=1) & torch.isfinite(scores_per_image).all(dim=1)
+        finite = torch.isfinite(boxes_per_image).all(dim=1) & torch.isfinite(seen).all(dim=1)
         rows = kept_index if bool(finite.all()) else finite.nonzero()[:, 0][kept_index]
         foreground = scores_per_image[rows, :-1]
         mass = foreground.sum(dim=1, keepdim=True)
@@ -90,6 +109,8 @@ def fast_rcnn_inference_with_class_probs(
 @ROI_HEADS_REGISTRY.register()
 class DeepDISCStandardROIHeads(StandardROIHeads):
     """Mask R-CNN `StandardROIHeads` whose inference adds ``class_probs`` to each output `Instances`."""
+
+    inference_class_ids: tuple[int, ...] | None = None
 
     def _forward_box(self, features: dict[str, torch.Tensor], proposals: list[Instances]):  # type: ignore[override]
         if self.training:
@@ -106,12 +127,15 @@ class DeepDISCStandardROIHeads(StandardROIHeads):
             predictor.test_score_thresh,
             predictor.test_nms_thresh,
             predictor.test_topk_per_image,
+            self.inference_class_ids,
         )
 
 
 @ROI_HEADS_REGISTRY.register()
 class DeepDISCCascadeROIHeads(CascadeROIHeads):
     """Cascade Mask R-CNN `CascadeROIHeads` whose inference adds ``class_probs`` to each `Instances`."""
+
+    inference_class_ids: tuple[int, ...] | None = None
 
     def _forward_box(self, features, proposals, targets=None):  # type: ignore[override]
         if self.training:
@@ -138,6 +162,7 @@ class DeepDISCCascadeROIHeads(CascadeROIHeads):
             last_predictor.test_score_thresh,
             last_predictor.test_nms_thresh,
             last_predictor.test_topk_per_image,
+            self.inference_class_ids,
         )
 
 

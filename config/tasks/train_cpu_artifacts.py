@@ -1,0 +1,30 @@
+# Third stage of the shipped compact model (bin/train-demo-model.sh): fine-tune the stage-2 model
+# (config/tasks/train_cpu_finetune.py) so that it finds large, faint artifacts.
+#
+# Ghosts and scattered light are a tenth of the pixel noise to a few times it, over tens to hundreds of
+# pixels: on the unbinned tiles the network cannot see most of them (the stage-2 model scored none of them
+# above 0.25).  Binned 4x4, the noise falls four-fold and a 200 px ghost fits in a tile with its
+# surroundings.  So each training patch is also binned 4x4 (core/binning.py), with the sources' footprints
+# binned too, and artifacts are drawn into these binned examples at the binned scale (three per example
+# on average besides the ghosts and rays of bright stars); the detection task runs the model on the patch
+# binned the same way for the artifact classes (the package records artifactBinning).  The unbinned
+# examples keep every stage-2 augmentation, so sources keep being learned as before.
+#
+# The stage-2 package starts it (initCheckpoint, set by bin/train-demo-model.sh); its pixel statistics are
+# kept, so that the network's input normalisation does not move.
+import os
+
+config.load(os.path.join(os.path.dirname(__file__), "train_cpu_finetune.py"))
+config.modelVersion = "3.2"
+config.artifactBinning = 4
+config.binnedArtifactRate = 3.0
+config.binnedExampleRepeat = 4
+config.bands = ["u", "g", "r", "i", "z", "y"]
+config.pixelMean = [0.2046, 0.4548, 0.5009, 0.4364, 0.334, 0.2059]
+config.pixelStd = [0.8987, 1.038, 1.072, 1.048, 0.9953, 0.9183]
+config.fullLength = 1500
+config.warmupIterations = 50
+config.fullLr = 2e-4
+config.lrSteps = [1200, 1400]
+config.evalPeriod = 500
+config.seed = 13
