@@ -20,8 +20,9 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 """Integer ids of simulated objects: ``(tract, patch, counter)`` packed into one signed 64-bit integer.
 
-The layout mirrors the way the Rubin pipelines' ``SkyMapIdGenerator`` puts the data ID in the high bits and a
-per-catalog counter in the low bits::
+The layout is that of the detection catalogs' `..core.ids.IdPacker` (the Rubin pipelines'
+``SkyMapIdGenerator`` convention: the data ID in the high bits, a per-catalog counter in the low bits),
+with fixed field widths, `SIM_ID_PACKER`::
 
     bit 63      : 0 (ids stay positive in a signed int64)
     bits 48..62 : tract   (15 bits, 0 <= tract < 32768)
@@ -42,6 +43,7 @@ __all__ = [
     "MAX_PATCH",
     "MAX_TRACT",
     "PATCH_BITS",
+    "SIM_ID_PACKER",
     "TRACT_BITS",
     "TRUTH_COUNTER_FLAG",
     "pack_id",
@@ -50,54 +52,33 @@ __all__ = [
 
 import numpy as np
 
-COUNTER_BITS = 32
+from ..core.ids import IdPacker
+
 PATCH_BITS = 16
 TRACT_BITS = 15
-MAX_COUNTER = (1 << COUNTER_BITS) - 1
+SIM_ID_PACKER = IdPacker(n_tracts_bits=TRACT_BITS, n_patches_bits=PATCH_BITS)
+"""The packer of every simulated id (63 bits: 15 tract, 16 patch, 32 counter)."""
+COUNTER_BITS = SIM_ID_PACKER.counter_bits
+MAX_COUNTER = SIM_ID_PACKER.max_counter
 MAX_PATCH = (1 << PATCH_BITS) - 1
 MAX_TRACT = (1 << TRACT_BITS) - 1
 TRUTH_COUNTER_FLAG = 1 << (COUNTER_BITS - 1)
 
 
 def pack_id(tract: int, patch: int, counter: int | np.ndarray) -> int | np.ndarray:
-    """Pack ``(tract, patch, counter)`` into ``int64`` ids.
+    """Pack ``(tract, patch, counter)`` into ``int64`` ids (`SIM_ID_PACKER`).
 
-    Parameters
-    ----------
-    tract, patch : `int`
-        Tract id and sequential patch index.
-    counter : `int` or `numpy.ndarray`
-        Per-catalog counter(s), ``0 <= counter <= MAX_COUNTER``.
-
-    Returns
-    -------
-    ids : `int` or `numpy.ndarray`
-        An `int` for a scalar counter, else an ``int64`` array.
-
-    Raises
-    ------
-    ValueError
-        If a field does not fit its bits.
+    Returns an `int` for a scalar counter, else an ``int64`` array; raises `ValueError` (an
+    `..core.ids.IdOverflowError`) if a field does not fit its bits.
     """
-    if not 0 <= tract <= MAX_TRACT:
-        raise ValueError(f"tract {tract} does not fit in {TRACT_BITS} bits")
-    if not 0 <= patch <= MAX_PATCH:
-        raise ValueError(f"patch {patch} does not fit in {PATCH_BITS} bits")
-    counters = np.asarray(counter, dtype=np.int64)
-    if counters.size and (counters.min() < 0 or counters.max() > MAX_COUNTER):
-        raise ValueError(f"counter outside [0, {MAX_COUNTER}]")
-    ids = (np.int64(tract) << (PATCH_BITS + COUNTER_BITS)) | (np.int64(patch) << COUNTER_BITS) | counters
-    return int(ids) if ids.ndim == 0 else ids
+    counters = np.asarray(counter)
+    if counters.ndim == 0:
+        return SIM_ID_PACKER.pack(tract, patch, int(counters))
+    return SIM_ID_PACKER.pack(tract, patch, counters.astype(np.int64))
 
 
 def unpack_id(object_id: int | np.ndarray) -> tuple:
     """Inverse of `pack_id`: ``(tract, patch, counter)`` (ints or ``int64`` arrays)."""
     ids = np.asarray(object_id, dtype=np.int64)
-    if ids.size and ids.min() < 0:
-        raise ValueError("packed ids are non-negative")
-    tract = ids >> (PATCH_BITS + COUNTER_BITS)
-    patch = (ids >> COUNTER_BITS) & MAX_PATCH
-    counter = ids & MAX_COUNTER
-    if ids.ndim == 0:
-        return int(tract), int(patch), int(counter)
-    return tract, patch, counter
+    unpacked = SIM_ID_PACKER.unpack(int(ids) if ids.ndim == 0 else ids)
+    return tuple(unpacked)
