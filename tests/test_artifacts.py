@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 import pytest
-from astropy.wcs import WCS
 from lsst.daf.butler import Butler
+from wcs_fixtures import tan_wcs
 
 from lsst.meas.extensions.deepdisc.core.annotations import (
     DEEPGHOSTBUSTERS_CLASS_MAP,
@@ -589,10 +589,7 @@ def test_coco_polygons_and_rle(tmp_path) -> None:
 
 def test_annotations_become_a_label_table_and_round_trip_through_coco() -> None:
     records = read_vgg_annotations(_via_records(), xy0=(500, 600))["ghost_a.jpg"]
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [150.0, 2.0]
-    wcs.wcs.cd = [[-5.5e-5, 0.0], [0.0, 5.5e-5]]
+    wcs = tan_wcs((150.0, 2.0), scale_arcsec=0.198)
     labels = annotations_to_label_table(records, first_id=1000, wcs=wcs, tract=3)
     reference = empty_labels()
     assert labels.colnames == reference.colnames

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.wcs import WCS
+from wcs_fixtures import tan_wcs
 
 from lsst.meas.extensions.deepdisc.core.background import (
     clipped_stats,
@@ -92,12 +93,7 @@ def test_noise_variance_adds_the_sources_poisson_term() -> None:
 
 
 def _wcs() -> WCS:
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [150.0, 2.0]
-    wcs.wcs.crpix = [100.0, 100.0]
-    wcs.wcs.cd = np.diag([-0.263, 0.263]) / 3600.0
-    wcs.wcs.set()
+    wcs = tan_wcs((150.0, 2.0), crpix=(100.0, 100.0), scale_arcsec=0.263)
     return wcs
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from astropy.wcs import WCS
+from wcs_fixtures import tan_wcs
 
 from lsst.meas.extensions.deepdisc.core.baseline import run_sep_baseline, segmentation_to_spans
 from lsst.meas.extensions.deepdisc.core.footprints import (
@@ -46,11 +46,7 @@ def make_image(seed: int = 3, with_variance: bool = True, with_wcs: bool = False
         planes.append(plane + rng.normal(0, NOISE, (HEIGHT, WIDTH)))
     wcs = None
     if with_wcs:
-        wcs = WCS(naxis=2)
-        wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-        wcs.wcs.crval = [150.0, 2.0]
-        wcs.wcs.crpix = [1001.0, 2001.0]
-        wcs.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
+        wcs = tan_wcs((150.0, 2.0), crpix=(1001.0, 2001.0))
     return MultibandImage(
         bands=BANDS,
         image=np.stack(planes),

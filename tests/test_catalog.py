@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.wcs import WCS
+from wcs_fixtures import tan_wcs
 
 from lsst.meas.extensions.deepdisc.core.catalog import build_catalog, catalog_columns
 from lsst.meas.extensions.deepdisc.core.footprints import (
@@ -25,11 +26,8 @@ SAT = 1 << DEFAULT_MASK_PLANES["SAT"]
 
 
 def _wcs() -> WCS:
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [150.1, 2.2]
-    wcs.wcs.crpix = [XY0[0] + 31.0, XY0[1] + 22.0]  # FITS 1-based reference pixel in parent coordinates.
-    wcs.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
+    # FITS 1-based reference pixel in parent coordinates.
+    wcs = tan_wcs((150.1, 2.2), crpix=(XY0[0] + 31.0, XY0[1] + 22.0))
     return wcs
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from astropy.wcs import WCS
 from lsst.images import XY, Box, Image, MaskedImage, MaskPlane, MaskSchema
+from wcs_fixtures import tan_wcs
 
 from lsst.meas.extensions.deepdisc.butler.conversions import (
     LEGACY_TO_IMAGES_PLANES,
@@ -22,12 +23,7 @@ from lsst.meas.extensions.deepdisc.core.multiband import DEFAULT_MASK_PLANES, Mi
 
 
 def _tract_wcs(ra: float = 150.0) -> WCS:
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [ra, 2.0]
-    wcs.wcs.crpix = [2000.5, 1500.5]
-    wcs.wcs.cd = np.array([[-0.2 / 3600, 0.0], [0.0, 0.2 / 3600]])
-    wcs.wcs.set()
+    wcs = tan_wcs((ra, 2.0), crpix=(2000.5, 1500.5))
     return wcs
 
 

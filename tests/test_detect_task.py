@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from astropy.wcs import WCS
+from wcs_fixtures import tan_wcs
 
 from lsst.meas.extensions.deepdisc.core.footprints import spans_to_mask, unflatten_spans
 from lsst.meas.extensions.deepdisc.core.model_package import BandMismatchError, ModelPackage
@@ -35,11 +35,7 @@ def _image(size: int = 160, bands: tuple[str, ...] = BANDS, seed: int = 1) -> Mu
     cube = rng.normal(0, 1, (len(bands), size, size)).astype(np.float32)
     for cx, cy in rng.uniform(10, size - 10, (15, 2)):
         cube += 50 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 8.0)
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [56.0, -30.0]
-    wcs.wcs.crpix = [1.0, 1.0]
-    wcs.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
+    wcs = tan_wcs((56.0, -30.0), crpix=(1.0, 1.0))
     return MultibandImage(
         bands=bands,
         image=cube,

@@ -18,6 +18,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 from lsst.daf.butler import Butler
+from wcs_fixtures import tan_wcs
 
 from lsst.meas.extensions.deepdisc.butler.conversions import multiband_from_masked_images
 from lsst.meas.extensions.deepdisc.butler.regions import (
@@ -54,12 +55,7 @@ COLOURS = {"u": 0.3, "g": 0.7, "r": 1.0, "i": 1.2, "z": 1.3, "y": 1.3}
 
 def survey_wcs(shape: tuple[int, int] = (400, 400), ra: float = 150.0, dec: float = 2.0) -> WCS:
     """A TAN WCS at (ra, dec), nowhere near the simulated skymaps."""
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [ra, dec]
-    wcs.wcs.crpix = [(shape[1] + 1) / 2.0, (shape[0] + 1) / 2.0]
-    wcs.wcs.cd = np.diag([-SCALE_ARCSEC, SCALE_ARCSEC]) / 3600.0
-    wcs.wcs.set()
+    wcs = tan_wcs((ra, dec), crpix=((shape[1] + 1) / 2.0, (shape[0] + 1) / 2.0), scale_arcsec=SCALE_ARCSEC)
     return wcs
 
 

@@ -33,8 +33,8 @@ import math
 import numpy as np
 import pytest
 from astropy.table import Table
-from astropy.wcs import WCS
 from pycocotools import mask as mask_utils
+from wcs_fixtures import tan_wcs
 
 from lsst.meas.extensions.deepdisc.core.coco import CATEGORY_ID_OFFSET
 from lsst.meas.extensions.deepdisc.core.footprints import spans_to_mask, unflatten_spans
@@ -147,11 +147,8 @@ def make_scene(no_data: np.ndarray | None = None, seed: int = 5, keep_isolated_m
         image[:, no_data] = np.nan
         variance[:, no_data] = np.nan
         mask[:, no_data] |= NO_DATA_BIT
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [150.0, 2.0]
-    wcs.wcs.crpix = [XY0[0] + 40.0, XY0[1] + 32.0]  # FITS pixels are 1-based; parent coordinates
-    wcs.wcs.cdelt = [-0.2 / 3600.0, 0.2 / 3600.0]
+    # FITS pixels are 1-based; parent coordinates
+    wcs = tan_wcs((150.0, 2.0), crpix=(XY0[0] + 40.0, XY0[1] + 32.0))
     multiband = MultibandImage(bands=BANDS, image=image, variance=variance, mask=mask, wcs=wcs, xy0=XY0)
     objects = Table()
     objects["objectId"] = np.array([s[0] for s in SOURCES], dtype=np.int64)

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from astropy.wcs import WCS
+from wcs_fixtures import tan_wcs
 
 from lsst.meas.extensions.deepdisc.core.multiband import MissingBandError, MultibandImage
 
 
 def _image() -> MultibandImage:
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [150.0, 2.0]
-    wcs.wcs.crpix = [1.0, 1.0]  # FITS 1-based: parent pixel (0, 0) is the tangent point
-    wcs.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
+    wcs = tan_wcs((150.0, 2.0), crpix=(1.0, 1.0))  # FITS 1-based: parent pixel (0, 0) is the tangent point
     rng = np.random.default_rng(3)
     return MultibandImage.from_bands(
         {b: rng.normal(size=(20, 30)) for b in "gri"},

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from astropy.wcs import WCS
 from scipy.signal import fftconvolve
+from wcs_fixtures import tan_wcs
 
 from lsst.meas.extensions.deepdisc.core.footprints import spans_to_mask, unflatten_spans
 from lsst.meas.extensions.deepdisc.core.multiband import DEFAULT_MASK_PLANES, MultibandImage
@@ -37,11 +37,7 @@ PAIR = ((1036.0, 2095.0, 1.0, (1500.0, 1500.0, 1500.0)), (1045.0, 2097.0, 0.0, (
 
 
 def _geometry() -> PatchGeometry:
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [10.0, -5.0]
-    wcs.wcs.crpix = [1.0, 1.0]
-    wcs.wcs.cd = np.diag([-0.2 / 3600, 0.2 / 3600])
+    wcs = tan_wcs((10.0, -5.0), crpix=(1.0, 1.0))
     return PatchGeometry(TRACT, PATCH, 1, 1, XY0[0], XY0[1], SHAPE[1], SHAPE[0], wcs)
 
 

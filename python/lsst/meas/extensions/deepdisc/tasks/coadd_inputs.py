@@ -26,13 +26,19 @@ __all__ = [
     "COADD_STORAGE_CLASSES",
     "coadd_input_connection",
     "coadd_storage_class_field",
+    "read_coadds",
     "use_coadd_storage_class",
 ]
 
 import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import lsst.pex.config as pexConfig
 import lsst.pipe.base.connectionTypes as cT
+
+from ..butler.conversions import multiband_from_coadds
+from ..core.multiband import MissingBandError, MultibandImage
 
 COADD_STORAGE_CLASSES: dict[str, str] = {
     "MaskedImageV2": "lsst.images.MaskedImage (no afw needed)",
@@ -65,3 +71,36 @@ def use_coadd_storage_class(connection: cT.Input, storage_class: str) -> cT.Inpu
     if connection.storageClass == storage_class:
         return connection
     return dataclasses.replace(connection, storageClass=storage_class)
+
+
+def read_coadds(
+    butlerQC: Any, refs: Iterable[Any], bands: Sequence[str], storage_class: str, wanted_by: str
+) -> MultibandImage:
+    """Read a patch's coadds in ``bands`` (in that order) and stack them into the core's multi-band image.
+
+    Parameters
+    ----------
+    butlerQC : `lsst.pipe.base.QuantumContext`
+        The quantum's Butler.
+    refs : iterable of `lsst.daf.butler.DatasetRef`
+        The coadd references of the patch, one per band.
+    bands : sequence of `str`
+        The bands wanted.
+    storage_class : `str`
+        The coadds' storage class (``coaddStorageClass``).
+    wanted_by : `str`
+        Who wants the bands, for the error message (``"the model"``, ``"config.bands"``...).
+
+    Raises
+    ------
+    MissingBandError
+        If a wanted band has no coadd, naming both lists (before anything is read).
+    """
+    refs_by_band = {str(ref.dataId["band"]): ref for ref in refs}
+    missing = [band for band in bands if band not in refs_by_band]
+    if missing:
+        raise MissingBandError(
+            f"{wanted_by} needs band(s) {missing}, but this patch has coadds only in {sorted(refs_by_band)}"
+        )
+    coadds = {band: butlerQC.get(refs_by_band[band]) for band in bands}
+    return multiband_from_coadds(coadds, list(bands), storage_class)

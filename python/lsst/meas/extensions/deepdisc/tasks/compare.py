@@ -71,7 +71,6 @@ import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
-from ..butler.conversions import multiband_from_coadds
 from ..butler.regions import inside_region, patch_and_tract_regions
 from ..core.artifacts import ARTIFACT_CLASSES
 from ..core.baseline import run_sep_baseline
@@ -93,9 +92,14 @@ from ..core.comparison import (
     truth_catalog,
 )
 from ..core.footprints import spans_centroid, spans_union
-from ..core.multiband import MissingBandError, MultibandImage
+from ..core.multiband import MultibandImage
 from ..core.plots import ARTIFACT_COLORS, OverlayPanel, artifact_overlay_box, lupton_rgb, overlay_figure
-from .coadd_inputs import coadd_input_connection, coadd_storage_class_field, use_coadd_storage_class
+from .coadd_inputs import (
+    coadd_input_connection,
+    coadd_storage_class_field,
+    read_coadds,
+    use_coadd_storage_class,
+)
 
 _PATCH_DIMENSIONS = ("tract", "patch", "skymap")
 
@@ -420,15 +424,8 @@ class CompareDeepDiscTask(pipeBase.PipelineTask):
             truth_artifacts = butlerQC.get(artifact_ref)
         image = None
         if config.doSepBaseline or config.doOverlayPlot:
-            refs_by_band = {ref.dataId["band"]: ref for ref in inputRefs.coadds}
-            bands = list(config.bands) or sorted(refs_by_band)
-            missing = [band for band in bands if band not in refs_by_band]
-            if missing:
-                raise MissingBandError(
-                    f"config.bands asks for {missing}, but this patch has coadds in {sorted(refs_by_band)}"
-                )
-            coadds = {band: butlerQC.get(refs_by_band[band]) for band in bands}
-            image = self.to_multiband(coadds, bands)
+            bands = list(config.bands) or sorted({str(ref.dataId["band"]) for ref in inputRefs.coadds})
+            image = read_coadds(butlerQC, inputRefs.coadds, bands, config.coaddStorageClass, "config.bands")
         data_id = butlerQC.quantum.dataId
         region = self._patch_region(data_id)
         result = self.run(
@@ -458,10 +455,6 @@ class CompareDeepDiscTask(pipeBase.PipelineTask):
         if region is None:
             self.log.warning("The data ID has no patch region: counting every object of the patch.")
         return region
-
-    def to_multiband(self, coadds: Mapping[str, Any], bands: list[str]) -> MultibandImage:
-        """Convert the per-band Butler objects to the core's multi-band image."""
-        return multiband_from_coadds(coadds, bands, self.config.coaddStorageClass)
 
     def run(
         self,

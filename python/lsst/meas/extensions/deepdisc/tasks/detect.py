@@ -26,7 +26,6 @@ __all__ = ["DeepDiscDetectConfig", "DeepDiscDetectConnections", "DeepDiscDetectT
 
 import math
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -36,7 +35,6 @@ import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
-from ..butler.conversions import multiband_from_coadds
 from ..butler.model_formatter import MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 from ..butler.regions import check_coadd_in_patch, inside_region, patch_and_tract_regions
 from ..butler.tables import to_arrow
@@ -53,7 +51,12 @@ from ..core.inference import (
 from ..core.model_package import ModelPackage
 from ..core.multiband import MissingBandError, MultibandImage
 from ..core.threads import quantum_threads, torch_cpu_settings
-from .coadd_inputs import coadd_input_connection, coadd_storage_class_field, use_coadd_storage_class
+from .coadd_inputs import (
+    coadd_input_connection,
+    coadd_storage_class_field,
+    read_coadds,
+    use_coadd_storage_class,
+)
 
 
 class DeepDiscDetectConnections(
@@ -238,10 +241,10 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
     ) -> None:
         # Model first: a model that cannot serve these data fails before any coadd is read.
         model_package: ModelPackage = butlerQC.get(inputRefs.model)
-        refs_by_band = {ref.dataId["band"]: ref for ref in inputRefs.coadds}
-        bands = self.select_bands(model_package, list(refs_by_band))
-        coadds = {band: butlerQC.get(refs_by_band[band]) for band in bands}
-        image = self.to_multiband(coadds, bands)
+        bands = self.select_bands(model_package, [str(ref.dataId["band"]) for ref in inputRefs.coadds])
+        image = read_coadds(
+            butlerQC, inputRefs.coadds, bands, self.config.coaddStorageClass, f"model {model_package.name!r}"
+        )
         data_id = butlerQC.quantum.dataId
         patch_region, tract_region = patch_and_tract_regions(data_id)
         check_coadd_in_patch(image, patch_region, data_id)  # A coadd filed under the wrong patch: an error.
@@ -283,10 +286,6 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
                 )
             available = [band for band in available if band in wanted]
         return list(model_package.usable_bands(available))
-
-    def to_multiband(self, coadds: Mapping[str, Any], bands: list[str]) -> MultibandImage:
-        """Convert the per-band Butler objects to the core's multi-band image."""
-        return multiband_from_coadds(coadds, bands, self.config.coaddStorageClass)
 
     def run(
         self,

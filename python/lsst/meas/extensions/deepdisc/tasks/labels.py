@@ -47,8 +47,6 @@ __all__ = ["BuildDeepDiscLabelsConfig", "BuildDeepDiscLabelsConnections", "Build
 
 import dataclasses
 import time
-from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 from astropy.table import Table
@@ -57,13 +55,17 @@ import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
-from ..butler.conversions import multiband_from_coadds
 from ..butler.labels_io import scarlet_models_from_butler
 from ..butler.tables import to_arrow
 from ..core.labels import CLASS_SOURCES, DETECTION_WEIGHTINGS, LabelConfig, build_labels, labels_to_coco
-from ..core.multiband import MissingBandError, MultibandImage
+from ..core.multiband import MultibandImage
 from ..core.scarlet_io import ScarletModelData
-from .coadd_inputs import coadd_input_connection, coadd_storage_class_field, use_coadd_storage_class
+from .coadd_inputs import (
+    coadd_input_connection,
+    coadd_storage_class_field,
+    read_coadds,
+    use_coadd_storage_class,
+)
 
 _PATCH_DIMENSIONS = ("tract", "patch", "skymap")
 
@@ -278,15 +280,13 @@ class BuildDeepDiscLabelsTask(pipeBase.PipelineTask):
     ) -> None:
         # Models first: their bands decide which coadds are read.
         models = scarlet_models_from_butler(butlerQC.get(inputRefs.scarletModels))
-        refs_by_band = {ref.dataId["band"]: ref for ref in inputRefs.coadds}
-        missing = [band for band in models.bands if band not in refs_by_band]
-        if missing:
-            raise MissingBandError(
-                f"the scarlet models were fitted in bands {list(models.bands)} but this patch has no coadd "
-                f"in {missing} (coadds found: {sorted(refs_by_band)})"
-            )
-        coadds = {band: butlerQC.get(refs_by_band[band]) for band in models.bands}
-        image = self.to_multiband(coadds, list(models.bands))
+        image = read_coadds(
+            butlerQC,
+            inputRefs.coadds,
+            list(models.bands),
+            self.config.coaddStorageClass,
+            "the scarlet models (fitted in bands " + "".join(models.bands) + ")",
+        )
         objects = butlerQC.get(inputRefs.objects)
         reference = butlerQC.get(inputRefs.reference) if self.config.classSource == "reference" else None
         data_id = butlerQC.quantum.dataId
@@ -295,10 +295,6 @@ class BuildDeepDiscLabelsTask(pipeBase.PipelineTask):
         butlerQC.put(to_arrow(result.labels), outputRefs.labels)
         if self.config.doWriteCoco:
             butlerQC.put(result.coco, outputRefs.labelsCoco)
-
-    def to_multiband(self, coadds: Mapping[str, Any], bands: list[str]) -> MultibandImage:
-        """Convert the per-band Butler objects to the core's multi-band image."""
-        return multiband_from_coadds(coadds, bands, self.config.coaddStorageClass)
 
     def run(
         self,

@@ -103,7 +103,6 @@ import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
-from ..butler.conversions import multiband_from_coadds
 from ..butler.model_formatter import MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 from ..butler.tables import to_arrow
 from ..core.augment import band_subset
@@ -130,7 +129,12 @@ from ..core.training_data import (
     training_key,
 )
 from ..version import __version__
-from .coadd_inputs import coadd_input_connection, coadd_storage_class_field, use_coadd_storage_class
+from .coadd_inputs import (
+    coadd_input_connection,
+    coadd_storage_class_field,
+    read_coadds,
+    use_coadd_storage_class,
+)
 
 _PATCH_DIMENSIONS = ("tract", "patch", "skymap")
 # Bands in wavelength order, for choosing the default band order; other bands follow, sorted by name.
@@ -786,11 +790,9 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
                 inputs = patches[key]
 
                 def build(inputs: _PatchInputs = inputs, key: PatchKey = key) -> list[TrainingExample]:
-                    labels = butlerQC.get(inputs.labels)
-                    coadds = {band: butlerQC.get(inputs.coadds[band]) for band in bands}
-                    image = self.to_multiband(coadds, bands)
-                    del coadds  # One patch of pixels in memory at a time (plus the examples).
-                    return self.make_examples(image, labels, tract=key[0], patch=key[1])
+                    # One patch of pixels in memory at a time (plus the examples).
+                    image = self.read_patch(butlerQC, inputs, bands)
+                    return self.make_examples(image, butlerQC.get(inputs.labels), tract=key[0], patch=key[1])
 
                 refs = {"labels": str(inputs.labels.id)}
                 refs.update({band: str(inputs.coadds[band].id) for band in bands})
@@ -810,10 +812,8 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
                     def build_binned(
                         inputs: _PatchInputs = inputs, key: PatchKey = key
                     ) -> list[TrainingExample]:
+                        image = self.read_patch(butlerQC, inputs, bands)
                         labels = butlerQC.get(inputs.labels)
-                        coadds = {band: butlerQC.get(inputs.coadds[band]) for band in bands}
-                        image = self.to_multiband(coadds, bands)
-                        del coadds
                         return self.make_binned_examples(image, labels, tract=key[0], patch=key[1])
 
                     binned = (
@@ -883,9 +883,13 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
             )
         return sorted(common, key=_band_sort_key)
 
-    def to_multiband(self, coadds: Mapping[str, Any], bands: list[str]) -> MultibandImage:
-        """Convert the per-band Butler objects to the core's multi-band image."""
-        return multiband_from_coadds(coadds, bands, self.config.coaddStorageClass)
+    def read_patch(
+        self, butlerQC: pipeBase.QuantumContext, inputs: _PatchInputs, bands: list[str]
+    ) -> MultibandImage:
+        """The patch's coadds in the training bands, as the core's multi-band image."""
+        return read_coadds(
+            butlerQC, inputs.coadds.values(), bands, self.config.coaddStorageClass, "the training"
+        )
 
     def make_examples(
         self, image: MultibandImage, labels: Table, tract: int, patch: int
