@@ -357,24 +357,33 @@ def _base_meta(config: LabelConfig) -> dict[str, Any]:
     }
 
 
-def detection_weights(weighting: str, band_sigmas: np.ndarray) -> np.ndarray:
+def detection_weights(weighting: str, band_sigmas: np.ndarray, unit_noise: bool = False) -> np.ndarray:
     """Band weights ``w_b`` of the detection image ``sum_b w_b I_b``.
 
     Parameters
     ----------
     weighting : `str`
-        ``"sum"`` (all 1) or ``"inverse_variance"`` (``1 / sigma_b^2``).
+        ``"sum"`` (all 1) or ``"inverse_variance"`` (``1 / sigma_b^2``, the optimal combination for a flat
+        spectrum).
     band_sigmas : `numpy.ndarray`
-        Background noise per band (only used for ``"inverse_variance"``).
+        Background noise per band (used for ``"inverse_variance"`` and ``unit_noise``).
+    unit_noise : `bool`
+        Scale the weights so that the detection image's sky noise is 1 per pixel
+        (``w_b / sqrt(sum_c w_c^2 sigma_c^2)``), making it an image in units of its own noise.
     """
     sigmas = np.asarray(band_sigmas, dtype=np.float64).reshape(-1)
+    needs_sigmas = weighting == "inverse_variance" or unit_noise
+    if needs_sigmas and not np.all(np.isfinite(sigmas) & (sigmas > 0)):
+        raise ValueError(f"{weighting} weights need positive finite band noise, got {sigmas}")
     if weighting == "sum":
-        return np.ones(sigmas.size)
-    if weighting == "inverse_variance":
-        if not np.all(np.isfinite(sigmas) & (sigmas > 0)):
-            raise ValueError(f"inverse-variance weights need positive finite band noise, got {sigmas}")
-        return 1.0 / sigmas**2
-    raise ValueError(f"detection weighting must be one of {DETECTION_WEIGHTINGS}, got {weighting!r}")
+        weights = np.ones(sigmas.size)
+    elif weighting == "inverse_variance":
+        weights = 1.0 / sigmas**2
+    else:
+        raise ValueError(f"detection weighting must be one of {DETECTION_WEIGHTINGS}, got {weighting!r}")
+    if unit_noise:
+        weights = weights / np.sqrt(np.sum(weights**2 * sigmas**2))
+    return weights
 
 
 def background_sigmas(image: MultibandImage, invalid: np.ndarray | None = None) -> np.ndarray:

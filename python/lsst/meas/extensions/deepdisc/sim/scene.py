@@ -60,7 +60,6 @@ from __future__ import annotations
 
 __all__ = [
     "PatchScene",
-    "detection_weights",
     "no_data_region",
     "render_scene",
     "simulate_patch",
@@ -80,6 +79,7 @@ from scipy import ndimage
 from scipy.signal import fftconvolve
 
 from ..core.footprints import flatten_spans, mask_to_spans, spans_to_mask
+from ..core.labels import detection_weights
 from ..core.multiband import DEFAULT_MASK_PLANES, MultibandImage
 from .artifacts import render_patch_artifacts
 from .catalog import band_fluxes, sources_near_patch
@@ -459,21 +459,16 @@ def _cropped_banks(kernels: np.ndarray) -> list[tuple[float, KernelBank]]:
     return banks
 
 
-def detection_weights(sigmas: np.ndarray) -> np.ndarray:
-    """Band weights of the detection image ``sum_b w_b I_b`` in units of its own per-pixel noise.
-
-    ``w_b = sigma_b^-2 / sqrt(sum_c sigma_c^-2)``: the inverse-variance weighted band sum (the optimal
-    combination for a flat spectrum), normalised so that its sky noise is 1 per pixel.
-    """
-    inverse = 1.0 / np.asarray(sigmas, dtype=float) ** 2
-    return inverse / math.sqrt(float(np.sum(inverse)))
-
-
 def _truth_table(scene: PatchScene, no_data: np.ndarray) -> tuple[Table, list[np.ndarray], list[tuple]]:
     """Truth rows, their footprints and model-space stamps (for exact models)."""
     preset, geometry = scene.preset, scene.geometry
     x_begin, y_begin, x_end, y_end = scene.bbox
-    weights = detection_weights([scene.conditions[b].sky_sigma_njy for b in scene.bands])
+    # The inverse-variance band sum in units of its own sky noise.
+    weights = detection_weights(
+        "inverse_variance",
+        np.array([scene.conditions[b].sky_sigma_njy for b in scene.bands]),
+        unit_noise=True,
+    )
     threshold = preset.truth_threshold_sigma
     total = np.tensordot(weights, scene.noise_free, axes=1)
     fluxes = band_fluxes(scene.sources, scene.bands)
