@@ -47,7 +47,6 @@ Populations (all numbers are per preset, see `SimPreset`):
 from __future__ import annotations
 
 __all__ = [
-    "CATALOG_COLUMNS",
     "band_fluxes",
     "cell_density_factor",
     "draw_cell_sources",
@@ -73,8 +72,6 @@ ARCMIN2_PER_DEG2 = 3600.0
 _BLUE_OFFSETS = np.array([1.00, 0.55, 0.20, 0.0, -0.10, -0.15])
 _RED_OFFSETS = np.array([3.05, 1.35, 0.45, 0.0, -0.30, -0.45])
 _COLOUR_SCATTER = 0.12
-
-CATALOG_COLUMNS = ("id", "is_star", "x", "y", "size", "e1", "e2", "bulge_fraction", "stamp_half")
 
 
 def _cumulative_power_law_draw(rng: np.random.Generator, n: int, slope: float, bright: float, faint: float):
