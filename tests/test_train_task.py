@@ -240,19 +240,21 @@ def test_examples_map_classes_by_name_and_keep_parent_geometry() -> None:
     assert all(label.area == 81 for label in by_source.values())
 
 
-def test_binned_examples_cover_the_patch_with_its_labels_binned_and_say_so() -> None:
+def test_binned_examples_cover_the_patch_with_its_bright_labels_binned_and_say_so() -> None:
     names = ["star", "galaxy", "artifact_ghost_bright", "artifact_ghost_faint", "artifact_rays"]
-    task = DeepDiscTrainTask(
-        config=short_config(classNames=names, tileSize=64, artifactRate=0.5, artifactBinning=4)
+    config = short_config(
+        classNames=names, tileSize=64, artifactRate=0.5, artifactBinning=4, scalingName="asinh_per_band"
     )
+    task = DeepDiscTrainTask(config=config)
     image, labels = patch_with_labels(["star", "galaxy"])
+    labels["mag"] = [17.0, 21.0, 17.5]  # Source 2 is fainter than binnedLabelMagnitude (18).
     examples = task.make_binned_examples(image, labels, tract=3, patch=7)
-    # 96 px binned 4x4: one 24 px example, every source in it as a 9x9 square shrunk to about 2x2.
+    # 96 px binned 4x4: one 24 px example with the bright sources, their 9x9 squares shrunk to about 2x2.
     assert len(examples) == 1
     (example,) = examples
     assert example.example_id.startswith("t3_p7_bin4_") and example.metadata["binning"] == 4
     assert example.image.shape == (len(BANDS), 24, 24)
-    assert sorted(label.source_id for label in example.instances) == [1, 2, 3]
+    assert sorted(label.source_id for label in example.instances) == [1, 3]
     assert all(1 <= label.area <= 9 for label in example.instances)
     # Binned examples are cached under a key of their own.
     refs = {"labels": "a", "g": "b"}

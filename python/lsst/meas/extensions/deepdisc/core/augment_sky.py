@@ -85,9 +85,10 @@ class SkyAugmentConfig:
     bright_magnitude : `float`
         Labelled sources brighter than this seed ghosts and rays (`.artifacts.draw_artifacts`).
     binned_artifact_rate : `float`
-        Mean number of artifacts tied to no source in a binned example (metadata ``binning`` > 1, see
-        `.binning`), drawn at the binned scale (`.artifacts.ArtifactConfig.binned`); binned examples get
-        no pixel-scale or seeing change.
+        Mean number of bright stars of ``ArtifactConfig.reference_mag`` at random places that seed ghosts
+        and rays (one each on average) in a binned example (metadata ``binning`` > 1, see `.binning`),
+        besides its own bright sources and one artifact tied to no source; all drawn at the binned scale
+        (`.artifacts.ArtifactConfig.binned`).  Binned examples get no pixel-scale or seeing change.
     """
 
     probability: float = 0.5
@@ -261,12 +262,20 @@ def _random_artifacts(
     binned example (``binning > 1``), as they look at that binning."""
     from .artifacts import ArtifactConfig, draw_artifacts
 
+    artifact_config = ArtifactConfig().binned(binning)
     bright = [label for label in example.instances if label.magnitude < config.bright_magnitude]
-    sources = None
-    if bright:
-        sources = np.array(
-            [(*(np.array(spans_centroid(label.spans)) * factor), label.magnitude) for label in bright]
-        )
+    anchors = [(*(np.array(spans_centroid(label.spans)) * factor), label.magnitude) for label in bright]
+    rate, anywhere = config.artifact_rate, config.artifact_rate
+    if binning > 1:
+        # A binned example covers binning**2 times the sky: besides its own bright sources, stars of the
+        # reference magnitude at random places (off the example too, as the star of a ghost may be) seed
+        # binned_artifact_rate ghosts and rays on average, and one artifact is tied to no source.
+        height, width = shape
+        for _ in range(int(rng.poisson(config.binned_artifact_rate))):
+            x, y = rng.uniform(-0.25, 1.25) * width, rng.uniform(-0.25, 1.25) * height
+            anchors.append((float(x), float(y), artifact_config.reference_mag))
+        rate, anywhere = 1.0, 1.0
+    sources = np.array(anchors, dtype=float) if anchors else None
     # Where the optical axis lies is unknown for a cutout: anywhere around it.
     centre = (float(rng.uniform(-1, 2) * shape[1]), float(rng.uniform(-1, 2) * shape[0]))
     return draw_artifacts(
@@ -274,10 +283,10 @@ def _random_artifacts(
         shape,
         example.image.shape[0],
         sources=sources,
-        rate=config.artifact_rate,
-        anywhere_rate=config.binned_artifact_rate if binning > 1 else config.artifact_rate,
+        rate=rate,
+        anywhere_rate=anywhere,
         field_centre=centre,
-        config=ArtifactConfig().binned(binning),
+        config=artifact_config,
     )
 
 

@@ -449,8 +449,15 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
         default=0,
     )
     binnedArtifactRate = pexConfig.Field[float](
-        doc="Mean number of artifacts tied to no source drawn into each binned example.",
+        doc="Mean number of bright stars at random places that seed ghosts and rays in each binned example "
+        "(one each on average), besides its own bright sources and one artifact tied to no source.",
         default=SkyAugmentConfig.binned_artifact_rate,
+    )
+    binnedLabelMagnitude = pexConfig.Field[float](
+        doc="Binned examples keep the labels of the sources brighter than this (label magnitude): the "
+        "thousands of fainter ones would leave the few artifacts of an example out of the sampled "
+        "proposals.",
+        default=SkyAugmentConfig.bright_magnitude,
     )
     binnedExampleRepeat = pexConfig.Field[int](
         doc="How many times each binned example appears in the training set (each draw gets its own "
@@ -946,7 +953,12 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
         factor = self.config.artifactBinning
         planes = tuple(self.config.invalidMaskPlanes)
         binned = bin_image(image, factor, planes)
-        labels = bin_labels(self.map_classes(labels, tract, patch), factor, image.xy0, binned.shape)
+        labels = self.map_classes(labels, tract, patch)
+        if "mag" in labels.colnames:
+            # Only the bright sources stay labelled: binned, the thousands of faint ones would outnumber the
+            # few artifacts of an example in the sampled proposals, and the network would not learn those.
+            labels = labels[np.asarray(labels["mag"], dtype=float) < self.config.binnedLabelMagnitude]
+        labels = bin_labels(labels, factor, image.xy0, binned.shape)
         examples = labels_to_examples(
             binned,
             labels,
@@ -1016,6 +1028,7 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
         }
         if binning:
             settings["artifactBinning"] = self.config.artifactBinning
+            settings["binnedLabelMagnitude"] = self.config.binnedLabelMagnitude
         return cache_key({"refs": dict(refs), "settings": settings})
 
     def example_cache_directory(self) -> Path:
