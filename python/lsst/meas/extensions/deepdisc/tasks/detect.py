@@ -57,6 +57,7 @@ from .coadd_inputs import (
     read_coadds,
     use_coadd_storage_class,
 )
+from .device import check_device, device_field
 
 
 class DeepDiscDetectConnections(
@@ -119,11 +120,7 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
         "concurrent passes on the CPU (one tile per core: the default suits two cores).",
         default=InferenceConfig.batch_size,
     )
-    device = pexConfig.ChoiceField[str](
-        doc="Torch device.",
-        default="auto",
-        allowed={"auto": "cuda if available", "cpu": "CPU", "cuda": "GPU"},
-    )
+    device = device_field()
     halfPrecision = pexConfig.Field[bool](
         doc="fp16 autocast on GPU (ignored on CPU).", default=InferenceConfig.half
     )
@@ -195,6 +192,7 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
 
     def validate(self) -> None:
         super().validate()
+        check_device(self)
         if self.tileOverlap >= self.tileSize:
             raise pexConfig.FieldValidationError(
                 DeepDiscDetectConfig.tileOverlap, self, "tileOverlap must be smaller than tileSize"

@@ -135,12 +135,12 @@ from .coadd_inputs import (
     read_coadds,
     use_coadd_storage_class,
 )
+from .device import check_device, device_field
 
 _PATCH_DIMENSIONS = ("tract", "patch", "skymap")
 # Bands in wavelength order, for choosing the default band order; other bands follow, sorted by name.
 _BAND_ORDER = ("u", "g", "r", "i", "z", "y")
 _RUN_TIMESTAMP = re.compile(r"/\d{8}T\d{6}Z$")
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # Config fields that do not change what is trained, so they stay out of the training key.
 _NOT_IN_TRAINING_KEY = frozenset(
     {
@@ -396,9 +396,7 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
     seed = pexConfig.Field[int](
         doc="Seed of initialisation, data order and augmentation.", default=TrainingConfig.seed
     )
-    device = pexConfig.Field[str](
-        doc="Torch device: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:N'.", default="auto"
-    )
+    device = device_field()
     numThreads = pexConfig.Field[int](
         doc="Torch CPU threads; 0: pipetask's --cores-per-quantum (-n), outside pipetask $OMP_NUM_THREADS "
         "or the cores this process may use (logged).  More threads than free cores slow every step "
@@ -720,8 +718,7 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
         for name in ("evalPeriod", "checkpointPeriod"):
             if not getattr(self, name) > 0:
                 fail(getattr(cls, name), f"{name} must be positive")
-        if not _DEVICE_PATTERN.match(self.device):
-            fail(cls.device, f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
+        check_device(self)
         if self.stopAfter < 0:
             fail(cls.stopAfter, "stopAfter must be >= 0")
         if self.modelName and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", self.modelName):
