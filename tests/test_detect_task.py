@@ -217,7 +217,7 @@ def artifact_package() -> ModelPackage:
 def test_the_binned_artifact_pass_adds_only_artifact_rows_on_whole_blocks(artifact_package) -> None:
     image = _image()
     # A random network at score threshold 0 reports its top detections: enough to see where they go.
-    task = _task(scoreThreshold=0.0, minDetectionSnr=0.0)
+    task = _task(scoreThreshold=0.0, minDetectionSnr=0.0, binnedArtifactMinArea=0)
     catalog = task.run(image, artifact_package).catalog
     coarse = catalog[np.asarray(catalog["tile_index"]) == -1]
     assert task.metadata["n_binned_artifacts"] > 0 and len(coarse) > 0
@@ -229,6 +229,13 @@ def test_the_binned_artifact_pass_adds_only_artifact_rows_on_whole_blocks(artifa
         assert np.all((spans[:, 1] - image.xy0[0]) % 4 == 0)
         mask = spans_to_mask(spans, image.shape, image.xy0)
         assert mask.sum() % 4 == 0
+    # binnedArtifactMinArea drops the small ones.
+    limit = int(np.median(coarse["footprint_area"])) + 1
+    bigger = _task(scoreThreshold=0.0, minDetectionSnr=0.0, binnedArtifactMinArea=limit).run(
+        image, artifact_package
+    )
+    big_rows = bigger.catalog[np.asarray(bigger.catalog["tile_index"]) == -1]
+    assert 0 < len(big_rows) < len(coarse) and np.all(big_rows["footprint_area"] >= limit)
     # Without the binned pass (config 0, or a package without artifact_binning) there are no such rows.
     for overrides, package in (
         ({"artifactBinning": 0}, artifact_package),

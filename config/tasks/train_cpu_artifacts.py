@@ -8,7 +8,8 @@
 # sources brighter than 18 mag binned too (the thousands of fainter ones would crowd the few artifacts
 # out of the sampled proposals: a first run that kept them all scored no artifact above 0.1 after 750
 # iterations), and artifacts are drawn into these binned examples at the binned scale (ghosts and rays of
-# three random bright stars and of the example's own, one more anywhere); the detection task runs the model
+# three random bright stars and of the example's own, one more anywhere; ghosts of at least 6 binned
+# pixels radius, as smaller ones look like binned galaxies); the detection task runs the model
 # on the patch binned the same way for the artifact classes only (the package records artifactBinning).
 # The unbinned examples keep every stage-2 augmentation, so sources keep being learned as before.
 #

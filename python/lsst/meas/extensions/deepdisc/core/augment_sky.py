@@ -43,6 +43,7 @@ from __future__ import annotations
 
 __all__ = ["SkyAugmentConfig", "sky_augment_example"]
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,6 +90,9 @@ class SkyAugmentConfig:
         and rays (one each on average) in a binned example (metadata ``binning`` > 1, see `.binning`),
         besides its own bright sources and one artifact tied to no source; all drawn at the binned scale
         (`.artifacts.ArtifactConfig.binned`).  Binned examples get no pixel-scale or seeing change.
+    binned_min_radius : `float`
+        Smallest ghost radius drawn into a binned example (binned pixels): smaller ghosts look like the
+        binned galaxies, so they are left to the unbinned examples (and the unbinned detection pass).
     """
 
     probability: float = 0.5
@@ -101,6 +105,7 @@ class SkyAugmentConfig:
     artifact_class_ids: tuple[int, ...] = ()
     bright_magnitude: float = 18.0
     binned_artifact_rate: float = 3.0
+    binned_min_radius: float = 6.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probability <= 1.0:
@@ -263,6 +268,10 @@ def _random_artifacts(
     from .artifacts import ArtifactConfig, draw_artifacts
 
     artifact_config = ArtifactConfig().binned(binning)
+    if binning > 1:
+        low, high = artifact_config.ghost_radius_range
+        radius = (min(max(low, config.binned_min_radius), high), high)
+        artifact_config = dataclasses.replace(artifact_config, ghost_radius=radius)
     bright = [label for label in example.instances if label.magnitude < config.bright_magnitude]
     anchors = [(*(np.array(spans_centroid(label.spans)) * factor), label.magnitude) for label in bright]
     rate, anywhere = config.artifact_rate, config.artifact_rate

@@ -40,6 +40,7 @@ from ..butler.regions import check_coadd_in_patch, inside_region, patch_and_trac
 from ..butler.tables import to_arrow
 from ..core.binning import bin_image
 from ..core.catalog import build_artifact_mask, build_catalog, is_artifact_class, set_primary_flags
+from ..core.footprints import spans_area
 from ..core.ids import IdPacker
 from ..core.inference import (
     InferenceConfig,
@@ -181,6 +182,13 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
         "(core/binning.py).  -1: the binning the package was trained for (its artifact_binning; none: no "
         "binned pass); 0 or 1: no binned pass.",
         default=-1,
+    )
+    binnedArtifactMinArea = pexConfig.Field[int](
+        doc="Binned-pass artifacts with a footprint smaller than this (patch pixels) are dropped: the "
+        "binned examples of training have ghosts of 6 binned pixels radius and more (about 1400 pixels at "
+        "binning 4), and smaller binned detections are mostly binned galaxies; small bright artifacts are "
+        "left to the unbinned pass.",
+        default=1024,
     )
     artifactScoreThreshold = pexConfig.Field[float](
         doc="Score threshold of the binned artifact pass; None: the one of the sources.",
@@ -508,8 +516,11 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             coarse = run_tiled_inference(
                 model, scaled, xy0=(0, 0), config=inference_config, valid=~invalid.all(axis=0), log=self.log
             )
+        coarse = coarse.unbinned(binning, image.xy0, image.shape)
+        areas = np.array([spans_area(f) for f in coarse.footprints], dtype=np.int64)
+        coarse = coarse.select(areas >= self.config.binnedArtifactMinArea)
         self.metadata["n_binned_artifacts"] = len(coarse)
-        return coarse.unbinned(binning, image.xy0, image.shape)
+        return coarse
 
     def flag_primary(self, catalog: Table, patch_region: Any | None, tract_region: Any | None) -> None:
         """Set the primary flags of ``catalog`` from the inner regions (warn when they are unknown)."""
