@@ -704,6 +704,13 @@ def test_artifact_binning_round_trips_and_is_shown(tmp_path: Path) -> None:
     for bad in (1, 2.0, True, "4"):
         with pytest.raises(ModelPackageError, match="artifact_binning"):
             _tiny_package(artifact_binning=bad)
+    thresholded = _tiny_package(artifact_binning=4, artifact_score_threshold=0.3)
+    assert ModelPackage.from_bytes(thresholded.to_bytes()).artifact_score_threshold == 0.3
+    assert "binned 4x (score >= 0.3)" in thresholded.summary()
+    with pytest.raises(ModelPackageError, match="needs artifact_binning"):
+        _tiny_package(artifact_score_threshold=0.3)
+    with pytest.raises(ModelPackageError, match="artifact_score_threshold"):
+        _tiny_package(artifact_binning=4, artifact_score_threshold=1.5)
 
 
 def test_build_model_sets_the_score_threshold_lower_or_higher(

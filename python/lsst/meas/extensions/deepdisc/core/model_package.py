@@ -122,7 +122,13 @@ _METADATA_KEYS = (
     "format_version",
 )
 # Keys a package may carry (older packages lack them; they are written only when set).
-_OPTIONAL_METADATA_KEYS = ("score_threshold", "min_bands", "band_count_thresholds", "artifact_binning")
+_OPTIONAL_METADATA_KEYS = (
+    "score_threshold",
+    "min_bands",
+    "band_count_thresholds",
+    "artifact_binning",
+    "artifact_score_threshold",
+)
 
 
 class BandMismatchError(ModelPackageError):
@@ -268,6 +274,8 @@ class ModelPackage:
         For a model with artifact classes trained on binned examples too (`.binning`): the binning at
         which it finds the large, faint artifacts; the detection task runs it on the patch binned so for
         those classes.  `None`: artifacts are found on the unbinned patch only.
+    artifact_score_threshold : `float` or `None`
+        Score threshold of that binned artifact pass (`None`: the sources' operating point).
     package_version : `str`
         Version of meas_extensions_deepdisc that created the package.
     format_version : `int`
@@ -289,6 +297,7 @@ class ModelPackage:
     min_bands: int | None = None
     band_count_thresholds: dict[int, float] | None = None
     artifact_binning: int | None = None
+    artifact_score_threshold: float | None = None
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -334,6 +343,13 @@ class ModelPackage:
             raise ModelPackageError(
                 f"artifact_binning must be an integer >= 2, got {self.artifact_binning!r}"
             )
+        if self.artifact_score_threshold is not None:
+            value = self.artifact_score_threshold
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ModelPackageError(f"artifact_score_threshold must be in [0, 1], got {value!r}")
+            if self.artifact_binning is None:
+                raise ModelPackageError("artifact_score_threshold needs artifact_binning (the binned pass)")
+            self.artifact_score_threshold = float(value)
         if not isinstance(self.state_dict, Mapping) or not self.state_dict:
             raise ModelPackageError("state_dict must be a non-empty mapping of names to tensors")
         for key, tensor in self.state_dict.items():
@@ -744,6 +760,11 @@ class ModelPackage:
                 else {"band_count_thresholds": {str(n): t for n, t in self.band_count_thresholds.items()}}
             ),
             **({} if self.artifact_binning is None else {"artifact_binning": self.artifact_binning}),
+            **(
+                {}
+                if self.artifact_score_threshold is None
+                else {"artifact_score_threshold": self.artifact_score_threshold}
+            ),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -791,7 +812,14 @@ class ModelPackage:
             *(
                 []
                 if self.artifact_binning is None
-                else [f"  artifacts      : also found on the patch binned {self.artifact_binning}x"]
+                else [
+                    f"  artifacts      : also found on the patch binned {self.artifact_binning}x"
+                    + (
+                        ""
+                        if self.artifact_score_threshold is None
+                        else f" (score >= {self.artifact_score_threshold:g})"
+                    )
+                ]
             ),
             f"  weights        : {weights['tensors']} tensors, {weights['values']:,} values, "
             f"{weights['bytes'] / 2**20:.1f} MiB ({dtypes})",
@@ -951,6 +979,7 @@ class ModelPackage:
             min_bands=metadata.get("min_bands"),
             band_count_thresholds=metadata.get("band_count_thresholds"),
             artifact_binning=metadata.get("artifact_binning"),
+            artifact_score_threshold=metadata.get("artifact_score_threshold"),
             package_version=metadata["package_version"],
             format_version=metadata["format_version"],
         )

@@ -191,7 +191,8 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
         default=1024,
     )
     artifactScoreThreshold = pexConfig.Field[float](
-        doc="Score threshold of the binned artifact pass; None: the one of the sources.",
+        doc="Score threshold of the binned artifact pass; None: the package's (artifact_score_threshold), "
+        "else the sources' threshold.",
         default=None,
         optional=True,
     )
@@ -512,7 +513,11 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             binned.height,
             ", ".join(model_package.class_names[i] for i in artifact_ids),
         )
-        with only_classes(model, artifact_ids.tolist(), self.config.artifactScoreThreshold):
+        threshold = self.config.artifactScoreThreshold
+        if threshold is None:
+            threshold = model_package.artifact_score_threshold
+        self.metadata["artifact_score_threshold"] = math.nan if threshold is None else threshold
+        with only_classes(model, artifact_ids.tolist(), threshold):
             coarse = run_tiled_inference(
                 model, scaled, xy0=(0, 0), config=inference_config, valid=~invalid.all(axis=0), log=self.log
             )

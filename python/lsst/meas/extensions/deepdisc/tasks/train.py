@@ -457,6 +457,12 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
         "proposals.",
         default=SkyAugmentConfig.bright_magnitude,
     )
+    artifactScoreThreshold = pexConfig.Field[float](
+        doc="With artifactBinning > 1: the score threshold of the detection task's binned artifact pass, "
+        "recorded in the package (artifact_score_threshold); None: the sources' operating point.",
+        default=None,
+        optional=True,
+    )
     binnedExampleRepeat = pexConfig.Field[int](
         doc="How many times each binned example appears in the training set (each draw gets its own "
         "artifacts): a patch gives one binned example per tileSize x tileSize binned pixels, few against its "
@@ -1208,7 +1214,11 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
             min_bands=self.config.minBands if self.config.bandDropout > 0 else None,
         )
         if self.config.artifactBinning > 1:
-            model = dataclasses.replace(model, artifact_binning=self.config.artifactBinning)
+            model = dataclasses.replace(
+                model,
+                artifact_binning=self.config.artifactBinning,
+                artifact_score_threshold=self.config.artifactScoreThreshold,
+            )
         if self.config.doOperatingPoint and validation:
             model = self.choose_operating_point(model, validation, training_config)
         self.metadata["best_iteration"] = -1 if training.best_iteration is None else training.best_iteration
