@@ -239,9 +239,12 @@ def sky_augment_example(
         instances = resampled
     if blur_sigma >= 0.3:
         flux = np.stack([ndimage.gaussian_filter(plane, blur_sigma, mode="nearest") for plane in flux])
+    if factor != 1.0 or blur_sigma >= 0.3:
+        # Resampling and blurring change the noise; the artifacts are signal and come after (measured with
+        # them, the noise of a ghost-filled or crowded binned example would be scaled away).
+        _restore_noise(flux, valid, rng)
     if artifacts:
         instances += _paint_artifacts(flux, artifacts, config)
-    _restore_noise(flux, valid, rng)
     if valid is not None:
         flux[:, ~valid] = 0.0
     image = np.arcsinh(flux / np.float32(soft)).astype(np.float32)
