@@ -92,7 +92,11 @@ def _bin(name: str) -> str:
 
 def _run(args: list[str]) -> None:
     _say("$ " + " ".join(args))
-    subprocess.run(args, check=True, env=os.environ.copy())
+    env = os.environ.copy()
+    # The comparison pipeline imports the detection pipeline through $MEAS_EXTENSIONS_DEEPDISC_DIR, which
+    # make and EUPS set; run as a plain module, the demo points it at its own checkout.
+    env.setdefault("MEAS_EXTENSIONS_DEEPDISC_DIR", str(PACKAGE_ROOT))
+    subprocess.run(args, check=True, env=env)
 
 
 def _butler(repo: Path):
