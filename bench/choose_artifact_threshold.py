@@ -42,18 +42,13 @@ import numpy as np
 import torch
 from lsst.daf.butler import Butler
 
-from lsst.meas.extensions.deepdisc.core.footprints import spans_area, spans_intersection_area, unflatten_spans
+from lsst.meas.extensions.deepdisc.core.footprints import Footprint
 from lsst.meas.extensions.deepdisc.core.metrics import presence_scores
 from lsst.meas.extensions.deepdisc.core.model_package import ModelPackage
 from lsst.meas.extensions.deepdisc.tasks.coadd_inputs import read_coadds
 from lsst.meas.extensions.deepdisc.tasks.detect import DeepDiscDetectConfig, DeepDiscDetectTask
 
 THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    inter = spans_intersection_area(a, b)
-    return inter / (spans_area(a) + spans_area(b) - inter) if inter else 0.0
 
 
 def patch_matches(task, package, butler, skymap: str, tract: int, patch: int):
@@ -66,19 +61,19 @@ def patch_matches(task, package, butler, skymap: str, tract: int, patch: int):
     catalog = task.run(image, package, tract=tract, patch=patch).catalog
     rows = catalog[np.asarray(catalog["tile_index"]) == -1]
     truth = butler.get("truth_artifacts", tract=tract, patch=patch, skymap=skymap)
-    truth_spans = [unflatten_spans(np.asarray(s)) for s in truth["spans"]]
+    truth_footprints = [Footprint.from_flat(np.asarray(s)) for s in truth["spans"]]
     order = np.argsort(-np.asarray(rows["score"], dtype=float))
-    used = np.zeros(len(truth_spans), dtype=bool)
+    used = np.zeros(len(truth_footprints), dtype=bool)
     scores, matched = [], []
     for index in order:
-        spans = unflatten_spans(np.asarray(rows["footprint"][index]))
-        ious = np.array([_iou(spans, t) if not u else 0.0 for t, u in zip(truth_spans, used)])
+        found = Footprint.from_flat(np.asarray(rows["footprint"][index]))
+        ious = np.array([found.iou(t) if not u else 0.0 for t, u in zip(truth_footprints, used)])
         hit = bool(ious.size and ious.max() >= 0.5)
         if hit:
             used[int(np.argmax(ious))] = True
         scores.append(float(rows["score"][index]))
         matched.append(hit)
-    return np.array(scores), np.array(matched, dtype=bool), len(truth_spans)
+    return np.array(scores), np.array(matched, dtype=bool), len(truth_footprints)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,16 +17,24 @@ from lsst.meas.extensions.deepdisc.tasks.detect import DeepDiscDetectConfig, Dee
 BANDS = ("g", "r", "i")
 
 
-@pytest.fixture(scope="module")
-def package() -> ModelPackage:
+def _random_package(name: str, min_bands: int | None = None, **spec: object) -> ModelPackage:
+    """A compact model with seeded random weights (``spec``: `ModelSpec` fields besides the defaults)."""
     torch.manual_seed(0)
     spec = ModelSpec(
-        architecture="compact-R18-FPN",
-        bands=BANDS,
-        overrides={"TEST.DETECTIONS_PER_IMAGE": 100},
+        **{
+            "architecture": "compact-R18-FPN",
+            "bands": BANDS,
+            "overrides": {"TEST.DETECTIONS_PER_IMAGE": 100},
+            **spec,
+        }
     )
     model = build_model_from_spec(spec)
-    return ModelPackage.from_model(model, spec, ScalingSpec("asinh_per_band"), name="test-random")
+    return ModelPackage.from_model(model, spec, ScalingSpec("asinh_per_band"), name=name, min_bands=min_bands)
+
+
+@pytest.fixture(scope="module")
+def package() -> ModelPackage:
+    return _random_package("test-random")
 
 
 def _image(size: int = 160, bands: tuple[str, ...] = BANDS, seed: int = 1) -> MultibandImage:
@@ -154,15 +162,7 @@ def test_detections_below_the_snr_cut_are_dropped_and_the_catalog_rebuilt(packag
 
 @pytest.fixture(scope="module")
 def subset_package() -> ModelPackage:
-    torch.manual_seed(0)
-    spec = ModelSpec(
-        architecture="compact-R18-FPN",
-        bands=("u", *BANDS),
-        overrides={"TEST.DETECTIONS_PER_IMAGE": 100},
-        band_availability=True,
-    )
-    model = build_model_from_spec(spec)
-    return ModelPackage.from_model(model, spec, ScalingSpec("asinh_per_band"), name="subset", min_bands=2)
+    return _random_package("subset", min_bands=2, bands=("u", *BANDS), band_availability=True)
 
 
 def test_a_band_availability_model_runs_on_the_bands_present_and_records_them(
@@ -200,18 +200,10 @@ def test_the_operating_point_follows_the_number_of_bands_present(subset_package:
 
 @pytest.fixture(scope="module")
 def artifact_package() -> ModelPackage:
-    torch.manual_seed(0)
-    spec = ModelSpec(
-        architecture="compact-R18-FPN",
-        bands=BANDS,
-        class_names=("star", "galaxy", "artifact_ghost_bright", "artifact_ghost_faint", "artifact_rays"),
-        overrides={"TEST.DETECTIONS_PER_IMAGE": 100},
-    )
-    model = build_model_from_spec(spec)
-    package = ModelPackage.from_model(model, spec, ScalingSpec("asinh_per_band"), name="test-artifacts")
     import dataclasses
 
-    return dataclasses.replace(package, artifact_binning=4)
+    names = ("star", "galaxy", "artifact_ghost_bright", "artifact_ghost_faint", "artifact_rays")
+    return dataclasses.replace(_random_package("test-artifacts", class_names=names), artifact_binning=4)
 
 
 def test_the_binned_artifact_pass_adds_only_artifact_rows_on_whole_blocks(artifact_package) -> None:

@@ -271,14 +271,13 @@ def _random_artifacts(
     from .artifacts import ArtifactConfig, draw_artifacts
 
     artifact_config = ArtifactConfig().binned(binning)
-    if binning > 1:
-        low, high = artifact_config.ghost_radius_range
-        radius = (min(max(low, config.binned_min_radius), high), high)
-        artifact_config = dataclasses.replace(artifact_config, ghost_radius=radius)
     bright = [label for label in example.instances if label.magnitude < config.bright_magnitude]
     anchors = [(*(np.array(spans_centroid(label.spans)) * factor), label.magnitude) for label in bright]
     rate, anywhere = config.artifact_rate, config.artifact_rate
     if binning > 1:
+        low, high = artifact_config.ghost_radius_range
+        radius = (min(max(low, config.binned_min_radius), high), high)
+        artifact_config = dataclasses.replace(artifact_config, ghost_radius=radius)
         # A binned example covers binning**2 times the sky: besides its own bright sources, stars of the
         # reference magnitude at random places (off the example too, as the star of a ghost may be) seed
         # binned_artifact_rate ghosts and rays on average, and one artifact is tied to no source.

@@ -121,7 +121,7 @@ def bin_image(
         bits = _blocks(image.mask, factor, 0)
         mask = np.where(
             has_valid,
-            np.bitwise_or.reduce(np.where(_blocks(valid, factor, False), bits, 0), axis=-1),
+            np.bitwise_or.reduce(np.where(weights, bits, 0), axis=-1),
             np.bitwise_or.reduce(bits, axis=-1),
         ).astype(image.mask.dtype)
     return MultibandImage(

@@ -81,7 +81,7 @@ import numpy as np
 import torch
 
 from .binning import unbin_boxes, unbin_spans
-from .footprints import SPAN_DTYPE, mask_to_spans, spans_area, spans_intersection_area
+from .footprints import SPAN_DTYPE, Footprint, mask_to_spans, spans_area, spans_intersection_area
 
 _LOG = logging.getLogger(__name__)
 
@@ -460,9 +460,8 @@ def add_coarse_detections(detections: Detections, coarse: Detections, merge_iou:
             other = detections.boxes[i]
             if other[0] >= box[2] or other[2] <= box[0] or other[1] >= box[3] or other[3] <= box[1]:
                 continue
-            inter = spans_intersection_area(detections.footprints[i], coarse.footprints[j])
-            union = spans_area(detections.footprints[i]) + spans_area(coarse.footprints[j]) - inter
-            if not inter or inter / union < merge_iou:
+            iou = Footprint(detections.footprints[i]).iou(Footprint(coarse.footprints[j]))
+            if iou <= 0.0 or iou < merge_iou:
                 continue
             if coarse.scores[j] > detections.scores[i]:
                 keep_fine[i] = False

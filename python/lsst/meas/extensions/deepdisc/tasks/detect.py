@@ -377,11 +377,8 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             del invalid
             scaled = model_package.scaling.scaled_cube(image)
         else:
-            # The invalid-pixel mask is built once: the scaling reuses it when it counts the same planes.
-            same_planes = tuple(model_package.scaling.invalid_planes) == tuple(self.config.invalidMaskPlanes)
-            scaled, _ = model_package.scaling.apply(image, invalid if same_planes else None)
+            scaled = self._network_input(model_package, image, invalid)
             del invalid
-            scaled = model_package.network_input(scaled, used)
         device = select_device(self.config.device)
         threads_wanted = self.config.numThreads if num_threads is None else num_threads
         with torch_cpu_settings(threads_wanted, log=self.log) as threads:
@@ -421,6 +418,16 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         return pipeBase.Struct(
             catalog=catalog, detections=detections, artifactMask=build_artifact_mask(catalog)
         )
+
+    def _network_input(
+        self, model_package: ModelPackage, image: MultibandImage, invalid: np.ndarray
+    ) -> np.ndarray:
+        """The network input of an image scaled whole: ``invalid`` (`MultibandImage.invalid_pixels` of
+        ``invalidMaskPlanes``), built once, is reused when the scaling counts the same planes; bands of the
+        model absent from ``image`` become NaN planes (`ModelPackage.network_input`)."""
+        same_planes = tuple(model_package.scaling.invalid_planes) == tuple(self.config.invalidMaskPlanes)
+        scaled, _ = model_package.scaling.apply(image, invalid if same_planes else None)
+        return model_package.network_input(scaled, list(image.bands))
 
     def _build_model(
         self, model_package: ModelPackage, device: Any, n_bands: int
@@ -499,11 +506,8 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         """The artifact classes found on the patch binned ``binning`` x ``binning``, in patch coordinates."""
         planes = tuple(self.config.invalidMaskPlanes)
         binned = bin_image(image, binning, planes)
-        same_planes = tuple(model_package.scaling.invalid_planes) == planes
         invalid = binned.invalid_pixels(planes)
-        scaled, _ = model_package.scaling.apply(binned, invalid if same_planes else None)
-        if tuple(binned.bands) != tuple(model_package.bands):
-            scaled = model_package.network_input(scaled, list(binned.bands))
+        scaled = self._network_input(model_package, binned, invalid)
         artifact_ids = np.flatnonzero(is_artifact_class(list(model_package.class_names)))
         self.log.info(
             "Artifact pass on the patch binned %dx%d (%dx%d px), classes %s",

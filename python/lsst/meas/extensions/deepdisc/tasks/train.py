@@ -86,6 +86,7 @@ __all__ = [
 ]
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -799,10 +800,13 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
             for key in keys:
                 inputs = patches[key]
 
-                def build(inputs: _PatchInputs = inputs, key: PatchKey = key) -> list[TrainingExample]:
-                    # One patch of pixels in memory at a time (plus the examples).
-                    image = self.read_patch(butlerQC, inputs, bands)
-                    return self.make_examples(image, butlerQC.get(inputs.labels), tract=key[0], patch=key[1])
+                # Read only when an example file is missing, and once for both kinds of examples.
+                @functools.cache
+                def read(inputs: _PatchInputs = inputs) -> tuple[MultibandImage, Table]:
+                    return self.read_patch(butlerQC, inputs, bands), butlerQC.get(inputs.labels)
+
+                def build(read=read, key: PatchKey = key) -> list[TrainingExample]:
+                    return self.make_examples(*read(), tract=key[0], patch=key[1])
 
                 refs = {"labels": str(inputs.labels.id)}
                 refs.update({band: str(inputs.coadds[band].id) for band in bands})
@@ -819,12 +823,8 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
                 label_counts[role] += sum(len(example.instances) for example in patch_examples)
                 if role == "train" and self.config.artifactBinning > 1:
 
-                    def build_binned(
-                        inputs: _PatchInputs = inputs, key: PatchKey = key
-                    ) -> list[TrainingExample]:
-                        image = self.read_patch(butlerQC, inputs, bands)
-                        labels = butlerQC.get(inputs.labels)
-                        return self.make_binned_examples(image, labels, tract=key[0], patch=key[1])
+                    def build_binned(read=read, key: PatchKey = key) -> list[TrainingExample]:
+                        return self.make_binned_examples(*read(), tract=key[0], patch=key[1])
 
                     binned = (
                         build_binned()
@@ -832,6 +832,7 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
                         else cache.get_or_build(self.example_cache_key(refs, binning=True), build_binned)
                     )
                     examples[role].extend(binned * self.config.binnedExampleRepeat)
+                read.cache_clear()  # One patch of pixels in memory at a time (plus the examples).
         if cache is not None:
             self.log.info(
                 "Example cache %s: %d patch(es) read, %d built", cache.directory, cache.hits, cache.misses
@@ -1244,18 +1245,11 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
         fallback; ``operatingPointRule`` then picks the threshold
         (`~lsst.meas.extensions.deepdisc.core.operating_point.choose_operating_point`).
         """
-        thresholds = sorted(self.config.operatingThresholds)
         network = model.build_model(
             device=str(select_device(training_config.device)),
-            score_threshold=thresholds[0],
+            score_threshold=min(self.config.operatingThresholds),
         )
-        truths, found = infer_examples(network, validation, training_config.device, training_config.seed)
-        curve = precision_recall_curve(
-            truths, found, thresholds, min_iou=self.config.evalIou, iou_type=self.config.evalIouType
-        )
-        point = choose_operating_point(
-            curve, self.config.operatingPointRule, self.config.operatingMinPrecision
-        )
+        point, curve = self._validation_operating_point(network, validation, training_config)
         self.log.info(
             "Operating point (%s%s): score >= %.2f, validation precision %.3f, recall %.3f, F1 %.3f",
             point["rule"],
@@ -1268,23 +1262,49 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
         provenance = {**model.provenance, "operating_point": {**point, "curve": curve}}
         model = dataclasses.replace(model, score_threshold=point["threshold"], provenance=provenance)
         if model.min_bands is not None:
-            model = self.choose_band_count_thresholds(model, validation, training_config)
+            model = self.choose_band_count_thresholds(model, validation, training_config, network)
         return model
 
+    def _validation_operating_point(
+        self,
+        network: Any,
+        validation: Sequence[TrainingExample],
+        training_config: TrainingConfig,
+        keep_bands: Sequence[np.ndarray] | None = None,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The operating point (``operatingPointRule``) and the precision-recall curve over
+        ``operatingThresholds`` of ``network`` (built at the lowest of them) on the validation examples,
+        with only ``keep_bands`` of each when given."""
+        truths, found = infer_examples(
+            network, validation, training_config.device, training_config.seed, keep_bands=keep_bands
+        )
+        curve = precision_recall_curve(
+            truths,
+            found,
+            sorted(self.config.operatingThresholds),
+            min_iou=self.config.evalIou,
+            iou_type=self.config.evalIouType,
+        )
+        point = choose_operating_point(
+            curve, self.config.operatingPointRule, self.config.operatingMinPrecision
+        )
+        return point, curve
+
     def choose_band_count_thresholds(
-        self, model: ModelPackage, validation: Sequence[TrainingExample], training_config: TrainingConfig
+        self,
+        model: ModelPackage,
+        validation: Sequence[TrainingExample],
+        training_config: TrainingConfig,
+        network: Any,
     ) -> ModelPackage:
         """The package with an operating point per number of bands present (``band_count_thresholds``).
 
         For every count from ``min_bands`` to one less than all the bands, each validation example keeps a
         random set of that many bands (seeded by the count and the example), the others absent, and the
         threshold is chosen as for all bands.  A model sees fewer bands with lower scores, so one threshold
-        for all counts would trade completeness away on three-band data.
+        for all counts would trade completeness away on three-band data.  ``network`` is ``model`` built at
+        the lowest of ``operatingThresholds`` (as `choose_operating_point` builds it).
         """
-        thresholds = sorted(self.config.operatingThresholds)
-        network = model.build_model(
-            device=str(select_device(training_config.device)), score_threshold=thresholds[0]
-        )
         n_bands = len(model.bands)
         chosen: dict[int, float] = {}
         points: dict[str, Any] = {}
@@ -1293,15 +1313,7 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
                 band_subset(n_bands, count, np.random.default_rng([training_config.seed, count, index]))
                 for index in range(len(validation))
             ]
-            truths, found = infer_examples(
-                network, validation, training_config.device, training_config.seed, keep_bands=keep
-            )
-            curve = precision_recall_curve(
-                truths, found, thresholds, min_iou=self.config.evalIou, iou_type=self.config.evalIouType
-            )
-            point = choose_operating_point(
-                curve, self.config.operatingPointRule, self.config.operatingMinPrecision
-            )
+            point, _ = self._validation_operating_point(network, validation, training_config, keep)
             chosen[count] = point["threshold"]
             points[str(count)] = point
             self.log.info(
