@@ -428,10 +428,10 @@ def test_foreign_survey_files_to_a_catalog_with_one_command(tmp_path, bands: str
 @pytest.mark.integration
 @pytest.mark.xdist_group("foreign_fits_pipetask")
 def test_detection_refuses_a_coadd_filed_under_another_patch(tmp_path, fresh_repo) -> None:
-    from lsst.meas.extensions.deepdisc.cli.ingest_fits import SHIPPED_MODEL
+    from lsst.meas.extensions.deepdisc import shipped_model_path
 
     bands = "ugrizy"  # The shipped model's bands, so that the model accepts the data and the check runs.
-    right = ingest_fits(fresh_repo, _files(tmp_path, bands), model=SHIPPED_MODEL)
+    right = ingest_fits(fresh_repo, _files(tmp_path, bands), model=shipped_model_path())
     folder = tmp_path / "moved"
     folder.mkdir()
     moved = {b: write_survey_file(folder / f"{b}.fits", b, wcs=survey_wcs(dec=3.0)) for b in bands}

@@ -31,8 +31,34 @@ Layers (see ``doc/``):
     Thin PipelineTasks, one module per task.
 ``sim``
     The simulated DRP repository used by the demo, the integration tests and the benchmarks.
+
+Data files
+----------
+The product's ``pipelines/`` (``DeepDisc``, ``DeepDiscCompare``, ``DeepDiscTrain``), ``config/models``
+(architecture recipes), ``config/tasks`` (task config overrides) and ``models/deepdisc-compact-sim.zip``
+(the shipped model) travel with the package: a wheel carries them as package data under ``_data/``, and
+in a checkout ``_data/`` links to the root directories.  `pipeline_path`, `model_config_dir`,
+`task_config_path` and `shipped_model_path` find them; ``$MEAS_EXTENSIONS_DEEPDISC_DIR`` (EUPS, the
+Makefile) wins where it is set.  Outside the stack, ``deepdisc-paths`` prints the paths and
+``deepdisc-paths --shell`` the environment for the documented ``pipetask`` commands.
 """
 
+from ._product import (
+    model_config_dir,
+    pipeline_names,
+    pipeline_path,
+    product_dir,
+    shipped_model_path,
+    task_config_path,
+)
 from .version import __version__
 
-__all__ = ["__version__"]
+__all__ = [
+    "__version__",
+    "model_config_dir",
+    "pipeline_names",
+    "pipeline_path",
+    "product_dir",
+    "shipped_model_path",
+    "task_config_path",
+]

@@ -40,7 +40,6 @@ import argparse
 import html
 import io
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -50,8 +49,8 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[6]
-SHIPPED_MODEL = PACKAGE_ROOT / "models" / "deepdisc-compact-sim.zip"
+from .._product import pipeline_path, shipped_model_path, task_config_path
+
 PRESETS = ("artifacts", "small")
 """Simulation presets the demo runs on: ``artifacts`` (the default: the ``small`` tract, same seed and
 objects, plus ghosts, scattered light and rays) or ``small`` (without artifacts)."""
@@ -92,11 +91,7 @@ def _bin(name: str) -> str:
 
 def _run(args: list[str]) -> None:
     _say("$ " + " ".join(args))
-    env = os.environ.copy()
-    # The comparison pipeline imports the detection pipeline through $MEAS_EXTENSIONS_DEEPDISC_DIR, which
-    # make and EUPS set; run as a plain module, the demo points it at its own checkout.
-    env.setdefault("MEAS_EXTENSIONS_DEEPDISC_DIR", str(PACKAGE_ROOT))
-    subprocess.run(args, check=True, env=env)
+    subprocess.run(args, check=True)
 
 
 def _butler(repo: Path):
@@ -140,18 +135,23 @@ def build_repo(repo: Path, jobs: int, preset: str) -> str:
 
 def obtain_model(repo: Path, skymap: str, train: bool, collection: str, preset: str) -> str:
     """Step 2: the model package collection to use as input."""
-    if not train and SHIPPED_MODEL.exists():
+    try:
+        shipped = shipped_model_path()
+    except FileNotFoundError as error:
+        shipped = None
+        missing = str(error)
+    if not train and shipped is not None:
         from ..core.model_package import ModelPackage
 
-        package = ModelPackage.load(SHIPPED_MODEL)
+        package = ModelPackage.load(shipped)
         _say(
-            f"step 2/4: shipped model {SHIPPED_MODEL.name}: {package.name} {package.version}, "
+            f"step 2/4: shipped model {shipped.name}: {package.name} {package.version}, "
             f"bands {''.join(package.bands)}, reproduced by bin/train-demo-model.sh"
         )
-        _run([_bin("deepdisc-model"), "ingest", str(repo), str(SHIPPED_MODEL), "--name", package.name])
+        _run([_bin("deepdisc-model"), "ingest", str(repo), str(shipped), "--name", package.name])
         return f"pretrained_models/{package.name}"
     if not train:
-        _say(f"step 2/4: no shipped model at {SHIPPED_MODEL}; training a compact model on CPU instead")
+        _say(f"step 2/4: {missing}; training a compact model on CPU instead")
     trained = train_collection(preset)
     if _has(repo, "deepdisc_model", trained):
         _say(f"step 2/4: reusing the model trained earlier in {trained}")
@@ -168,11 +168,11 @@ def obtain_model(repo: Path, skymap: str, train: bool, collection: str, preset: 
             "-o",
             trained,
             "-p",
-            str(PACKAGE_ROOT / "pipelines" / "DeepDiscTrain.yaml"),
+            str(pipeline_path("DeepDiscTrain")),
             "-C",
-            f"labels:{PACKAGE_ROOT / 'config' / 'tasks' / 'labels_deepdisc.py'}",
+            f"labels:{task_config_path('labels_deepdisc')}",
             "-C",
-            f"train:{PACKAGE_ROOT / 'config' / 'tasks' / 'train_cpu_demo.py'}",
+            f"train:{task_config_path('train_cpu_demo')}",
             "-d",
             f"skymap='{skymap}'",
             "--register-dataset-types",
@@ -202,7 +202,7 @@ def detect_and_compare(repo: Path, skymap: str, inputs: list[str], jobs: int, pr
         "-o",
         output,
         "-p",
-        str(PACKAGE_ROOT / "pipelines" / "DeepDiscCompare.yaml"),
+        str(pipeline_path("DeepDiscCompare")),
         "-d",
         f"skymap='{skymap}'",
         "--register-dataset-types",

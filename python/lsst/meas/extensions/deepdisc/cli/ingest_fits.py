@@ -92,6 +92,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from .._product import SHIPPED_MODEL_NAME, pipeline_path, shipped_model_path
 from ..core.background import DEFAULT_MESH_SIZE, measure_background, noise_variance
 from ..core.multiband import DEFAULT_MASK_PLANES, MultibandImage, same_sky_grid, set_bit_numbers
 from ..core.patch_grid import DEFAULT_PATCH_BORDER, DEFAULT_PATCH_SIZE, PatchGrid
@@ -103,10 +104,6 @@ DEFAULT_RUN = "ingest/deep_coadd"
 
 DEFAULT_COLLECTION = "ingest/defaults"
 """CHAINED collection of the coadds and the model: the ``-i`` of ``pipetask run``."""
-
-PACKAGE_ROOT = Path(__file__).resolve().parents[6]
-SHIPPED_MODEL = PACKAGE_ROOT / "models" / "deepdisc-compact-sim.zip"
-PIPELINE = PACKAGE_ROOT / "pipelines" / "DeepDisc.yaml"
 
 ZEROPOINT_KEYWORDS = ("MAGZERO", "MAGZPT", "PHOTZP")
 """Header keywords holding an AB zeropoint (magnitude of one count), in the order they are looked for."""
@@ -686,7 +683,8 @@ class IngestResult:
         """The ``pipetask run`` command that detects on these coadds (shell-quoted)."""
         if output is None:
             output = f"u/{_user_name()}/deepdisc"
-        args = ["pipetask", "run", "-b", repo, "-i", self.inputs, "-o", output, "-p", str(PIPELINE)]
+        pipeline = str(pipeline_path("DeepDisc"))
+        args = ["pipetask", "run", "-b", repo, "-i", self.inputs, "-o", output, "-p", pipeline]
         command = shlex.join(args) + f' -d "{self.data_query}" --register-dataset-types'
         if self.dataset_type != "deep_coadd":
             command += " " + shlex.join(["-c", f"detect:connections.coadds={self.dataset_type}"])
@@ -1138,9 +1136,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--model",
         type=Path,
-        default=SHIPPED_MODEL,
         metavar="PKG.zip",
-        help=f"model package to ingest into pretrained_models/<name> (default {SHIPPED_MODEL.name})",
+        help=f"model package for pretrained_models/<name> (default: the shipped {SHIPPED_MODEL_NAME})",
     )
     model.add_argument("--no-model", action="store_true", help="ingest no model package")
     parser.add_argument(
@@ -1196,12 +1193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         files = _parse_bands(args.band)
         model = None if args.no_model else args.model
-        if model is not None and not Path(model).is_file():
-            if model == SHIPPED_MODEL:
-                _log.warning("no shipped model at %s; no model ingested", model)
-                model = None
-            else:
-                raise IngestError(f"--model {model}: no such file")
+        if model is None and not args.no_model:
+            try:
+                model = shipped_model_path()
+            except FileNotFoundError as error:
+                _log.warning("%s; no model ingested", error)
+        elif model is not None and not Path(model).is_file():
+            raise IngestError(f"--model {model}: no such file")
         butler, root = _open_repo(args.repo, create=args.tract is None)
         with butler:
             result = ingest_fits(

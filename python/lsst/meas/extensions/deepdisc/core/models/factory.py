@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ... import _product
 from .compiled import check_compiled_features
 from .defaults import ASTRO_DEFAULTS, DEFAULT_CLASS_NAMES, INPUT_FORMAT, PROTECTED_KEYS
 from .safe_config import (
@@ -113,18 +114,12 @@ def list_architectures() -> list[str]:
 
 
 def model_config_dir() -> Path:
-    """Directory of the architecture recipes, ``config/models`` of this package's source tree.
+    """Directory of the architecture recipes, the product's ``config/models``.
 
-    ``$MEAS_EXTENSIONS_DEEPDISC_DIR/config/models`` (set by EUPS and by the Makefile) wins over the source
-    tree location next to this module.
+    ``$MEAS_EXTENSIONS_DEEPDISC_DIR/config/models`` (set by EUPS and by the Makefile) wins over the copy that
+    travels with the package (see `lsst.meas.extensions.deepdisc.model_config_dir`).
     """
-    product_dir = os.environ.get("MEAS_EXTENSIONS_DEEPDISC_DIR")
-    candidates = [Path(product_dir) / "config" / "models"] if product_dir else []
-    candidates.append(Path(__file__).resolve().parents[7] / "config" / "models")
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"architecture recipes not found; looked in {[str(c) for c in candidates]}")
+    return _product.model_config_dir()
 
 
 def _as_str_tuple(values: Any, what: str) -> tuple[str, ...]:
