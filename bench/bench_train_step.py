@@ -18,7 +18,7 @@
 #
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
-"""Seconds per training step of the compact model on CPU, and what each speed setting changes.
+r"""Seconds per training step of the compact model on CPU, and what each speed setting changes.
 
 Real training examples are read from an example cache (``<checkpointRoot>/examples/*.npz``, written by the
 training task; ``bin/train-demo-model.sh`` fills ``train_work/checkpoints/examples``).  Each variant runs
@@ -39,7 +39,7 @@ Variants (each a TrainingConfig / model change from the recipe of ``config/tasks
 
 Usage::
 
-    .venv/bin/python bench/bench_train_step.py --examples train_work/checkpoints/examples \\
+    .venv/bin/python bench/bench_train_step.py --examples train_work/checkpoints/examples \
         --crop 256 --batch 2 --steps 60 --out bench/results/
 """
 

@@ -52,8 +52,10 @@ THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 
 
 def patch_matches(task, package, butler, skymap: str, tract: int, patch: int):
-    """Scores of the binned artifacts of one patch, whether each matches a truth artifact, and the
-    number of truth artifacts."""
+    """Score the binned artifacts of one patch against its truth artifacts.
+
+    Returns the scores, whether each matches a truth artifact, and the number of truth artifacts.
+    """
     where = f"skymap='{skymap}' AND tract={tract} AND patch={patch}"
     refs = list(butler.query_datasets("deep_coadd", where=where))
     bands = [band for band in package.bands if band in {str(r.dataId["band"]) for r in refs}]
@@ -77,6 +79,7 @@ def patch_matches(task, package, butler, skymap: str, tract: int, patch: int):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -19,7 +19,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Quality of a model on a simulated repository, per set of bands, against truth (and against sep).
+r"""Quality of a model on a simulated repository, per set of bands, against truth (and against sep).
 
 For every band set, ``pipetask run`` of ``pipelines/DeepDiscCompare.yaml`` with ``detect.bands`` set to
 that set (the model runs on those bands only; the deblender and sep keep all of the repository's bands),
@@ -39,8 +39,8 @@ then, from the Butler:
 
 Example (the demo's held-out tract, after ``make demo``)::
 
-    python bench/eval_quality.py --repo demo_output/repo --input sim/small \\
-        --model models/deepdisc-compact-sim.zip --bands ugrizy gri grz riz i \\
+    python bench/eval_quality.py --repo demo_output/repo --input sim/small \
+        --model models/deepdisc-compact-sim.zip --bands ugrizy gri grz riz i \
         --output bench/results/quality-bands.md
 """
 
@@ -188,6 +188,7 @@ def artifact_table(summary: Table) -> Table:
 
 
 def evaluate(args: argparse.Namespace) -> tuple[Table, Table | None]:
+    """Detect and compare on the repository; the source-quality table and the artifact table (if asked)."""
     from lsst.meas.extensions.deepdisc.core.model_package import ModelPackage
 
     package = ModelPackage.load(args.model)
@@ -245,6 +246,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Table, Table | None]:
 
 
 def to_markdown(table: Table) -> str:
+    """The table as a Markdown table."""
     header = "| " + " | ".join(table.colnames) + " |"
     lines = [header, "|" + "---|" * len(table.colnames)]
     for row in table:
@@ -254,6 +256,7 @@ def to_markdown(table: Table) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -18,7 +18,7 @@
 #
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
-"""Label audit: how many of the deblender's children each label rule keeps, and how true their footprints are.
+r"""Label audit: how many of the deblender's children each label rule keeps, and how true their footprints.
 
 For every patch given, the deblender's scarlet models, the object table, the coadds and the truth table are
 read from a Butler repository (a simulated one: the truth is needed).  Each label rule (the
@@ -32,7 +32,7 @@ turns the models into labels; per 1-mag bin of the object table's i-band cModel 
 
 Usage (the training repository of ``bin/train-demo-model.sh``)::
 
-    .venv/bin/python bench/label_audit.py REPO --collection sim/train --skymap deepdisc_sim_train \\
+    .venv/bin/python bench/label_audit.py REPO --collection sim/train --skymap deepdisc_sim_train \
         --patches 0:0 0:5 1:3 1:10 --out bench/results/
 
 Writes ``<out>/<date>-label-audit-<commit>.md`` and ``.json``.

@@ -18,12 +18,12 @@
 #
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
-"""Record a training run's learning curve: validation F1, AP and recall per magnitude against iteration.
+r"""Record a training run's learning curve: validation F1, AP and recall per magnitude against iteration.
 
 Reads ``deepdisc_training_history`` (one row per validation) and the package's operating point from a
 training output collection and writes ``<out>/<date>-learning-curve-<name>.md``, ``.json`` and ``.png``::
 
-    .venv/bin/python bench/training_curve.py train_work/repo u/deepdisc/train-demo --name compact-cpu \\
+    .venv/bin/python bench/training_curve.py train_work/repo u/deepdisc/train-demo --name compact-cpu \
         --note "2 CPU cores (AMD EPYC), config/tasks/train_cpu_scale.py"
 """
 

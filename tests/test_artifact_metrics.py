@@ -19,8 +19,9 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Artifact metrics: mask AP per class, presence and pixel scores, flags of false positives, and the compare
-and summary tasks with and without ``truth_artifacts``.
+"""Artifact metrics and the compare and summary tasks with and without ``truth_artifacts``.
+
+The metrics: mask AP per class, presence and pixel scores, flags of false positives.
 
 The scenes reuse the synthetic 8-object patch of ``test_compare_task`` (4x4 squares) and add a 20x20 ghost
 at (60..79, 90..109), clear of every object.
@@ -96,8 +97,11 @@ def test_perfect_artifacts_score_one() -> None:
 
 
 def test_imperfect_artifacts() -> None:
-    """ghost_bright exact; ghost_faint shifted by 6 px (mask IoU 14/26 = 0.54: a match at IoU 0.5 only);
-    a spurious ray where no ray is."""
+    """Detections: ghost_bright exact, ghost_faint shifted, a spurious ray.
+
+    ghost_faint is shifted by 6 px (mask IoU 14/26 = 0.54: a match at IoU 0.5 only); the ray is where no
+    ray is.
+    """
     truth = _sources([GHOST_A, GHOST_B], ["ghost_bright", "ghost_faint"])
     shifted = _box(106, 100, 20, 20)
     detected = _sources([GHOST_A, shifted, RAY], list(CLASSES), scores=[0.9, 0.8, 0.7])

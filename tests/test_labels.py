@@ -56,8 +56,10 @@ STACK_RULE = {"threshold_mode": "model", "detection_weighting": "sum"}
 
 
 def build_labels(*args, **kwargs):
-    """`build_labels` with the stack's "model > threshold" rule unless a test names another: most tests
-    here check footprints against rendered models exactly, which that rule makes simple."""
+    """`build_labels` with the stack's "model > threshold" rule unless a test names another.
+
+    Most tests here check footprints against rendered models exactly, which that rule makes simple.
+    """
     return core_build_labels(*args, **{**STACK_RULE, **kwargs})
 
 

@@ -15,8 +15,10 @@ def tan_wcs(
     crpix: Sequence[float] = (1.0, 1.0),
     scale_arcsec: float = 0.2,
 ) -> WCS:
-    """A TAN WCS with its tangent point ``crval`` (RA, Dec degrees) at the FITS (1-based) pixel ``crpix``
-    and square pixels of ``scale_arcsec``, RA increasing to the left as on the sky."""
+    """A TAN WCS with square pixels of ``scale_arcsec``, RA increasing to the left as on the sky.
+
+    Its tangent point ``crval`` (RA, Dec degrees) is at the FITS (1-based) pixel ``crpix``.
+    """
     wcs = WCS(naxis=2)
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     wcs.wcs.crval = list(crval)

@@ -79,8 +79,9 @@ def _find(relative: str) -> Path:
 
 
 def product_dir() -> Path:
-    """The product directory in use: ``$MEAS_EXTENSIONS_DEEPDISC_DIR`` when it has ``pipelines/``, else
-    the packaged tree.
+    """The product directory in use.
+
+    ``$MEAS_EXTENSIONS_DEEPDISC_DIR`` when it has ``pipelines/``, else the packaged tree.
 
     Set ``$MEAS_EXTENSIONS_DEEPDISC_DIR`` to this directory to run the documented
     ``pipetask run -p $MEAS_EXTENSIONS_DEEPDISC_DIR/pipelines/...`` commands outside the stack

@@ -45,7 +45,7 @@ __all__ = [
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, override
 
 from lsst.daf.butler import Butler, CollectionType, DatasetRef, DatasetType, FormatterV2
 from lsst.daf.butler.registry import MissingCollectionError
@@ -78,11 +78,13 @@ class DeepDiscModelFormatter(FormatterV2):
     supported_extensions: ClassVar[frozenset[str]] = frozenset({".zip"})
     can_read_from_local_file: ClassVar[bool] = True
 
+    @override
     def read_from_local_file(self, path: str, component: str | None = None, expected_size: int = -1) -> Any:
         if component is not None:
             raise ValueError(f"{MODEL_STORAGE_CLASS} has no components (asked for {component!r})")
         return ModelPackage.load(path)
 
+    @override
     def to_bytes(self, in_memory_dataset: Any) -> bytes:
         if not isinstance(in_memory_dataset, ModelPackage):
             raise TypeError(
@@ -90,6 +92,7 @@ class DeepDiscModelFormatter(FormatterV2):
             )
         return in_memory_dataset.to_bytes()
 
+    @override
     def write_local_file(self, in_memory_dataset: Any, uri: ResourcePath) -> None:
         # The Butler hands a temporary name whose suffix is not ours, so bypass ModelPackage.save's check.
         Path(uri.ospath).write_bytes(self.to_bytes(in_memory_dataset))

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 __all__ = ["ScarletModelFormatter"]
 
-from typing import Any
+from typing import Any, override
 
 from lsst.daf.butler import FormatterV2
 
@@ -48,10 +48,12 @@ class ScarletModelFormatter(FormatterV2):
     unsupported_parameters = None
     can_read_from_local_file = True
 
+    @override
     def read_from_local_file(self, path: str, component: str | None = None, expected_size: int = -1) -> Any:
         # Docstring inherited.
         return read_scarlet_models(path)
 
+    @override
     def to_bytes(self, in_memory_dataset: Any) -> bytes:
         # Docstring inherited.
         if not isinstance(in_memory_dataset, ScarletModelData):

@@ -19,12 +19,12 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""``deepdisc-sim-repo``: build (or extend) a simulated DRP Butler repository.
+r"""``deepdisc-sim-repo``: build (or extend) a simulated DRP Butler repository.
 
 Example::
 
     deepdisc-sim-repo /path/to/repo --preset small
-    butler query-datasets /path/to/repo deep_coadd --collections sim/small \\
+    butler query-datasets /path/to/repo deep_coadd --collections sim/small \
         --where "skymap = 'deepdisc_sim_small'"
 
 See `lsst.meas.extensions.deepdisc.sim.repo` for the datasets written.  Running it again is cheap: complete

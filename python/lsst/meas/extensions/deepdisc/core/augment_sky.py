@@ -266,8 +266,11 @@ def _random_artifacts(
     config: SkyAugmentConfig,
     rng: np.random.Generator,
 ) -> list:
-    """Artifacts for an example: ghosts and rays of its bright labelled sources, others anywhere; on a
-    binned example (``binning > 1``), as they look at that binning."""
+    """Artifacts for an example.
+
+    Ghosts and rays of its bright labelled sources, others anywhere; on a binned example
+    (``binning > 1``), as they look at that binning.
+    """
     from .artifacts import ArtifactConfig, draw_artifacts
 
     artifact_config = ArtifactConfig().binned(binning)

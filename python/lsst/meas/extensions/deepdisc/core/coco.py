@@ -688,7 +688,9 @@ def coco_ap_vs_mag(
     truth_mag, det_mag : `numpy.ndarray`, optional
         Truth magnitudes (default ``truth.mag``) and measured detection magnitudes (default
         ``detections.mag``; when absent, unmatched detections count as false positives in every bin).
-    Other parameters
+
+    Other Parameters
+    ----------------
         As for `coco_average_precision`.
 
     Returns

@@ -376,9 +376,11 @@ class Detections:
         )
 
     def unbinned(self, factor: int, xy0: tuple[int, int], shape: tuple[int, int]) -> Detections:
-        """Detections made on an image binned by ``factor`` (`.binning.bin_image`), in the parent
-        coordinates of the unbinned image (origin ``xy0``, ``shape = (height, width)``); each binned pixel of
-        a footprint becomes its whole block."""
+        """Detections made on an image binned by ``factor``, in the unbinned image's coordinates.
+
+        The binned image is `.binning.bin_image`'s; the unbinned one has origin ``xy0`` and
+        ``shape = (height, width)``.  Each binned pixel of a footprint becomes its whole block.
+        """
         return Detections(
             boxes=unbin_boxes(self.boxes, factor, xy0),
             scores=self.scores,
@@ -479,8 +481,11 @@ def add_coarse_detections(detections: Detections, coarse: Detections, merge_iou:
 def only_classes(
     model: Any, class_ids: Sequence[int] | None, score_threshold: float | None = None
 ) -> Iterator[None]:
-    """Make ``model`` report only ``class_ids`` (`None`: all), above ``score_threshold`` if given, while in
-    the block (``inference_class_ids`` of `.models.roi_heads`)."""
+    """Make ``model`` report only ``class_ids`` while in the block.
+
+    `None` means all classes; ``score_threshold``, if given, replaces the model's while in the block
+    (``inference_class_ids`` of `.models.roi_heads`).
+    """
     heads = getattr(model, "roi_heads", None)
     if class_ids is not None and not hasattr(heads, "inference_class_ids"):
         raise ValueError(f"model heads {type(heads).__name__} cannot restrict the classes they report")

@@ -340,8 +340,10 @@ def blend_outcomes_figure(summary: Table, methods: Sequence[str] | None = None, 
 
 
 def artifact_metrics_figure(artifacts: Table, title: str = "", target: float = 0.9) -> Figure:
-    """Artifact metrics of a tract: AP per class, purity with and without the artifact flags, and how many
-    false positives inside truth artifacts the flags catch.
+    """Artifact metrics of a tract.
+
+    AP per class, purity with and without the artifact flags, and how many false positives inside truth
+    artifacts the flags catch.
 
     Parameters
     ----------

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 __all__ = ["PlainDumper", "SafeYamlLoader", "dump_yaml", "load_yaml"]
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, override
 
 import yaml
 
@@ -48,6 +48,7 @@ class SafeYamlLoader(yaml.SafeLoader):
     allow_aliases: ClassVar[bool] = False
     """Whether ``*alias`` references are accepted."""
 
+    @override
     def compose_node(self, parent: Any, index: Any) -> Any:
         if not self.allow_aliases and self.check_event(yaml.AliasEvent):
             event = self.peek_event()
@@ -56,6 +57,7 @@ class SafeYamlLoader(yaml.SafeLoader):
             )
         return super().compose_node(parent, index)
 
+    @override
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         if isinstance(node, yaml.MappingNode):
             seen: set[Any] = set()
@@ -80,6 +82,7 @@ class _AliasTolerantLoader(SafeYamlLoader):
 class PlainDumper(yaml.SafeDumper):
     """`yaml.SafeDumper` that never writes anchors/aliases (which `SafeYamlLoader` refuses)."""
 
+    @override
     def ignore_aliases(self, data: Any) -> bool:
         return True
 

@@ -170,7 +170,6 @@ def deblended_from_model_data(data: ScarletModelData) -> list[DeblendedBlend]:
     components) are collapsed to one spectrum x morphology with the same band totals.  Isolated sources
     without a stored model get ``spectrum`` NaN and their footprint as ``morph``.
     """
-
     n_bands = len(data.bands) if data.metadata and "bands" in data.metadata else None
     blends: list[DeblendedBlend] = []
     for parent_id, blend in data.blends.items():

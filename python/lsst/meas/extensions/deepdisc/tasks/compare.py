@@ -61,7 +61,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, override
 
 import numpy as np
 from astropy.table import Table
@@ -109,6 +109,8 @@ class CompareDeepDiscConnections(
     dimensions=_PATCH_DIMENSIONS,
     defaultTemplates={"coaddName": "deep"},
 ):
+    """Connections of `CompareDeepDiscTask`: one patch's detections, reference catalogs and plots."""
+
     deepdisc = cT.Input(
         doc="DeepDISC detection catalog of the patch.",
         name="object_deepdisc",
@@ -197,6 +199,8 @@ class CompareDeepDiscConnections(
 
 
 class CompareDeepDiscConfig(pipeBase.PipelineTaskConfig, pipelineConnections=CompareDeepDiscConnections):
+    """Configuration of `CompareDeepDiscTask`."""
+
     doTruth = pexConfig.Field[bool](
         doc="Compare against the truth catalog (simulations). Off: the labels (doLabels) or scarlet are "
         "the reference.",
@@ -315,6 +319,7 @@ class CompareDeepDiscConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Com
         doc="truth_artifacts column of the artifact class names.", default="artifact_class"
     )
 
+    @override
     def validate(self) -> None:
         super().validate()
         if len(set(self.classNames)) != len(self.classNames) or not all(self.classNames):
@@ -404,6 +409,7 @@ class CompareDeepDiscTask(pipeBase.PipelineTask):
     _DefaultName = "compareDeepDisc"
     config: CompareDeepDiscConfig
 
+    @override
     def runQuantum(
         self,
         butlerQC: pipeBase.QuantumContext,

@@ -51,6 +51,7 @@ __all__ = [
 
 import time
 from collections.abc import Sequence
+from typing import override
 
 import numpy as np
 from astropy.table import Table, vstack
@@ -79,6 +80,8 @@ _TRACT_DIMENSIONS = ("tract", "skymap")
 
 
 class CompareDeepDiscSummaryConnections(pipeBase.PipelineTaskConnections, dimensions=_TRACT_DIMENSIONS):
+    """Connections of `CompareDeepDiscSummaryTask`: a tract's per-patch comparisons in, summary out."""
+
     comparisons = cT.Input(
         doc="Per-patch match tables of CompareDeepDiscTask.",
         name="deepdisc_comparison",
@@ -167,6 +170,8 @@ class CompareDeepDiscSummaryConnections(pipeBase.PipelineTaskConnections, dimens
 class CompareDeepDiscSummaryConfig(
     pipeBase.PipelineTaskConfig, pipelineConnections=CompareDeepDiscSummaryConnections
 ):
+    """Configuration of `CompareDeepDiscSummaryTask`."""
+
     magBins = pexConfig.ListField[float](
         doc="Reference-magnitude bin edges (half-open bins).",
         default=[float(m) for m in range(16, 29)],
@@ -198,6 +203,7 @@ class CompareDeepDiscSummaryConfig(
         default=0.9,
     )
 
+    @override
     def validate(self) -> None:
         super().validate()
         edges = np.asarray(self.magBins, dtype=float)
@@ -228,6 +234,7 @@ class CompareDeepDiscSummaryTask(pipeBase.PipelineTask):
     _DefaultName = "compareDeepDiscSummary"
     config: CompareDeepDiscSummaryConfig
 
+    @override
     def runQuantum(
         self,
         butlerQC: pipeBase.QuantumContext,

@@ -26,7 +26,7 @@ __all__ = ["DeepDiscDetectConfig", "DeepDiscDetectConnections", "DeepDiscDetectT
 
 import math
 import time
-from typing import Any
+from typing import Any, override
 
 import numpy as np
 from astropy.table import Table
@@ -66,6 +66,8 @@ class DeepDiscDetectConnections(
     dimensions=("tract", "patch", "skymap"),
     defaultTemplates={"coaddName": "deep"},
 ):
+    """Connections of `DeepDiscDetectTask`: per-band coadds and a model package in, a catalog out."""
+
     coadds = coadd_input_connection(
         "Per-band coadds to detect on (legacy name: deepCoadd_calexp, see config/tasks/)."
     )
@@ -105,6 +107,8 @@ class DeepDiscDetectConnections(
 
 
 class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepDiscDetectConnections):
+    """Configuration of `DeepDiscDetectTask`."""
+
     bands = pexConfig.ListField[str](
         doc="Bands to feed the model, in order. Empty: the model package's bands (the usual choice).",
         default=[],
@@ -199,6 +203,7 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
     tractBits = pexConfig.Field[int](doc="Bits for the tract in packed source ids.", default=16)
     patchBits = pexConfig.Field[int](doc="Bits for the patch in packed source ids.", default=12)
 
+    @override
     def validate(self) -> None:
         super().validate()
         check_device(self)
@@ -240,6 +245,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
     _DefaultName = "deepDiscDetect"
     config: DeepDiscDetectConfig
 
+    @override
     def runQuantum(
         self,
         butlerQC: pipeBase.QuantumContext,
@@ -422,9 +428,12 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
     def _network_input(
         self, model_package: ModelPackage, image: MultibandImage, invalid: np.ndarray
     ) -> np.ndarray:
-        """The network input of an image scaled whole: ``invalid`` (`MultibandImage.invalid_pixels` of
-        ``invalidMaskPlanes``), built once, is reused when the scaling counts the same planes; bands of the
-        model absent from ``image`` become NaN planes (`ModelPackage.network_input`)."""
+        """The network input of an image scaled whole.
+
+        ``invalid`` (`MultibandImage.invalid_pixels` of ``invalidMaskPlanes``), built once, is reused when
+        the scaling counts the same planes; bands of the model absent from ``image`` become NaN planes
+        (`ModelPackage.network_input`).
+        """
         same_planes = tuple(model_package.scaling.invalid_planes) == tuple(self.config.invalidMaskPlanes)
         scaled, _ = model_package.scaling.apply(image, invalid if same_planes else None)
         return model_package.network_input(scaled, list(image.bands))
@@ -432,8 +441,10 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
     def _build_model(
         self, model_package: ModelPackage, device: Any, n_bands: int
     ) -> tuple[Any, InferenceConfig]:
-        """The network at the configured score threshold (or the package's for ``n_bands`` bands present)
-        and the tiling settings."""
+        """The network and the tiling settings.
+
+        The score threshold is the configured one, or the package's for ``n_bands`` bands present.
+        """
         score_threshold = (
             self.config.scoreThreshold
             if self.config.scoreThreshold is not None

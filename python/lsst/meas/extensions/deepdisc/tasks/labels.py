@@ -47,6 +47,7 @@ __all__ = ["BuildDeepDiscLabelsConfig", "BuildDeepDiscLabelsConnections", "Build
 
 import dataclasses
 import time
+from typing import override
 
 import numpy as np
 from astropy.table import Table
@@ -75,6 +76,8 @@ class BuildDeepDiscLabelsConnections(
     dimensions=_PATCH_DIMENSIONS,
     defaultTemplates={"coaddName": "deep"},
 ):
+    """Connections of `BuildDeepDiscLabelsTask`: coadds and the deblender's outputs in, labels out."""
+
     coadds = coadd_input_connection("Per-band coadds the scarlet models were fitted to.")
     scarletModels = cT.Input(
         doc="Scarlet deblender models of the patch (storage class set by scarletModelStorageClass).",
@@ -124,6 +127,8 @@ class BuildDeepDiscLabelsConnections(
 class BuildDeepDiscLabelsConfig(
     pipeBase.PipelineTaskConfig, pipelineConnections=BuildDeepDiscLabelsConnections
 ):
+    """Configuration of `BuildDeepDiscLabelsTask`."""
+
     coaddStorageClass = coadd_storage_class_field()
     scarletModelStorageClass = pexConfig.ChoiceField[str](
         doc="Storage class of the scarlet models.",
@@ -250,6 +255,7 @@ class BuildDeepDiscLabelsConfig(
             primary_column=self.primaryColumn,
         )
 
+    @override
     def validate(self) -> None:
         super().validate()
         try:
@@ -272,6 +278,7 @@ class BuildDeepDiscLabelsTask(pipeBase.PipelineTask):
     _DefaultName = "buildDeepDiscLabels"
     config: BuildDeepDiscLabelsConfig
 
+    @override
     def runQuantum(
         self,
         butlerQC: pipeBase.QuantumContext,

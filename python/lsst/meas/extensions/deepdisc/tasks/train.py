@@ -18,7 +18,7 @@
 #
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
-"""DeepDiscTrainTask: train a DeepDISC model on Butler labels and write the model package back.
+r"""DeepDiscTrainTask: train a DeepDISC model on Butler labels and write the model package back.
 
 One quantum trains one model.  The task has **no dimensions**: its inputs, ``deepdisc_labels`` (tract,
 patch) and the per-band coadds (tract, patch, band), are ``multiple=True`` connections gathering every patch
@@ -28,9 +28,9 @@ training output collection can be passed straight to it with ``-i``.  Next to th
 ``deepdisc_training_history`` (ArrowAstropy, one row per validation: loss components and metrics; not
 ``..._log``, a suffix pipe_base reserves for task logs) and ``deepdisc_training_plot`` (Plot)::
 
-    pipetask run -b REPO -i LABELS_COLLECTION -o u/$USER/deepdisc_train \\
+    pipetask run -b REPO -i LABELS_COLLECTION -o u/$USER/deepdisc_train \
         -p $MEAS_EXTENSIONS_DEEPDISC_DIR/pipelines/DeepDiscTrain.yaml#train -d "skymap='SKYMAP' AND tract=T"
-    pipetask run -b REPO -i COADDS,u/$USER/deepdisc_train -o u/$USER/deepdisc \\
+    pipetask run -b REPO -i COADDS,u/$USER/deepdisc_train -o u/$USER/deepdisc \
         -p $MEAS_EXTENSIONS_DEEPDISC_DIR/pipelines/DeepDisc.yaml -d "skymap='SKYMAP' AND tract=T"
 
 Train/validation split
@@ -94,7 +94,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, override
 
 import numpy as np
 import yaml
@@ -178,6 +178,8 @@ class DeepDiscTrainConnections(
     dimensions=(),
     defaultTemplates={"coaddName": "deep"},
 ):
+    """Connections of `DeepDiscTrainTask`: labels and coadds of every selected patch in, a model out."""
+
     labels = cT.Input(
         doc="Training labels of every patch (BuildDeepDiscLabelsTask).",
         name="deepdisc_labels",
@@ -256,6 +258,8 @@ def _band_sort_key(band: str) -> tuple[int, str]:
 
 
 class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepDiscTrainConnections):
+    """Configuration of `DeepDiscTrainTask`."""
+
     # --- model
     architecture = pexConfig.ChoiceField[str](
         doc="Model architecture (config/models/<name>.yaml).  DeepDISC (Merz et al. 2023) compared R101-C4, "
@@ -637,6 +641,7 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
         """The settings that determine the training (the configuration part of the training key)."""
         return {key: value for key, value in self.toDict().items() if key not in _NOT_IN_TRAINING_KEY}
 
+    @override
     def validate(self) -> None:
         super().validate()
         cls = type(self)
@@ -757,6 +762,7 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
     _DefaultName = "deepDiscTrain"
     config: DeepDiscTrainConfig
 
+    @override
     def runQuantum(
         self,
         butlerQC: pipeBase.QuantumContext,
@@ -951,9 +957,11 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
     def make_binned_examples(
         self, image: MultibandImage, labels: Table, tract: int, patch: int
     ) -> list[TrainingExample]:
-        """The patch binned ``artifactBinning`` x ``artifactBinning`` (`.core.binning`), cut into scaled
-        examples with its labels' footprints binned too; metadata ``binning`` tells the sky augmentation
-        to draw artifacts at that scale."""
+        """The patch binned ``artifactBinning`` x ``artifactBinning``, cut into scaled examples.
+
+        Its labels' footprints are binned too (`.core.binning`); metadata ``binning`` tells the sky
+        augmentation to draw artifacts at that scale.
+        """
         factor = self.config.artifactBinning
         planes = tuple(self.config.invalidMaskPlanes)
         binned = bin_image(image, factor, planes)
@@ -1272,9 +1280,11 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
         training_config: TrainingConfig,
         keep_bands: Sequence[np.ndarray] | None = None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The operating point (``operatingPointRule``) and the precision-recall curve over
-        ``operatingThresholds`` of ``network`` (built at the lowest of them) on the validation examples,
-        with only ``keep_bands`` of each when given."""
+        """The operating point and the precision-recall curve of ``network`` on the validation examples.
+
+        The point follows ``operatingPointRule`` and the curve spans ``operatingThresholds`` (``network``
+        is built at the lowest of them); only ``keep_bands`` of each example are used when given.
+        """
         truths, found = infer_examples(
             network, validation, training_config.device, training_config.seed, keep_bands=keep_bands
         )

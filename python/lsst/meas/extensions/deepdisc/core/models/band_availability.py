@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 import math
-from typing import Any
+from typing import Any, override
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -77,6 +77,7 @@ class BandAvailabilityBackbone(Backbone):
         self.inner = inner
         self.num_bands = int(num_bands)
 
+    @override
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.shape[1] != self.num_bands:
             raise ValueError(f"expected {self.num_bands} input bands, got {x.shape[1]} channels")
@@ -85,14 +86,17 @@ class BandAvailabilityBackbone(Backbone):
         planes = (~absent).to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
         return self.inner(torch.cat([x, planes], dim=1))
 
+    @override
     def output_shape(self) -> dict[str, ShapeSpec]:
         return self.inner.output_shape()
 
     @property
+    @override
     def size_divisibility(self) -> int:
         return self.inner.size_divisibility
 
     @property
+    @override
     def padding_constraints(self) -> dict[str, Any]:
         return self.inner.padding_constraints
 
