@@ -17,7 +17,6 @@ from lsst.meas.extensions.deepdisc.core.coco import (
     CATEGORY_ID_OFFSET,
     CocoImage,
     coco_annotations,
-    coco_ap_vs_mag,
     coco_average_precision,
     coco_ground_truth,
     spans_to_coco_rle,
@@ -121,31 +120,25 @@ def test_wrong_class_never_matches_unless_class_agnostic() -> None:
     assert agnostic["bbox"].ap == pytest.approx(1.0) and agnostic["bbox"].per_class_ap == {}
 
 
-def test_ignore_by_magnitude() -> None:
-    # T0, T1 bright, T2 faint, all detected; D3 spurious (no truth), highest score, measured mag 24.5.
-    truth = disks(CENTRES[:3], RADII[:3], class_id=[1, 1, 1], mag=[20.0, 20.5, 24.0])
+def test_ignored_truth_counts_neither_way() -> None:
+    # T0, T1 and T2 all detected; D3 spurious (no truth), highest score.
+    truth = disks(CENTRES[:3], RADII[:3], class_id=[1, 1, 1])
     detections = disks(
         np.vstack([CENTRES[:3], CENTRES[3:]]),
         RADII,
         class_id=[1, 1, 1, 1],
         score=[0.5, 0.4, 0.3, 0.9],
     )
-    bins = [19.0, 22.0, 26.0]
-    without_mag = coco_ap_vs_mag(truth, detections, IMAGE, bins, iou_types=("segm",))
-    # Bright bin: ranked D3 (FP), D0 (TP), D1 (TP), D2 (matched to ignored T2: ignored) -> precision
-    # envelope 2/3 at every recall -> AP 2/3.  Faint bin: D3 (FP), D2 (TP) -> AP 1/2.
-    np.testing.assert_allclose(without_mag["ap"], [2 / 3, 1 / 2])
-    np.testing.assert_array_equal(without_mag["n_truth"], [2, 1])
-    # With measured magnitudes the spurious D3 (24.5) is ignored in the bright bin.
-    with_mag = coco_ap_vs_mag(
-        truth, detections, IMAGE, bins, det_mag=[20.1, 20.4, 24.2, 24.5], iou_types=("segm",)
-    )
-    np.testing.assert_allclose(with_mag["ap"], [1.0, 1 / 2], rtol=1e-12)
-    # Ignoring T2 directly, as a flag, reproduces the bright bin without magnitudes.
+    # Ranked D3 (FP), D0 (TP), D1 (TP), D2 (matched to the ignored T2: ignored) -> precision envelope 2/3
+    # at every recall -> AP 2/3 over 2 truth objects.
     flagged = coco_average_precision(
-        truth, detections, IMAGE, iou_types=("bbox",), truth_ignore=[False, False, True]
+        truth, detections, IMAGE, iou_types=("bbox", "segm"), truth_ignore=[False, False, True]
     )
-    assert flagged["bbox"].ap == pytest.approx(2 / 3) and flagged["bbox"].n_truth == 2
+    for scores in flagged.values():
+        assert scores.ap == pytest.approx(2 / 3) and scores.n_truth == 2
+    # Not ignored, T2 is a true positive: D3 (FP), D0, D1, D2 (TP) -> precision 3/4 at full recall.
+    plain = coco_average_precision(truth, detections, IMAGE, iou_types=("bbox",))
+    assert plain["bbox"].ap == pytest.approx(3 / 4) and plain["bbox"].n_truth == 3
 
 
 def test_pseudo_images_reproduce_single_image_cocoeval() -> None:

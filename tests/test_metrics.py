@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from astropy.table import Table
 
 from lsst.meas.extensions.deepdisc.core.matching import SourceArrays, match_catalogs, match_deepdisc
 from lsst.meas.extensions.deepdisc.core.metrics import (
     classification_scores,
+    classification_scores_vs_mag,
     deepdisc_scores,
     detection_scores,
     detection_scores_vs_mag,
-    evaluate_catalog,
     iou_summary,
     magnitude_bin_index,
 )
@@ -42,17 +43,27 @@ def strips(boxes: list[tuple[int, int, int, int]], **columns: list) -> SourceArr
 CENTRES = [(10, 10), (50, 10), (90, 10), (10, 50)]
 
 
+def _classification(truth, detections, match=None) -> Table:
+    """Class scores of the one-to-one matched pairs, as the comparison computes them."""
+    match = match_catalogs(truth, detections) if match is None else match
+    return classification_scores(truth.class_id[match.truth_index], detections.class_id[match.det_index])
+
+
 def test_perfect_catalog() -> None:
-    report = evaluate_catalog(
-        squares(CENTRES, class_id=[0, 1, 1, 0]), squares(CENTRES, class_id=[0, 1, 1, 0])
-    )
-    assert report.detection.completeness == 1.0
-    assert report.detection.purity == 1.0
-    assert report.detection.f1 == 1.0
-    assert report.iou.median_mask_iou == 1.0 and report.iou.median_bbox_iou == 1.0
-    np.testing.assert_array_equal(report.classification["f1"], [1.0, 1.0])
-    assert report.classification.meta["accuracy"] == 1.0
-    assert report.deepdisc.detection_precision == 1.0 and report.deepdisc.detection_recall == 1.0
+    truth = squares(CENTRES, class_id=[0, 1, 1, 0])
+    detections = squares(CENTRES, class_id=[0, 1, 1, 0])
+    match = match_catalogs(truth, detections)
+    detection = detection_scores(match)
+    assert detection.completeness == 1.0
+    assert detection.purity == 1.0
+    assert detection.f1 == 1.0
+    iou = iou_summary(match)
+    assert iou.median_mask_iou == 1.0 and iou.median_bbox_iou == 1.0
+    classification = _classification(truth, detections, match)
+    np.testing.assert_array_equal(classification["f1"], [1.0, 1.0])
+    assert classification.meta["accuracy"] == 1.0
+    matched_set = deepdisc_scores(match_deepdisc(truth, detections), truth.class_id, detections.class_id)
+    assert matched_set.detection_precision == 1.0 and matched_set.detection_recall == 1.0
 
 
 def test_one_missed() -> None:
@@ -90,17 +101,15 @@ def test_swapped_classes_by_hand() -> None:
     centres = [(10 + 40 * i, 10) for i in range(5)]
     truth = squares(centres, class_id=[0, 0, 1, 1, 1])
     detections = squares(centres, class_id=[0, 1, 1, 1, 0])
-    report = evaluate_catalog(truth, detections)
-    star, galaxy = report.classification
+    classification = _classification(truth, detections)
+    star, galaxy = classification
     # Stars: predicted at 0 and 4, true at 0 and 1 -> TP 1, precision 1/2, recall 1/2.
     assert (star["n_true"], star["n_pred"], star["n_correct"]) == (2, 2, 1)
     assert star["precision"] == 0.5 and star["recall"] == 0.5 and star["f1"] == 0.5
     # Galaxies: predicted at 1, 2, 3, true at 2, 3, 4 -> TP 2.
     assert galaxy["precision"] == pytest.approx(2 / 3) and galaxy["recall"] == pytest.approx(2 / 3)
     assert galaxy["f1"] == pytest.approx(2 / 3)
-    assert report.classification.meta["accuracy"] == pytest.approx(3 / 5)
-    summary = report.summary()
-    assert summary["star_precision"] == 0.5 and summary["galaxy_recall"] == pytest.approx(2 / 3)
+    assert classification.meta["accuracy"] == pytest.approx(3 / 5)
 
 
 def test_unknown_classes_are_skipped() -> None:
@@ -134,17 +143,19 @@ def test_completeness_and_purity_vs_magnitude() -> None:
     assert "purity" not in without.colnames
 
 
-def test_classification_vs_magnitude_through_evaluate() -> None:
+def test_classification_vs_magnitude() -> None:
     centres = [(10 + 30 * i, 10) for i in range(4)]
     truth = squares(centres, class_id=[0, 0, 1, 1], mag=[20.0, 23.0, 20.5, 23.5])
     detections = squares(centres, class_id=[0, 1, 1, 1])
-    report = evaluate_catalog(truth, detections, mag_bins=[19.0, 22.0, 25.0])
-    bright = report.classification_vs_mag[report.classification_vs_mag["mag_max"] == 22.0]
-    faint = report.classification_vs_mag[report.classification_vs_mag["mag_min"] == 22.0]
+    match = match_catalogs(truth, detections)
+    bins = [19.0, 22.0, 25.0]
+    table = classification_scores_vs_mag(match, truth.class_id, detections.class_id, truth.mag, bins)
+    bright = table[table["mag_max"] == 22.0]
+    faint = table[table["mag_min"] == 22.0]
     np.testing.assert_array_equal(bright["f1"], [1.0, 1.0])
     assert faint["recall"][0] == 0.0 and np.isnan(faint["precision"][0])  # No star predicted in the bin.
     assert faint["precision"][1] == 0.5 and faint["recall"][1] == 1.0
-    np.testing.assert_allclose(report.detection_vs_mag["completeness"], [1.0, 1.0])
+    np.testing.assert_allclose(detection_scores_vs_mag(match, truth.mag, bins)["completeness"], [1.0, 1.0])
 
 
 def test_iou_summary_median_and_methods() -> None:
@@ -196,5 +207,3 @@ def test_magnitude_bins_validation() -> None:
     )
     with pytest.raises(ValueError, match="strictly increasing"):
         magnitude_bin_index([20.0], [22, 21])
-    with pytest.raises(ValueError, match="no magnitudes"):
-        evaluate_catalog(squares(CENTRES), squares(CENTRES), mag_bins=[20, 21])

@@ -42,11 +42,9 @@ Definitions (COCO's): AP is the precision averaged over 101 recall points and th
 maximum recall averaged the same way.  Matching is per class (a detection of the wrong class never matches)
 unless ``class_agnostic=True``.  The COCO area ranges are not used (one range, all areas).
 
-Magnitude-binned AP marks truth objects outside the bin as *ignored* (COCO's ``ignore`` flag): detections
-matched to them count neither as true nor as false positives, exactly as COCO treats crowd regions and
-out-of-range areas.  Unmatched detections are false positives in every bin, unless their measured magnitudes
-are given, in which case those outside the bin are ignored too (COCO's rule for unmatched detections
-outside the area range).
+Truth objects flagged in ``truth_ignore`` are *ignored* (COCO's ``ignore`` flag): detections matched to
+them count neither as true nor as false positives, exactly as COCO treats crowd regions and out-of-range
+areas.
 
 The COCO ``category_id`` of class ``c`` is ``c + 1`` (`CATEGORY_ID_OFFSET`): COCO ids start at 1 and
 detectron2 maps them back to contiguous ids ``0..K-1`` when it loads the JSON.
@@ -59,7 +57,6 @@ __all__ = [
     "CocoImage",
     "CocoScores",
     "coco_annotations",
-    "coco_ap_vs_mag",
     "coco_average_precision",
     "coco_ground_truth",
     "spans_to_coco_rle",
@@ -77,7 +74,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from astropy.table import Table
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -85,7 +81,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .matching import SourceArrays, bbox_overlap_pairs
-from .metrics import DEFAULT_CLASS_NAMES, magnitude_bin_index
+from .metrics import DEFAULT_CLASS_NAMES
 
 CATEGORY_ID_OFFSET = 1
 """COCO ``category_id = class_id + CATEGORY_ID_OFFSET``."""
@@ -666,63 +662,3 @@ def coco_average_precision(
             raise ValueError(f"truth_ignore has {truth_ignore.size} values for {len(truth)} truth objects")
     setup.flag(truth_ignore, None)
     return {iou_type: setup.evaluate(iou_type) for iou_type in iou_types}
-
-
-def coco_ap_vs_mag(
-    truth: SourceArrays,
-    detections: SourceArrays,
-    image: CocoImage,
-    bins: Sequence[float],
-    *,
-    truth_mag: np.ndarray | None = None,
-    det_mag: np.ndarray | None = None,
-    iou_types: Sequence[IoUKind] = ("bbox", "segm"),
-    class_names: Mapping[int, str] | None = None,
-    class_agnostic: bool = False,
-    max_detections: int | None = None,
-) -> Table:
-    """COCO AP in truth-magnitude bins, ignoring out-of-bin truth (see the module documentation).
-
-    Parameters
-    ----------
-    truth_mag, det_mag : `numpy.ndarray`, optional
-        Truth magnitudes (default ``truth.mag``) and measured detection magnitudes (default
-        ``detections.mag``; when absent, unmatched detections count as false positives in every bin).
-
-    Other Parameters
-    ----------------
-        As for `coco_average_precision`.
-
-    Returns
-    -------
-    table : `astropy.table.Table`
-        One row per (bin, IoU type): ``mag_min, mag_max, iou_type, n_truth, ap, ap50, ap75, ar`` and
-        ``ap_<class>`` per class.
-    """
-    truth_mag = truth.mag if truth_mag is None else np.asarray(truth_mag, dtype=np.float64)
-    det_mag = detections.mag if det_mag is None else np.asarray(det_mag, dtype=np.float64)
-    if truth_mag is None:
-        raise ValueError("magnitude-binned AP needs truth magnitudes")
-    if truth_mag.size != len(truth):
-        raise ValueError(f"truth_mag has {truth_mag.size} values for {len(truth)} truth objects")
-    if det_mag is not None and det_mag.size != len(detections):
-        raise ValueError(f"det_mag has {det_mag.size} values for {len(detections)} detections")
-    with_segmentation = _check_iou_types(iou_types, truth, detections)
-    setup = _CocoSetup(
-        truth, detections, image, class_names, class_agnostic, with_segmentation, max_detections
-    )
-    truth_bin = magnitude_bin_index(truth_mag, bins)
-    det_bin = None if det_mag is None else magnitude_bin_index(det_mag, bins)
-    edges = np.asarray(bins, dtype=np.float64)
-    rows = []
-    for i in range(edges.size - 1):
-        setup.flag(truth_bin != i, None if det_bin is None else det_bin != i)
-        for iou_type in iou_types:
-            scores = setup.evaluate(iou_type)
-            row = {"mag_min": edges[i], "mag_max": edges[i + 1], **scores.as_dict()}
-            row.pop("n_det")
-            rows.append(row)
-    setup.flag(None, None)
-    names = ["mag_min", "mag_max", "iou_type", "n_truth", "ap", "ap50", "ap75", "ar"]
-    names += [key for key in rows[0] if key not in names] if rows else []
-    return Table(rows=[[row[name] for name in names] for row in rows], names=names)

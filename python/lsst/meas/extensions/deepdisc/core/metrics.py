@@ -74,13 +74,11 @@ __all__ = [
     "DeepDiscScores",
     "DetectionScores",
     "IoUSummary",
-    "MetricsReport",
     "classification_scores",
     "classification_scores_vs_mag",
     "deepdisc_scores",
     "detection_scores",
     "detection_scores_vs_mag",
-    "evaluate_catalog",
     "iou_summary",
     "magnitude_bin_index",
     "presence_scores",
@@ -93,7 +91,7 @@ from typing import Literal
 import numpy as np
 from astropy.table import Table, vstack
 
-from .matching import DeepDiscMatch, IoUType, MatchResult, SourceArrays, match_catalogs, match_deepdisc
+from .matching import DeepDiscMatch, MatchResult
 
 DEFAULT_CLASS_NAMES: dict[int, str] = {0: "star", 1: "galaxy"}
 """Class id to name used when none is given."""
@@ -443,98 +441,4 @@ def deepdisc_scores(
         detection_f1=_f1(precision, recall),
         median_bbox_iou=_nan_stat(match.bbox_iou, "median"),
         classification=classification,
-    )
-
-
-@dataclass(frozen=True)
-class MetricsReport:
-    """Everything `evaluate_catalog` computes; tables are `None` when their inputs were missing."""
-
-    match: MatchResult
-    detection: DetectionScores
-    iou: IoUSummary
-    detection_vs_mag: Table | None
-    classification: Table | None
-    classification_vs_mag: Table | None
-    deepdisc: DeepDiscScores | None
-
-    def summary(self) -> dict[str, float]:
-        """Flat dictionary of the scalar metrics, e.g. for a one-row table.
-
-        Keys: the fields of `DetectionScores` and `IoUSummary`, ``{class}_{precision,recall,f1}`` and
-        ``classification_accuracy`` for the one-to-one matched pairs, and ``deepdisc_``-prefixed keys for the
-        matched-set metrics.
-        """
-        out: dict[str, float] = {**self.detection.as_dict(), **self.iou.as_dict()}
-        out.pop("n_pairs")
-        if self.classification is not None:
-            for row in self.classification:
-                for metric in ("precision", "recall", "f1"):
-                    out[f"{row['class_name']}_{metric}"] = float(row[metric])
-            out["classification_accuracy"] = float(self.classification.meta["accuracy"])
-        if self.deepdisc is not None:
-            out.update({f"deepdisc_{key}": value for key, value in self.deepdisc.as_dict().items()})
-        return out
-
-
-def evaluate_catalog(
-    truth: SourceArrays,
-    detections: SourceArrays,
-    *,
-    mag_bins: Sequence[float] | None = None,
-    class_names: Mapping[int, str] | None = None,
-    min_iou: float = 0.5,
-    iou_type: IoUType = "auto",
-    max_distance: float = 5.0,
-    purity_mag: Literal["matched_truth", "measured"] = "matched_truth",
-) -> MetricsReport:
-    """Match a catalog to truth and compute every metric the inputs allow.
-
-    Parameters
-    ----------
-    truth, detections : `~.matching.SourceArrays`
-        Catalogs; ``mag`` of truth is the truth magnitude, ``mag`` of detections the measured one.
-    mag_bins : `~collections.abc.Sequence` [`float`], optional
-        Magnitude bin edges for the binned tables (needs ``truth.mag``).
-    class_names : `~collections.abc.Mapping` [`int`, `str`], optional
-        Class id to name (default ``{0: "star", 1: "galaxy"}``).
-    min_iou, iou_type, max_distance
-        One-to-one matching parameters (`~.matching.match_catalogs`).
-    purity_mag : {"matched_truth", "measured"}
-        Magnitude used to bin matched detections for purity.
-
-    Returns
-    -------
-    report : `MetricsReport`
-        All tables and scores.
-    """
-    match = match_catalogs(truth, detections, min_iou=min_iou, iou_type=iou_type, max_distance=max_distance)
-    has_classes = truth.class_id is not None and detections.class_id is not None
-    classification = classification_vs_mag = detection_vs_mag = None
-    if has_classes:
-        true_labels, pred_labels = _pair_labels(
-            match.truth_index, match.det_index, truth.class_id, detections.class_id
-        )
-        classification = classification_scores(true_labels, pred_labels, class_names)
-    if mag_bins is not None:
-        if truth.mag is None:
-            raise ValueError("magnitude bins were given but the truth catalog has no magnitudes")
-        detection_vs_mag = detection_scores_vs_mag(match, truth.mag, mag_bins, detections.mag, purity_mag)
-        if has_classes:
-            classification_vs_mag = classification_scores_vs_mag(
-                match, truth.class_id, detections.class_id, truth.mag, mag_bins, class_names
-            )
-    deepdisc = None
-    if truth.bbox is not None and detections.bbox is not None:
-        deepdisc = deepdisc_scores(
-            match_deepdisc(truth, detections), truth.class_id, detections.class_id, class_names
-        )
-    return MetricsReport(
-        match=match,
-        detection=detection_scores(match),
-        iou=iou_summary(match),
-        detection_vs_mag=detection_vs_mag,
-        classification=classification,
-        classification_vs_mag=classification_vs_mag,
-        deepdisc=deepdisc,
     )
