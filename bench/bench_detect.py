@@ -383,7 +383,7 @@ def _run_sep(image: Any, metadata: dict[str, Any], task: dict[str, Any]) -> dict
     psf_fwhm_pixels = max(metadata["psf_fwhm_arcsec"].values()) / metadata["pixel_scale_arcsec"]
     start = time.perf_counter()
     catalog = run_sep_baseline(
-        image, **BASELINE_PARAMS, bad_mask_planes=INVALID_PLANES, psf_fwhm_pixels=psf_fwhm_pixels
+        image, **BASELINE_PARAMS, invalid_planes=INVALID_PLANES, psf_fwhm_pixels=psf_fwhm_pixels
     )
     total = time.perf_counter() - start
     return {"n_sources": len(catalog), "seconds": {"total": total}}

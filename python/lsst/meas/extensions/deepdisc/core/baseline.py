@@ -127,7 +127,7 @@ def run_sep_baseline(
     deblend_cont: float = 0.005,
     *,
     bands: Sequence[str] | None = None,
-    bad_mask_planes: Sequence[str] = ("NO_DATA",),
+    invalid_planes: Sequence[str] = ("NO_DATA",),
     background_box: int = 64,
     background_filter: int = 3,
     filter_kernel: np.ndarray | None = sep.default_kernel,
@@ -149,7 +149,7 @@ def run_sep_baseline(
         sep deblending levels and minimum contrast (``deblend_cont=1`` disables deblending).
     bands : `~collections.abc.Sequence` [`str`], optional
         Bands summed into the detection image (default all); fluxes are measured in every band.
-    bad_mask_planes : `~collections.abc.Sequence` [`str`]
+    invalid_planes : `~collections.abc.Sequence` [`str`]
         Mask planes marking pixels without data; they and non-finite pixels are excluded everywhere.
     background_box, background_filter : `int`
         Background mesh size and median filter size (pixels, meshes).
@@ -182,7 +182,7 @@ def run_sep_baseline(
         raise ValueError(f"thresh must be > 0 and minarea >= 1, got {thresh} and {minarea}")
     detection_bands = list(image.bands if bands is None else bands)
     image.select_bands(detection_bands)  # Raises MissingBandError naming any absent band.
-    invalid = image.invalid_pixels(bad_mask_planes)  # [C, H, W]
+    invalid = image.invalid_pixels(invalid_planes)  # [C, H, W]
     height, width = image.shape
     if sep.get_extract_pixstack() < height * width:
         sep.set_extract_pixstack(height * width)

@@ -74,18 +74,18 @@ def _blocks(array: np.ndarray, factor: int, fill: float | int) -> np.ndarray:
 
 
 def bin_image(
-    image: MultibandImage, factor: int, no_data_planes: Sequence[str] = ("NO_DATA",)
+    image: MultibandImage, factor: int, invalid_planes: Sequence[str] = ("NO_DATA",)
 ) -> MultibandImage:
     """Bin a multi-band image ``factor x factor`` (the mean of the valid pixels of each block).
 
     Parameters
     ----------
     image : `MultibandImage`
-        The image.  Pixels that are not finite or have one of ``no_data_planes`` set are left out of the
+        The image.  Pixels that are not finite or have one of ``invalid_planes`` set are left out of the
         means; a partial block at the right or top edge averages the pixels it has.
     factor : `int`
         Block size (1 returns ``image`` itself).
-    no_data_planes : sequence of `str`
+    invalid_planes : sequence of `str`
         Mask planes of pixels without data (planes the image's mask does not define are ignored).
 
     Returns
@@ -99,7 +99,7 @@ def bin_image(
         return image
     flux = image.image
     valid = np.isfinite(flux)
-    known = [plane for plane in no_data_planes if plane in image.mask_planes]
+    known = [plane for plane in invalid_planes if plane in image.mask_planes]
     if image.mask is not None and known:
         valid &= (image.mask & image.plane_bits(known)) == 0
     weights = _blocks(valid, factor, False)

@@ -35,7 +35,7 @@ Conventions (decided here and recorded in the table metadata):
   ``parent = 0`` and ``nChild = family_size - 1``; the other members have ``parent = <head id>`` and
   ``nChild = 0``; an isolated source has ``parent = 0``, ``nChild = 0`` and ``family_size = 1``.
   ``family_id`` is the head's id for every member (the source's own id when isolated).
-* **Detection image** is the sum of the bands; invalid pixels (non-finite, or in a ``nodata_planes`` plane
+* **Detection image** is the sum of the bands; invalid pixels (non-finite, or in a ``invalid_planes`` plane
   of that band) count as zero flux everywhere.
 * **Centroid** (``centroid_x/y``): mean pixel position weighted by the positive part of the detection
   image inside the footprint; the unweighted footprint centroid when the footprint has no positive flux.
@@ -398,7 +398,7 @@ def build_catalog(
     id_packer: IdPacker,
     edge_margin: int = 0,
     saturated_planes: Sequence[str] = ("SAT",),
-    nodata_planes: Sequence[str] = ("NO_DATA",),
+    invalid_planes: Sequence[str] = ("NO_DATA",),
     artifact_overlap_threshold: float = 0.5,
 ) -> Table:
     """Build the detection catalog of one patch.
@@ -419,7 +419,7 @@ def build_catalog(
         Id layout.
     edge_margin : `int`
         Distance in pixels from the image border within which ``flag_patch_edge`` is set.
-    saturated_planes, nodata_planes : sequence of `str`
+    saturated_planes, invalid_planes : sequence of `str`
         Mask planes meaning saturated and no data.
     artifact_overlap_threshold : `float`
         A source gets ``flag_in_artifact`` when more than this fraction of its footprint is covered by
@@ -456,7 +456,7 @@ def build_catalog(
     linear = pixel_y * image.width + pixel_x
 
     # Per-pixel validity and flags, over all bands.
-    nodata_bits = image.plane_bits(nodata_planes)
+    nodata_bits = image.plane_bits(invalid_planes)
     saturated_bits = image.plane_bits(saturated_planes)
     invalid_any = np.zeros(owner.size, dtype=bool)
     saturated_any = np.zeros(owner.size, dtype=bool)

@@ -46,7 +46,7 @@ label audit, ``bench/label_audit.py``, measures each rule):
     how the simulation (``sim.scene``) defines its truth footprints, so ``sigma_threshold`` equal to the
     simulation's ``truth_threshold_sigma`` reproduces them from exact models.
 
-Pixels without data (``no_data_planes`` set in any band, or non-finite) are removed from every footprint;
+Pixels without data (``invalid_planes`` set in any band, or non-finite) are removed from every footprint;
 sources left with fewer than ``min_area`` pixels are dropped.  Isolated sources whose archive stores no model
 (upstream's ``IsolatedSourceData``) use the image inside their stored footprint instead: in ``"model"`` mode
 the footprint is the stored one, in ``"background_sigma"`` mode the stored footprint pixels whose image value
@@ -190,7 +190,7 @@ class LabelConfig:
         Smallest footprint (pixels, after removing pixels without data).
     max_no_data_fraction : `float`
         Skip the patch when more than this fraction of its pixels has no data.
-    no_data_planes : `tuple` [`str`, ...]
+    invalid_planes : `tuple` [`str`, ...]
         Mask planes of pixels without data.
     saturated_planes : `tuple` [`str`, ...]
         Mask planes that set ``flag_saturated``.
@@ -227,7 +227,7 @@ class LabelConfig:
     reference_unmatched: str = "drop"
     min_area: int = 1
     max_no_data_fraction: float = 0.3
-    no_data_planes: tuple[str, ...] = ("NO_DATA",)
+    invalid_planes: tuple[str, ...] = ("NO_DATA",)
     saturated_planes: tuple[str, ...] = ("SAT",)
     edge_margin: int = 0
     id_column: str = "objectId"
@@ -238,7 +238,7 @@ class LabelConfig:
 
     def __post_init__(self) -> None:
         # Frozen dataclass: normalise sequences to tuples through object.__setattr__.
-        for name in ("class_names", "no_data_planes", "saturated_planes"):
+        for name in ("class_names", "invalid_planes", "saturated_planes"):
             object.__setattr__(self, name, tuple(str(v) for v in getattr(self, name)))
         if self.threshold_mode not in THRESHOLD_MODES:
             raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}, got {self.threshold_mode!r}")
@@ -604,7 +604,7 @@ def build_labels(
         raise ValueError("class_source='reference' needs a reference catalog")
     bands = models.bands
     image = image.select_bands(bands)
-    invalid = image.invalid_pixels(config.no_data_planes).any(axis=0)
+    invalid = image.invalid_pixels(config.invalid_planes).any(axis=0)
     no_data_fraction = float(invalid.mean()) if invalid.size else 1.0
     meta: dict[str, Any] = {
         "bands": list(bands),
@@ -886,7 +886,7 @@ def labels_to_examples(
     overlap: int = 0,
     min_fraction_inside: float = 0.5,
     max_no_data_fraction: float = 0.3,
-    no_data_planes: Sequence[str] | None = None,
+    invalid_planes: Sequence[str] | None = None,
     skip_empty: bool = True,
     example_prefix: str = "",
 ) -> list[TrainingExample]:
@@ -914,7 +914,7 @@ def labels_to_examples(
         Fraction of a footprint that must be inside a tile for the label to be kept there, in ``(0, 1]``.
     max_no_data_fraction : `float`
         Tiles with more pixels without data than this are skipped.
-    no_data_planes : sequence of `str`, optional
+    invalid_planes : sequence of `str`, optional
         Planes of pixels without data (default: the scaling's ``invalid_planes``).
     skip_empty : `bool`
         Skip tiles without any label.
@@ -933,7 +933,7 @@ def labels_to_examples(
     for name in ("footprint", "class_id", "source_id"):
         if name not in labels.colnames:
             raise KeyError(f"label table has no {name!r} column; it has {labels.colnames}")
-    planes = tuple(scaling.invalid_planes if no_data_planes is None else no_data_planes)
+    planes = tuple(scaling.invalid_planes if invalid_planes is None else invalid_planes)
     scaled, _ = scaling.apply(image)
     no_data = image.invalid_pixels(planes).any(axis=0)
     spans_list = [_as_spans(value) for value in labels["footprint"]]

@@ -138,7 +138,7 @@ class DeblenderConfig:
         Larger parents are not deblended (``deblend_parentTooBig``, ``deblend_skipped``).
     masked_fraction_limit : `float`
         Parents with a larger fraction of masked pixels are flagged ``deblend_masked`` (still fitted).
-    bad_mask_planes : `tuple` [`str`, ...]
+    invalid_planes : `tuple` [`str`, ...]
         Pixels excluded from the fits.
     max_template_sigma : `float`
         Upper bound on a template's sigma (pixels).
@@ -158,7 +158,7 @@ class DeblenderConfig:
     max_children: int = 250
     max_parent_area: int = 1_000_000
     masked_fraction_limit: float = 0.5
-    bad_mask_planes: tuple[str, ...] = ("SAT", "NO_DATA")
+    invalid_planes: tuple[str, ...] = ("SAT", "NO_DATA")
     max_template_sigma: float = 40.0
     template_profile: str = "auto"
 
@@ -363,7 +363,7 @@ def deblend_patch(
         if parent_of[index] > 0:
             members.setdefault(int(parent_of[index]), []).append(int(index))
 
-    bad_bits = image.plane_bits(config.bad_mask_planes)
+    bad_bits = image.plane_bits(config.invalid_planes)
     fit_ok = np.isfinite(image.image) & np.isfinite(image.variance) & (image.variance > 0)
     if image.mask is not None:
         fit_ok &= (image.mask & bad_bits) == 0

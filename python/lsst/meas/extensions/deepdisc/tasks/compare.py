@@ -685,7 +685,7 @@ class CompareDeepDiscTask(pipeBase.PipelineTask):
             minarea=config.sepMinArea,
             deblend_nthresh=config.sepDeblendNthresh,
             deblend_cont=config.sepDeblendCont,
-            bad_mask_planes=tuple(config.invalidMaskPlanes),
+            invalid_planes=tuple(config.invalidMaskPlanes),
             psf_fwhm_pixels=self._psf_fwhm_pixels(image),
             star_size_ratio=config.sepStarSizeRatio,
         )

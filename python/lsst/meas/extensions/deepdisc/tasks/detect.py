@@ -356,7 +356,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             model_version=str(model_package.version),
             id_packer=id_packer,
             edge_margin=self.config.edgeMargin,
-            nodata_planes=tuple(self.config.invalidMaskPlanes),
+            invalid_planes=tuple(self.config.invalidMaskPlanes),
             artifact_overlap_threshold=self.config.artifactOverlapFraction,
         )
         invalid_fraction = 1.0 - float(valid_any_band.mean())

@@ -206,7 +206,9 @@ class BuildDeepDiscLabelsConfig(
     maxNoDataFraction = pexConfig.Field[float](
         doc="Write no labels for a patch with more than this fraction of pixels without data.", default=0.3
     )
-    noDataPlanes = pexConfig.ListField[str](doc="Mask planes of pixels without data.", default=["NO_DATA"])
+    invalidMaskPlanes = pexConfig.ListField[str](
+        doc="Mask planes of pixels without data.", default=["NO_DATA"]
+    )
     saturatedPlanes = pexConfig.ListField[str](doc="Mask planes setting flag_saturated.", default=["SAT"])
     edgeMargin = pexConfig.Field[int](
         doc="flag_patch_edge when a footprint comes within this many pixels of the border.", default=0
@@ -245,7 +247,7 @@ class BuildDeepDiscLabelsConfig(
             reference_unmatched=self.referenceUnmatched,
             min_area=self.minArea,
             max_no_data_fraction=self.maxNoDataFraction,
-            no_data_planes=tuple(self.noDataPlanes),
+            invalid_planes=tuple(self.invalidMaskPlanes),
             saturated_planes=tuple(self.saturatedPlanes),
             edge_margin=self.edgeMargin,
             id_column=self.idColumn,

@@ -940,7 +940,7 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
             overlap=self.config.tileOverlap,
             min_fraction_inside=self.config.minFractionInside,
             max_no_data_fraction=self.config.maxNoDataFraction,
-            no_data_planes=tuple(self.config.invalidMaskPlanes),
+            invalid_planes=tuple(self.config.invalidMaskPlanes),
             skip_empty=self.config.skipEmptyTiles,
             example_prefix=f"t{tract}_p{patch}_",
         )
@@ -979,7 +979,7 @@ class DeepDiscTrainTask(pipeBase.PipelineTask):
             overlap=0,
             min_fraction_inside=self.config.minFractionInside,
             max_no_data_fraction=self.config.maxNoDataFraction,
-            no_data_planes=planes,
+            invalid_planes=planes,
             skip_empty=False,
             example_prefix=f"t{tract}_p{patch}_bin{factor}_",
         )
