@@ -20,14 +20,14 @@
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 """Training labels from scarlet deblender models: one footprint, class and magnitude per source.
 
-`build_labels` turns the scarlet models of a patch (`~.scarlet_io.ScarletModelData`), the coadd they were
+`build_labels` turns the scarlet models of a patch (`~.scarlet.ScarletModelData`), the coadd they were
 fitted to (`~.multiband.MultibandImage`) and the object table into a label table, one row per source;
 `labels_to_examples` cuts the patch into scaled, labelled training images (`~.training_data.TrainingExample`)
 and `labels_to_coco` / `examples_to_coco` export COCO ground truth with RLE masks.
 
 Footprints
 ----------
-Every source model is rendered convolved to each band's observed PSF (`~.scarlet_io.ModelRenderer`) and
+Every source model is rendered convolved to each band's observed PSF (`~.scarlet.ModelRenderer`) and
 clipped to the patch; footprints are, by default, also clipped to the box of the scarlet blend the source
 was fitted in (as ``meas_extensions_scarlet`` does).  Two rules turn the rendered model ``M_b`` into a mask;
 the default is ``"background_sigma"`` at 1 sigma with inverse-variance weights, which keeps every deblended
@@ -121,7 +121,7 @@ from .matching import SourceArrays
 from .multiband import MultibandImage
 from .photometry import njy_to_mag
 from .scaling import ScalingSpec
-from .scarlet_io import (
+from .scarlet import (
     HierarchicalBlendData,
     IsolatedSourceData,
     ModelRenderer,
@@ -571,7 +571,7 @@ def build_labels(
     ----------
     image : `MultibandImage`
         The coadd patch the models were fitted to (every model band must be present; ``xy0`` honoured).
-    models : `~.scarlet_io.ScarletModelData`
+    models : `~.scarlet.ScarletModelData`
         The patch's scarlet models (bands and PSFs in their metadata).
     objects : `astropy.table.Table` or `None`
         Object table (``object_patch``) with ``id_column``, the extendedness and flux columns; `None` only

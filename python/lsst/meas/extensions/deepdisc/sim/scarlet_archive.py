@@ -21,7 +21,7 @@
 """The simulated deblender's output as a scarlet-format archive, and back.
 
 `model_data_from_deblended` writes the simulation's ``DeblendedBlend`` list in the upstream archive layout
-(`~lsst.meas.extensions.deepdisc.core.scarlet_io.ScarletModelData`), exactly as a Rubin DRP stores its
+(`~lsst.meas.extensions.deepdisc.core.scarlet.ScarletModelData`), exactly as a Rubin DRP stores its
 scarlet models, so that label building reads simulated and real repositories alike;
 `deblended_from_model_data` converts such an archive back.  This lives in the simulation layer: the core
 reads and writes archives but knows nothing of the simulation's types.
@@ -37,15 +37,15 @@ from typing import Any
 import numpy as np
 
 from ..core.footprints import mask_to_spans, spans_to_mask
-from ..core.scarlet_io import (
+from ..core.scarlet import (
     FactorizedComponentData,
     HierarchicalBlendData,
     IsolatedSourceData,
     ScarletBlendData,
     ScarletModelData,
     ScarletSourceData,
-    _int_pair,  # The archive reader's coordinate-pair check, shared rather than copied.
 )
+from ..core.scarlet._data import _int_pair  # The archive reader's coordinate-pair check, shared.
 from .types import DeblendedBlend, DeblendedSource
 
 
