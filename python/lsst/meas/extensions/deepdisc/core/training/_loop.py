@@ -18,83 +18,32 @@
 #
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
-"""Training of DeepDISC (detectron2 ``GeneralizedRCNN``) models on labelled, scaled training examples.
 
-`train_model` implements the schedule of Merz et al. (2023): **stage 1** trains the heads only - the
-backbone's feature extractor (``backbone.bottom_up`` of FPN models, ``backbone.net`` of ViTDet-style
-models, the whole backbone otherwise) is frozen with ``requires_grad = False`` and kept in eval mode so
-that its normalisation statistics do not move either; the FPN, RPN and ROI heads train at ``heads_lr``.
-**Stage 2** trains every layer the model itself leaves trainable at ``full_lr``, multiplied by ``lr_gamma``
-at each of ``lr_steps`` (counted from the start of stage 2).  An optional linear warm-up opens each stage.
-
-The loop is written for reproducibility and restartability:
-
-* Seeds: the model is initialised after ``torch.manual_seed(seed)``; the training batch of iteration ``i``
-  and its augmentations are a pure function of ``(seed, i)`` (a fresh permutation of the examples per
-  epoch); the global torch, numpy and Python RNG states are saved with every checkpoint and restored on
-  resume; validation runs under a forked, seeded torch RNG and never disturbs the training stream.
-* Checkpoints (every ``checkpoint_period`` iterations, at the end and on ``stop_after``; written and read
-  by `.checkpoints`) go into ``checkpoint_dir``: ``model_<iter>.safetensors`` (weights, no pickle),
-  ``optimizer_<iter>.pt`` (optimizer and gradient-scaler state and torch RNG states: plain tensors and
-  containers, read back with ``torch.load(weights_only=True)``) and ``state_<iter>.json`` (iteration,
-  schedule, numpy/Python RNG states, loss accumulators, validation history, best model);
-  ``last_checkpoint.json`` names the newest and is written last, atomically.  Calling `train_model` again
-  with the same directory resumes there.
-* Validation every ``eval_period`` iterations (`.evaluation`): the mean loss on the validation examples
-  (model in training mode, normalisation layers in eval mode, no gradients), and detection quality from the
-  production inference path (`.inference.run_tiled_inference`): detections above ``eval_score_threshold``
-  are matched one-to-one to the labels at IoU >= ``eval_iou`` (`.matching.match_catalogs`), giving
-  precision, recall and F1 pooled over the validation examples (0 where nothing was detected or labelled),
-  the fraction of matched pairs with the right class, and COCO AP/AP50 of all detections through `.coco`
-  (pycocotools; omitted with a warning when it cannot be imported).  The best model
-  (by ``best_metric``, ties broken by the lower validation loss) is kept as ``model_best.safetensors``.
-
-Nothing is downloaded: training starts from random weights or from ``init_state_dict``, whose tensors
-are loaded where names and shapes fit the model; the others (e.g. a 3-band first convolution for a 6-band
-model, or heads for another class count) are skipped and reported.
-"""
+"""The training loop (`train_model`): batches, stages, optimiser, validation, checkpoints and resumption."""
 
 from __future__ import annotations
 
-__all__ = [
-    "BEST_WEIGHTS_FILE",
-    "LAST_CHECKPOINT_FILE",
-    "TrainingConfig",
-    "TrainingResult",
-    "backbone_body",
-    "evaluate_detections",
-    "infer_examples",
-    "learning_rate_at",
-    "load_matching_weights",
-    "make_history_table",
-    "plot_training_history",
-    "train_model",
-]
+__all__ = ["backbone_body", "train_model"]
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import datetime
 import logging
 import math
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from astropy.table import Table
 from safetensors.torch import load_file as load_safetensors
 
-from .augment import AugmentConfig, augment_example, random_band_keep
-from .augment_sky import SkyAugmentConfig, sky_augment_example
-from .checkpoints import (
+from ..augment import augment_example, random_band_keep
+from ..augment_sky import sky_augment_example
+from ..checkpoints import (
     BEST_WEIGHTS_FILE,
-    LAST_CHECKPOINT_FILE,
-    StateDictDiff,
     _json_ready,
     _LoopState,
     _read_last_state,
@@ -104,253 +53,12 @@ from .checkpoints import (
     load_matching_weights,
     read_checkpoint_pointer,
 )
-from .evaluation import _resolve_device, _validation_loss, evaluate_detections, infer_examples
-from .plots import plot_training_history
-from .threads import torch_cpu_settings
-from .training_data import TrainingExample, to_detectron2_dict
+from ..evaluation import _resolve_device, _validation_loss, evaluate_detections
+from ..threads import torch_cpu_settings
+from ..training_data import TrainingExample, to_detectron2_dict
+from ._config import _AMP_DTYPES, _LOWER_IS_BETTER, TrainingConfig, TrainingResult, learning_rate_at
 
-_LOG = logging.getLogger(__name__)
-
-# Metrics for which smaller is better when used as ``best_metric``.
-_LOWER_IS_BETTER = frozenset({"val_loss"})
-_AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class TrainingConfig:
-    """Hyper-parameters of the two-stage training schedule.
-
-    Parameters
-    ----------
-    heads_iterations : `int`
-        Iterations of stage 1 (backbone frozen, heads train).
-    full_iterations : `int`
-        Iterations of stage 2 (all layers train).
-    heads_lr, full_lr : `float`
-        Base learning rates of the two stages.
-    lr_steps : `tuple` [`int`, ...]
-        Stage-2 iterations (counted from the start of stage 2) at which the rate is multiplied by
-        ``lr_gamma``.
-    lr_gamma : `float`
-        Step-decay factor.
-    batch_size : `int`
-        Examples per iteration.
-    crop_size : `int`, `float` or `None`
-        Random crop: side in pixels (`int`), fraction of each side (`float` in ``(0, 1]``), or none.
-    flips, rot90 : `bool`
-        Random flips and 90-degree rotations.
-    grad_clip : `float` or `None`
-        Maximum global L2 norm of the gradients; `None` disables clipping.
-    amp : `bool`
-        Mixed precision (autocast, with a gradient scaler for float16); honoured on CUDA only.
-    amp_dtype : `str`
-        ``"float16"`` or ``"bfloat16"``.
-    checkpoint_period : `int`
-        Iterations between checkpoints (one is also written at the end).
-    eval_period : `int`
-        Iterations between validations (one is also run at the end).
-    seed : `int`
-        Seed of the initialisation, data order, augmentation and sampling.
-    device : `str`
-        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-    weight_decay : `float`
-        Weight decay of weights with more than one dimension (biases and normalisation parameters get none).
-    warmup_iterations : `int`
-        Linear warm-up length at the start of each stage, from ``warmup_factor`` times the base rate.
-    warmup_factor : `float`
-        Starting fraction of the warm-up.
-    log_period : `int`
-        Iterations between progress log lines.
-    optimizer : `str`
-        ``"sgd"`` (momentum ``momentum``, detectron2's default) or ``"adamw"`` (ViTDet-style models).
-    momentum : `float`
-        SGD momentum.
-    best_metric : `str`
-        Validation metric selecting the best model: ``"f1"``, ``"precision"``, ``"recall"``, ``"ap"``,
-        ``"ap50"`` (larger is better) or ``"val_loss"`` (smaller is better).
-    eval_score_threshold : `float`
-        Detections below this score are ignored by precision/recall/F1 (AP uses all of them).
-    eval_iou : `float`
-        Minimum IoU of a match.
-    eval_iou_type : `str`
-        ``"mask"`` (footprint IoU) or ``"bbox"``.
-    keep_checkpoints : `int`
-        Number of periodic checkpoints kept on disk (older ones are deleted); 0 keeps all.
-    num_threads : `int`
-        Torch CPU threads (`.threads.torch_threads`): 0 picks ``$OMP_NUM_THREADS`` or the available cores.
-        Denormals are flushed to zero as well.
-    prefetch : `bool`
-        Build (augment and rasterise) the next batch in a background thread while the current step runs.
-    band_dropout : `float`
-        Fraction of training examples that lose some of their bands (`.augment.random_band_keep`): the
-        absent bands become NaN planes, which a band-availability model
-        (`.models.band_availability`) sees as absent.  0 for models that need all their bands.
-    min_bands : `int`
-        The fewest bands an example keeps under band dropout.
-    sky : `.augment_sky.SkyAugmentConfig`
-        Pixel-scale, seeing and artifact augmentations (off by default).
-    """
-
-    heads_iterations: int
-    full_iterations: int
-    heads_lr: float = 1e-3
-    full_lr: float = 1e-4
-    lr_steps: tuple[int, ...] = ()
-    lr_gamma: float = 0.1
-    batch_size: int = 4
-    crop_size: int | float | None = None
-    flips: bool = True
-    rot90: bool = True
-    grad_clip: float | None = 1.0
-    amp: bool = True
-    amp_dtype: str = "float16"
-    checkpoint_period: int = 1000
-    eval_period: int = 500
-    seed: int = 0
-    device: str = "auto"
-    weight_decay: float = 1e-4
-    warmup_iterations: int = 0
-    warmup_factor: float = 0.001
-    log_period: int = 20
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    best_metric: str = "f1"
-    eval_score_threshold: float = 0.5
-    eval_iou: float = 0.5
-    eval_iou_type: str = "mask"
-    keep_checkpoints: int = 2
-    num_threads: int = 0
-    prefetch: bool = True
-    band_dropout: float = 0.0
-    min_bands: int = 1
-    sky: SkyAugmentConfig = dataclasses.field(default_factory=lambda: SkyAugmentConfig(probability=0.0))
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.band_dropout <= 1.0:
-            raise ValueError(f"band_dropout must be in [0, 1], got {self.band_dropout}")
-        if self.min_bands < 1:
-            raise ValueError(f"min_bands must be >= 1, got {self.min_bands}")
-        if not isinstance(self.sky, SkyAugmentConfig):
-            raise TypeError(f"sky must be a SkyAugmentConfig, got {type(self.sky).__name__}")
-        self.lr_steps = tuple(int(step) for step in self.lr_steps)
-        for name in (
-            "heads_iterations",
-            "full_iterations",
-            "warmup_iterations",
-            "keep_checkpoints",
-            "num_threads",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.total_iterations < 1:
-            raise ValueError("heads_iterations + full_iterations must be at least 1")
-        for name in ("batch_size", "checkpoint_period", "eval_period", "log_period"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("heads_lr", "full_lr", "lr_gamma", "warmup_factor"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if any(step < 0 for step in self.lr_steps) or list(self.lr_steps) != sorted(self.lr_steps):
-            raise ValueError(f"lr_steps must be non-negative and increasing, got {self.lr_steps}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.amp_dtype not in _AMP_DTYPES:
-            raise ValueError(f"amp_dtype must be one of {sorted(_AMP_DTYPES)}, got {self.amp_dtype!r}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        known_metrics = {"f1", "precision", "recall", "ap", "ap50", "val_loss"}
-        if self.best_metric not in known_metrics:
-            raise ValueError(f"best_metric must be one of {sorted(known_metrics)}, got {self.best_metric!r}")
-        if not 0.0 < self.eval_iou <= 1.0:
-            raise ValueError(f"eval_iou must be in (0, 1], got {self.eval_iou}")
-        if self.eval_iou_type not in ("mask", "bbox"):
-            raise ValueError(f"eval_iou_type must be 'mask' or 'bbox', got {self.eval_iou_type!r}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        # Validates crop_size with the augmentation's own rules.
-        self.augment_config()
-
-    @property
-    def total_iterations(self) -> int:
-        """Iterations of both stages."""
-        return self.heads_iterations + self.full_iterations
-
-    def augment_config(self) -> AugmentConfig:
-        """The augmentation part of the configuration."""
-        return AugmentConfig(flips=self.flips, rot90=self.rot90, crop_size=self.crop_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-data form (JSON-safe)."""
-        data = dataclasses.asdict(self)
-        data["lr_steps"] = list(self.lr_steps)
-        return data
-
-
-@dataclass
-class TrainingResult:
-    """What `train_model` returns.
-
-    Attributes
-    ----------
-    state_dict : `dict` [`str`, `torch.Tensor`]
-        CPU weights of the best model (by ``best_metric``), or of the last iteration when no validation
-        ran.
-    best_iteration : `int` or `None`
-        Iteration count at which the best model was evaluated.
-    best_metric : `float` or `None`
-        Its ``best_metric`` value.
-    history : `list` [`dict`]
-        One entry per validation: ``iteration``, ``stage``, ``lr``, ``train_loss`` and ``train_<component>``
-        (means since the previous entry), ``val_loss`` and ``val_<component>``, ``precision``,
-        ``recall``, ``f1``, ``class_accuracy`` (of matched pairs), ``ap``, ``ap50`` (`None` when COCO AP is
-        unavailable), ``n_truth``, ``n_detections``, ``n_matched``, ``eval_seconds``.
-    iterations_done : `int`
-        Iterations completed in total (including those of earlier, resumed runs).
-    seconds : `float`
-        Wall time of this call.
-    interrupted : `bool`
-        Whether the run stopped early because of ``stop_after``.
-    init_report : `StateDictDiff` or `None`
-        What was skipped when loading ``init_state_dict`` (`None` when none was loaded).
-    best_metric_name : `str`
-        The metric used for selection.
-    last_checkpoint : `pathlib.Path` or `None`
-        State file of the newest checkpoint.
-    """
-
-    state_dict: dict[str, torch.Tensor]
-    best_iteration: int | None
-    best_metric: float | None
-    history: list[dict[str, Any]]
-    iterations_done: int
-    seconds: float
-    interrupted: bool = False
-    init_report: StateDictDiff | None = None
-    best_metric_name: str = "f1"
-    last_checkpoint: Path | None = None
-
-
-# ---------------------------------------------------------------------------------------------- schedule
-
-
-def learning_rate_at(config: TrainingConfig, iteration: int) -> float:
-    """Learning rate of (zero-based) ``iteration`` under ``config``'s two-stage schedule.
-
-    Stage 1 (``iteration < heads_iterations``) uses ``heads_lr``; stage 2 uses ``full_lr`` times
-    ``lr_gamma`` per step of ``lr_steps`` already reached (counted from the stage-2 start).  Each stage opens
-    with a linear warm-up of ``warmup_iterations``.
-    """
-    if iteration < config.heads_iterations:
-        base, local = config.heads_lr, iteration
-    else:
-        local = iteration - config.heads_iterations
-        base = config.full_lr * config.lr_gamma ** sum(local >= step for step in config.lr_steps)
-    if local < config.warmup_iterations:
-        fraction = local / config.warmup_iterations
-        base *= config.warmup_factor + (1.0 - config.warmup_factor) * fraction
-    return float(base)
+_LOG = logging.getLogger(__package__)
 
 
 def backbone_body(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
@@ -398,7 +106,7 @@ def _training_batch(
             example = sky_augment_example(example, config.sky, rng)
         record = to_detectron2_dict(example)
         if config.band_dropout > 0 and rng.random() < config.band_dropout:
-            from .models.band_availability import ABSENT_BAND_VALUE
+            from ..models.band_availability import ABSENT_BAND_VALUE
 
             keep = random_band_keep(len(example.bands), config.min_bands, rng)
             record["image"][torch.from_numpy(~keep)] = ABSENT_BAND_VALUE
@@ -600,7 +308,7 @@ def _train(
     """The body of `train_model`, run under its CPU settings."""
     from detectron2.utils.events import EventStorage
 
-    from .models import build_model
+    from ..models import build_model
 
     device = _resolve_device(config.device)
     use_amp = config.amp and device.type == "cuda"
@@ -819,34 +527,3 @@ def _evaluate(
         loop.best_val_loss = val_loss
         _save_weights(checkpoint_dir / BEST_WEIGHTS_FILE, model, loop.iteration)
         log.info("New best model at iteration %d (%s = %s)", loop.iteration, config.best_metric, metric)
-
-
-def make_history_table(
-    history: Sequence[Mapping[str, Any]], best_iteration: int | None, config: TrainingConfig
-) -> Table:
-    """The training history as a table: one row per validation, plus ``is_best``.
-
-    Integer-valued entries (iteration, stage, counts) become integer columns, the others float columns
-    with NaN where a value is missing (e.g. AP without pycocotools).
-    """
-    keys: list[str] = []
-    for entry in history:
-        keys.extend(key for key in entry if key not in keys)
-    table = Table()
-    for key in keys:
-        values = [entry.get(key) for entry in history]
-        present = [value for value in values if value is not None]
-        if (
-            present
-            and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in present)
-            and (len(present) == len(values))
-        ):
-            table[key] = np.array(values, dtype=np.int64)
-        else:
-            table[key] = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
-    iterations = table["iteration"] if "iteration" in table.colnames else np.zeros(len(table), np.int64)
-    table["is_best"] = np.asarray(iterations) == (-1 if best_iteration is None else best_iteration)
-    table.meta["best_metric_name"] = config.best_metric
-    table.meta["heads_iterations"] = config.heads_iterations
-    table.meta["total_iterations"] = config.total_iterations
-    return table
