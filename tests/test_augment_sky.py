@@ -31,7 +31,8 @@ import torch
 
 from lsst.meas.extensions.deepdisc.core.augment_sky import SkyAugmentConfig, sky_augment_example
 from lsst.meas.extensions.deepdisc.core.footprints import mask_to_spans, spans_centroid
-from lsst.meas.extensions.deepdisc.core.training import TrainingConfig, _training_batch
+from lsst.meas.extensions.deepdisc.core.training import TrainingConfig
+from lsst.meas.extensions.deepdisc.core.training._loop import _training_batch
 from lsst.meas.extensions.deepdisc.core.training_data import InstanceLabel, TrainingExample
 
 SIZE = 200
