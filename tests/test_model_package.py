@@ -36,6 +36,7 @@ import pytest
 import torch
 import yaml
 
+from lsst.meas.extensions.deepdisc.core.checkpoints import load_checkpoint_state_dict
 from lsst.meas.extensions.deepdisc.core.model_package import (
     MANIFEST_MEMBER,
     METADATA_MEMBER,
@@ -46,7 +47,6 @@ from lsst.meas.extensions.deepdisc.core.model_package import (
     ModelPackage,
     ModelPackageError,
     PackageLimits,
-    load_checkpoint_state_dict,
 )
 from lsst.meas.extensions.deepdisc.core.scaling import ScalingSpec
 

@@ -50,13 +50,8 @@ from typing import Any
 
 import yaml
 
-from ..core.model_package import (
-    PACKAGE_SUFFIXES,
-    ModelPackage,
-    ModelPackageError,
-    compare_state_dicts,
-    load_checkpoint_state_dict,
-)
+from ..core.checkpoints import compare_state_dicts, load_checkpoint_state_dict
+from ..core.model_package import PACKAGE_SUFFIXES, ModelPackage, ModelPackageError
 from ..core.models import list_architectures
 from ..core.scaling import SCALINGS, ScalingSpec
 

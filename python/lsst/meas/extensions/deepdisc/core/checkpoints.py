@@ -62,7 +62,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 
-from ._package_io import ModelPackageError, file_sha256
+from .model_package._archive import ModelPackageError, file_sha256
 
 if TYPE_CHECKING:
     from .training import TrainingConfig

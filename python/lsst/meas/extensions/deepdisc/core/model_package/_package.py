@@ -19,55 +19,11 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""A trained model as one self-describing, safe file (dataset ``deepdisc_model``).
-
-A `ModelPackage` holds everything inference needs - the model described as *data* (a plain config for the
-model factory of `.models`, never code), the weights, the bands in the order the network expects them, the
-contrast scaling, the pixel statistics, the class names - plus provenance.  On disk it is one zip file
-(``*.deepdisc.zip`` or ``*.zip``) with exactly four members:
-
-``manifest.yaml``
-    Format name and version, and the size and SHA-256 of every other member.
-``model.yaml``
-    The model config, plain data for `.models.build_model` (only allowlisted ``_target_`` entries).
-``metadata.yaml``
-    Name, version, architecture, bands, scaling, pixel mean/std, class names, provenance, versions.
-``weights.safetensors``
-    The state dict in the safetensors format (a JSON header and raw tensor bytes).
-
-Reading never executes anything from the file: there is no pickle (weights are safetensors, YAML is read
-with a safe loader that also refuses aliases and duplicate keys) and the model config only names classes the
-factory allowlists.  A corrupt or hostile file (unexpected or missing members, unsafe member paths, members
-over the size cap or with suspicious compression ratios, hash mismatches, malformed YAML, an unknown format
-version, a refused ``_target_``, weights that do not fit the model) raises `ModelPackageError` naming the
-problem.  Writing is deterministic (fixed member order and timestamps), so equal content gives equal bytes.
-
-The format itself (members, manifest, limits, guarded zip reading) lives in the private ``_package_io``;
-`StateDictDiff`, `compare_state_dicts` and `load_checkpoint_state_dict` live in `.checkpoints` and are
-re-exported here.
-"""
+"""`ModelPackage`: a trained model's network description, weights, bands and scaling, checked on creation."""
 
 from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_LIMITS",
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
-    "MANIFEST_MEMBER",
-    "METADATA_MEMBER",
-    "MODEL_MEMBER",
-    "PACKAGE_MEMBERS",
-    "PACKAGE_SUFFIXES",
-    "WEIGHTS_MEMBER",
-    "BandMismatchError",
-    "ModelPackage",
-    "ModelPackageError",
-    "PackageLimits",
-    "StateDictDiff",
-    "compare_state_dicts",
-    "load_checkpoint_state_dict",
-    "set_score_threshold",
-]
+__all__ = ["BandMismatchError", "ModelPackage", "set_score_threshold"]
 
 import datetime
 import io
@@ -83,15 +39,15 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import torch
 
-from ..version import __version__
-from ._package_io import (
+from ...version import __version__
+from ..scaling import ScalingSpec
+from ._archive import (
     DEFAULT_LIMITS,
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_MEMBER,
     METADATA_MEMBER,
     MODEL_MEMBER,
-    PACKAGE_MEMBERS,
     PACKAGE_SUFFIXES,
     WEIGHTS_MEMBER,
     ModelPackageError,
@@ -101,11 +57,9 @@ from ._package_io import (
     sha256,
     write_package,
 )
-from .checkpoints import StateDictDiff, compare_state_dicts, load_checkpoint_state_dict
-from .scaling import ScalingSpec
 
 if TYPE_CHECKING:
-    from .models import ModelSpec
+    from ..models import ModelSpec
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _METADATA_KEYS = (
@@ -503,7 +457,7 @@ class ModelPackage:
         -------
         package : `ModelPackage`
         """
-        from .models import ModelSpec, make_model_config
+        from ..models import ModelSpec, make_model_config
 
         if isinstance(spec_or_config, ModelSpec):
             spec = spec_or_config
@@ -584,8 +538,8 @@ class ModelPackage:
             If the config names a class the factory does not allow (nothing is executed), cannot be
             built, or the weights do not fit the built model (the first mismatching keys are named).
         """
-        from .models import UnsafeConfigError
-        from .models import build_model as factory_build_model
+        from ..models import UnsafeConfigError
+        from ..models import build_model as factory_build_model
 
         self._check_config_safety(self.model_config)  # Also for packages made in memory, not loaded.
         try:
@@ -600,6 +554,8 @@ class ModelPackage:
                 f"cannot build the model of package {self.name!r} from {MODEL_MEMBER}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+        from ..checkpoints import compare_state_dicts
+
         diff = compare_state_dicts(model.state_dict(), self.state_dict)
         if not diff.is_empty:
             raise ModelPackageError(
@@ -987,8 +943,8 @@ class ModelPackage:
     @staticmethod
     def _check_config_safety(model_config: dict[str, Any]) -> None:
         """Refuse, before anything is built, a config that names a callable outside the allowlist."""
-        from .models import UnsafeConfigError
-        from .models.safe_config import validate_targets
+        from ..models import UnsafeConfigError
+        from ..models.safe_config import validate_targets
 
         try:
             validate_targets(model_config, "model")

@@ -57,8 +57,8 @@ from typing import Any, BinaryIO
 import torch
 import yaml
 
-from ._zipfiles import member_problem, name_problem, read_member, write_zip
-from .safe_yaml import dump_yaml, load_yaml
+from .._zipfiles import member_problem, name_problem, read_member, write_zip
+from ..safe_yaml import dump_yaml, load_yaml
 
 FORMAT_NAME = "deepdisc-model-package"
 """Value of the ``format`` key of ``manifest.yaml``."""
