@@ -19,18 +19,7 @@
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
 
-"""Matplotlib figures of the comparison metrics (DeepDISC, scarlet, sep, labels against a reference).
-
-Every builder returns a `matplotlib.figure.Figure` attached to an Agg canvas: no ``pyplot``, no global
-state, no display needed, so the figures can be built in pipeline processes and written by the Butler's
-``Plot`` storage class (PNG).  Inputs are the tables of `~.comparison`: the per-bin summary of
-`~.comparison.summarize_matches` and the match table of `~.comparison.compare_to_reference`.
-
-Methods always get the same colour (`METHOD_COLORS`), classes the same outline colour (`CLASS_COLORS`), so
-figures of different tracts can be compared at a glance.
-
-`training_history_figure` draws the loss and validation curves of a training run (`.training`).
-"""
+"""Figures of the comparison's metrics (completeness, purity, classification, IoU, artifacts)."""
 
 from __future__ import annotations
 
@@ -39,38 +28,24 @@ __all__ = [
     "ARTIFACT_COLORS",
     "CLASS_COLORS",
     "METHOD_COLORS",
-    "OverlayPanel",
     "artifact_metrics_figure",
     "artifact_overlay_box",
     "blend_outcomes_figure",
     "classification_figure",
     "completeness_purity_figure",
-    "draw_footprint_outlines",
     "figure_to_png_bytes",
     "iou_figure",
-    "lupton_rgb",
-    "overlay_figure",
-    "plot_training_history",
-    "training_history_figure",
 ]
 
 import io
-import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from astropy.table import Table
-from astropy.visualization import make_lupton_rgb
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
-from .blend_outcomes import TRUTH_OUTCOMES
-from .multiband import MultibandImage
+from ..blend_outcomes import TRUTH_OUTCOMES
 
 METHOD_COLORS: dict[str, str] = {
     "deepdisc": "#1f77b4",
@@ -440,292 +415,3 @@ def artifact_overlay_box(
     if x1 < x0 or y1 < y0:
         return None
     return x0, y0, x1 - x0 + 1, y1 - y0 + 1
-
-
-def lupton_rgb(
-    image: MultibandImage,
-    bands: Sequence[str] | None = None,
-    box: tuple[int, int, int, int] | None = None,
-    *,
-    stretch: float | None = None,
-    q: float = 8.0,
-) -> tuple[np.ndarray, tuple[int, int]]:
-    """Lupton et al. (2004) asinh colour composite of three bands of a region.
-
-    Parameters
-    ----------
-    image : `~.multiband.MultibandImage`
-        The coadd.
-    bands : `~collections.abc.Sequence` [`str`], optional
-        Red, green and blue bands (default: the last three bands, reddest first); one or two bands are
-        repeated.
-    box : `tuple` [`int`, `int`, `int`, `int`], optional
-        ``(x0, y0, width, height)`` in parent coordinates, clipped to the image (default: whole image).
-    stretch : `float`, optional
-        Linear stretch in image units (default: 5 times the robust noise of the summed bands).
-    q : `float`
-        Asinh softening.
-
-    Returns
-    -------
-    rgb : `numpy.ndarray`
-        ``uint8`` array ``[H, W, 3]`` (row 0 = lowest y).
-    xy0 : `tuple` [`int`, `int`]
-        Parent coordinates of ``rgb[0, 0]``.
-    """
-    if bands is None:
-        bands = list(image.bands[::-1][:3])
-    bands = list(bands)
-    if not 1 <= len(bands) <= 3:
-        raise ValueError(f"a colour composite takes 1 to 3 bands, got {bands}")
-    while len(bands) < 3:
-        bands.append(bands[-1])
-    x_img, y_img = image.xy0
-    if box is None:
-        box = (x_img, y_img, image.width, image.height)
-    x0, y0 = max(int(box[0]), x_img), max(int(box[1]), y_img)
-    x1 = min(int(box[0]) + int(box[2]), x_img + image.width)
-    y1 = min(int(box[1]) + int(box[3]), y_img + image.height)
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"box {box} does not overlap the image at xy0={image.xy0}, shape={image.shape}")
-    planes = [
-        np.nan_to_num(image.image[image.band_index(band), y0 - y_img : y1 - y_img, x0 - x_img : x1 - x_img])
-        for band in bands
-    ]
-    if stretch is None or stretch <= 0:
-        total = np.sum(planes, axis=0)
-        deviation = np.median(np.abs(total - np.median(total)))
-        stretch = float(5.0 * 1.4826 * deviation) if deviation > 0 else float(np.max(np.abs(total)) or 1.0)
-    with np.errstate(invalid="ignore", divide="ignore"):  # Black pixels divide 0 by 0 inside astropy.
-        rgb = make_lupton_rgb(planes[0], planes[1], planes[2], stretch=stretch, Q=q)
-    return rgb, (x0, y0)
-
-
-def draw_footprint_outlines(
-    rgb: np.ndarray,
-    xy0: tuple[int, int],
-    footprints: Sequence[np.ndarray],
-    colors: Sequence[str],
-) -> np.ndarray:
-    """Paint the outline pixels of footprints on a copy of an RGB image.
-
-    A pixel is on an outline when it belongs to a footprint and one of its four neighbours does not
-    belong to the same footprint (or lies outside the image).  Footprints are painted in order, so where
-    footprints overlap the later one decides the outline.
-
-    Parameters
-    ----------
-    rgb : `numpy.ndarray`
-        ``[H, W, 3]`` image (``uint8`` or float).
-    xy0 : `tuple` [`int`, `int`]
-        Parent coordinates of ``rgb[0, 0]``.
-    footprints : `~collections.abc.Sequence` [`numpy.ndarray`]
-        ``(N, 3)`` spans or flattened spans, parent coordinates; parts outside the image are ignored.
-    colors : `~collections.abc.Sequence` [`str`]
-        Matplotlib colour of each footprint.
-
-    Returns
-    -------
-    painted : `numpy.ndarray`
-        Copy of ``rgb`` with the outlines drawn.
-    """
-    if len(colors) != len(footprints):
-        raise ValueError(f"{len(colors)} colours for {len(footprints)} footprints")
-    height, width = rgb.shape[:2]
-    label = np.zeros((height, width), dtype=np.int64)
-    for k, footprint in enumerate(footprints):
-        spans = np.asarray(footprint, dtype=np.int64).reshape(-1, 3)
-        y = spans[:, 0] - xy0[1]
-        x_begin = np.clip(spans[:, 1] - xy0[0], 0, None)
-        x_end = np.clip(spans[:, 2] - xy0[0], None, width - 1)
-        inside = (y >= 0) & (y < height) & (x_end >= x_begin)
-        for row, first, last in zip(y[inside], x_begin[inside], x_end[inside]):
-            label[row, first : last + 1] = k + 1
-    padded = np.pad(label, 1, constant_values=0)
-    edge = np.zeros_like(label, dtype=bool)
-    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
-        edge |= padded[dy : dy + height, dx : dx + width] != label
-    edge &= label > 0
-    painted = np.array(rgb, copy=True)
-    scale = 255 if np.issubdtype(painted.dtype, np.integer) else 1.0
-    palette = np.array([to_rgb(c) for c in colors], dtype=float).reshape(-1, 3) * scale
-    rows, cols = np.nonzero(edge)
-    if rows.size:
-        painted[rows, cols] = palette[label[rows, cols] - 1].astype(painted.dtype)
-    return painted
-
-
-@dataclass
-class OverlayPanel:
-    """One panel of `overlay_figure`: a catalog's footprints and class names.
-
-    Parameters
-    ----------
-    title : `str`
-        Panel title (method name and counts, say).
-    footprints : `list` [`numpy.ndarray`]
-        Spans (or flattened spans) in parent coordinates.
-    class_names : `list` [`str`]
-        Class name of each footprint (``""`` unknown).
-    """
-
-    title: str
-    footprints: list[np.ndarray]
-    class_names: list[str]
-
-
-def overlay_figure(
-    rgb: np.ndarray,
-    xy0: tuple[int, int],
-    panels: Sequence[OverlayPanel],
-    *,
-    class_colors: Mapping[str, str] | None = None,
-    title: str = "",
-) -> Figure:
-    """The same colour image once per catalog, with its footprints outlined in the colour of their class.
-
-    Parameters
-    ----------
-    rgb : `numpy.ndarray`
-        ``[H, W, 3]`` colour image (e.g. `lupton_rgb`).
-    xy0 : `tuple` [`int`, `int`]
-        Parent coordinates of ``rgb[0, 0]``; the axes are labelled in parent pixel coordinates.
-    panels : `~collections.abc.Sequence` [`OverlayPanel`]
-        One panel per catalog.
-    class_colors : `~collections.abc.Mapping` [`str`, `str`], optional
-        Outline colour per class name (default `CLASS_COLORS`; unknown names are white).
-    """
-    colors = dict(CLASS_COLORS if class_colors is None else class_colors)
-    n_panels = max(1, len(panels))
-    n_columns = min(n_panels, 2)
-    n_rows = (n_panels + n_columns - 1) // n_columns
-    figure = _new_figure(5.2 * n_columns, 5.2 * n_rows)
-    axes = np.atleast_1d(figure.subplots(n_rows, n_columns, squeeze=False).ravel())
-    height, width = rgb.shape[:2]
-    extent = (xy0[0] - 0.5, xy0[0] + width - 0.5, xy0[1] - 0.5, xy0[1] + height - 0.5)
-    for ax, panel in zip(axes, panels):
-        outline = [colors.get(name, colors.get("", "#ffffff")) for name in panel.class_names]
-        ax.imshow(draw_footprint_outlines(rgb, xy0, panel.footprints, outline), origin="lower", extent=extent)
-        ax.set_title(panel.title)
-        ax.set_xlabel("x (parent pixels)")
-        ax.set_ylabel("y (parent pixels)")
-    for ax in axes[len(panels) :]:
-        ax.set_axis_off()
-    handles = [
-        Line2D([], [], color=color, linewidth=3, label=name or "unknown") for name, color in colors.items()
-    ]
-    if panels:
-        axes[0].legend(handles=handles, loc="upper right", fontsize="small", framealpha=0.6)
-    figure.suptitle(title or "Footprints by class")
-    return figure
-
-
-def training_history_figure(
-    history: Sequence[Mapping[str, Any]], stage_boundary: int | None = None
-) -> Figure:
-    """Loss components and validation metrics against iteration.
-
-    Parameters
-    ----------
-    history : `~collections.abc.Sequence` [`dict`]
-        `.training.TrainingResult.history` (or the ``history`` of a checkpoint state file).
-    stage_boundary : `int`, optional
-        Iteration at which stage 2 starts (``heads_iterations``), drawn as a vertical line; by default
-        the last validation of stage 1 (exact when ``eval_period`` divides ``heads_iterations``).
-
-    Returns
-    -------
-    figure : `matplotlib.figure.Figure`
-        Two panels: losses (training solid, validation dashed) and validation metrics.
-
-    Raises
-    ------
-    ValueError
-        If ``history`` is empty.
-    """
-    if not history:
-        raise ValueError("the training history is empty: nothing to plot")
-    iterations = np.array([entry["iteration"] for entry in history], dtype=np.float64)
-
-    def series(key: str) -> np.ndarray:
-        return np.array(
-            [np.nan if entry.get(key) is None else float(entry[key]) for entry in history], dtype=np.float64
-        )
-
-    keys = {key for entry in history for key in entry}
-    # One colour per loss component; training solid, validation dashed; totals thicker.
-    components = sorted({key.split("_", 1)[1] for key in keys if key.startswith(("train_loss", "val_loss"))})
-    colours = {name: f"C{index % 10}" for index, name in enumerate(components)}
-    figure = Figure(figsize=(12, 4.5))
-    FigureCanvasAgg(figure)  # Renders without pyplot, so no global backend is touched.
-    losses, metrics = figure.subplots(1, 2)
-    all_positive = True
-    for prefix, style in (("train", "-"), ("val", "--")):
-        for name in components:
-            values = series(f"{prefix}_{name}")
-            finite = np.isfinite(values)
-            if not finite.any():
-                continue
-            all_positive &= bool(np.all(values[finite] > 0))
-            losses.plot(
-                iterations,
-                values,
-                color=colours[name],
-                linestyle=style,
-                linewidth=2.2 if name == "loss" else 1.0,
-                marker="o",
-                markersize=3,
-                label=f"{prefix}_{name}",
-            )
-    if stage_boundary is None:
-        # An entry's stage is that of its last iteration: stage 2 began after the last stage-1 entry.
-        switch = np.flatnonzero(np.diff(series("stage")) > 0)
-        stage_boundary = int(iterations[switch[0]]) if switch.size else None
-    for axes in (losses, metrics):
-        if stage_boundary is not None:
-            axes.axvline(stage_boundary, color="grey", linewidth=0.8, linestyle=":")
-        axes.set_xlabel("iteration")
-    losses.set_ylabel("loss")
-    losses.set_title("Losses (solid: training, dashed: validation)")
-    if all_positive and components:
-        losses.set_yscale("log")
-    if components:
-        losses.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    plotted = False
-    for key in ("precision", "recall", "f1", "class_accuracy", "ap", "ap50"):
-        values = series(key)
-        if np.any(np.isfinite(values)):
-            metrics.plot(iterations, values, marker="o", markersize=3, label=key)
-            plotted = True
-    metrics.set_title("Validation metrics")
-    metrics.set_ylim(-0.02, 1.02)
-    if plotted:
-        metrics.legend(fontsize="small")
-    else:
-        metrics.text(0.5, 0.5, "no validation metrics", ha="center", va="center", transform=metrics.transAxes)
-    figure.tight_layout()
-    return figure
-
-
-def plot_training_history(
-    history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], stage_boundary: int | None = None
-) -> Path:
-    """Write `training_history_figure` as a PNG file.
-
-    Parameters
-    ----------
-    history : `~collections.abc.Sequence` [`dict`]
-        `.training.TrainingResult.history` (or the ``history`` of a checkpoint state file).
-    path : `str` or `os.PathLike`
-        Output file (PNG).
-    stage_boundary : `int`, optional
-        See `training_history_figure`.
-
-    Returns
-    -------
-    path : `pathlib.Path`
-        The file written.
-    """
-    path = Path(path)
-    training_history_figure(history, stage_boundary).savefig(path, dpi=100, format="png")
-    return path
