@@ -39,12 +39,12 @@ import pytest
 from astropy.table import Table, vstack
 from matplotlib.image import imread
 
+from lsst.meas.extensions.deepdisc.butler.afw_catalog import source_catalog_to_table
 from lsst.meas.extensions.deepdisc.core.footprints import flatten_spans, spans_centroid
 from lsst.meas.extensions.deepdisc.tasks.compare import (
     CompareDeepDiscConfig,
     CompareDeepDiscConnections,
     CompareDeepDiscTask,
-    source_catalog_to_table,
 )
 from lsst.meas.extensions.deepdisc.tasks.compare_summary import (
     CompareDeepDiscSummaryConfig,

@@ -18,7 +18,10 @@
 #
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
-"""Optional adapter: our detection catalog as an ``lsst.afw.table.SourceCatalog`` with HeavyFootprints.
+"""Optional adapter between afw ``SourceCatalog`` objects and the package's tables.
+
+`make_source_catalog` writes our detection catalog as a ``SourceCatalog`` with HeavyFootprints;
+`source_catalog_to_table` reads a deblender's ``SourceCatalog`` into the table the comparison reads.
 
 Only usable where ``lsst.afw`` is installed (the Rubin stack); everything is imported lazily so that the
 package works without it.  Written against the upstream afw API: ``SourceTable.makeMinimalSchema``,
@@ -27,15 +30,16 @@ package works without it.  Written against the upstream afw API: ``SourceTable.m
 
 from __future__ import annotations
 
-__all__ = ["AFW_MISSING_MESSAGE", "afw_available", "make_source_catalog"]
+__all__ = ["AFW_MISSING_MESSAGE", "afw_available", "make_source_catalog", "source_catalog_to_table"]
 
 import importlib.util
+import math
 from typing import Any
 
 import numpy as np
 from astropy.table import Table
 
-from ..core.footprints import unflatten_spans
+from ..core.footprints import spans_centroid, unflatten_spans
 from ..core.multiband import MultibandImage
 
 AFW_MISSING_MESSAGE = (
@@ -121,3 +125,53 @@ def make_source_catalog(catalog: Table, image: MultibandImage, heavy_band: str |
         footprint.addPeak(float(row["centroid_x"]), float(row["centroid_y"]), float(row["score"]))
         record.setFootprint(afwDetection.makeHeavyFootprint(footprint, masked))
     return sources
+
+
+def source_catalog_to_table(catalog: Any) -> Table:
+    """An afw ``SourceCatalog`` with footprints as the table the comparison reads (needs lsst.afw).
+
+    Written against the upstream afw API: ``record.getFootprint().getSpans()`` (a ``SpanSet`` of ``Span``
+    with ``getY``, ``getMinX``, ``getMaxX``) and the footprint's first peak for the position (the footprint
+    centroid when it has none).  Columns: ``id``, ``parent``, ``deblend_nChild``, ``x``, ``y``,
+    ``coord_ra``, ``coord_dec`` (degrees; NaN when the catalog has no coordinates yet) and ``spans``.
+    """
+    ids, parents, n_child, xs, ys, ras, decs = [], [], [], [], [], [], []
+    spans_column = np.empty(len(catalog), dtype=object)
+    has_n_child = "deblend_nChild" in catalog.schema.getNames()
+    for row, record in enumerate(catalog):
+        footprint = record.getFootprint()
+        spans = np.zeros((0, 3), dtype=np.int32)
+        if footprint is not None:
+            spans = np.array(
+                [(span.getY(), span.getMinX(), span.getMaxX()) for span in footprint.getSpans()],
+                dtype=np.int32,
+            ).reshape(-1, 3)
+        peaks = footprint.getPeaks() if footprint is not None else []
+        if len(peaks):
+            x, y = float(peaks[0].getFx()), float(peaks[0].getFy())
+        elif spans.shape[0]:
+            x, y = spans_centroid(spans)
+        else:
+            x = y = math.nan
+        coord = record.getCoord()
+        ids.append(int(record.getId()))
+        parents.append(int(record.getParent()))
+        n_child.append(int(record["deblend_nChild"]) if has_n_child else 0)
+        xs.append(x)
+        ys.append(y)
+        ras.append(coord.getRa().asDegrees())
+        decs.append(coord.getDec().asDegrees())
+        spans_column[row] = spans.reshape(-1)
+    table = Table(
+        {
+            "id": np.array(ids, dtype=np.int64),
+            "parent": np.array(parents, dtype=np.int64),
+            "deblend_nChild": np.array(n_child, dtype=np.int32),
+            "x": np.array(xs, dtype=np.float64),
+            "y": np.array(ys, dtype=np.float64),
+            "coord_ra": np.array(ras, dtype=np.float64),
+            "coord_dec": np.array(decs, dtype=np.float64),
+        }
+    )
+    table["spans"] = spans_column
+    return table

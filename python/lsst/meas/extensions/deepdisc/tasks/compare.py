@@ -54,11 +54,9 @@ __all__ = [
     "CompareDeepDiscConfig",
     "CompareDeepDiscConnections",
     "CompareDeepDiscTask",
-    "source_catalog_to_table",
 ]
 
 import dataclasses
-import math
 import time
 from collections.abc import Mapping
 from typing import Any, override
@@ -71,6 +69,7 @@ import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
+from ..butler.afw_catalog import source_catalog_to_table
 from ..butler.regions import inside_region, patch_and_tract_regions
 from ..core.artifacts import ARTIFACT_CLASSES
 from ..core.baseline import run_sep_baseline
@@ -91,7 +90,7 @@ from ..core.comparison import (
     truth_artifact_sources,
     truth_catalog,
 )
-from ..core.footprints import spans_centroid, spans_union
+from ..core.footprints import spans_union
 from ..core.multiband import MultibandImage
 from ..core.plots import ARTIFACT_COLORS, OverlayPanel, artifact_overlay_box, lupton_rgb, overlay_figure
 from .coadd_inputs import (
@@ -347,56 +346,6 @@ class CompareDeepDiscConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Com
         return "truth" if self.doTruth else "labels" if self.doLabels else "scarlet"
 
 
-def source_catalog_to_table(catalog: Any) -> Table:
-    """An afw ``SourceCatalog`` with footprints as the table the comparison reads (needs lsst.afw).
-
-    Written against the upstream afw API: ``record.getFootprint().getSpans()`` (a ``SpanSet`` of ``Span``
-    with ``getY``, ``getMinX``, ``getMaxX``) and the footprint's first peak for the position (the footprint
-    centroid when it has none).  Columns: ``id``, ``parent``, ``deblend_nChild``, ``x``, ``y``,
-    ``coord_ra``, ``coord_dec`` (degrees; NaN when the catalog has no coordinates yet) and ``spans``.
-    """
-    ids, parents, n_child, xs, ys, ras, decs = [], [], [], [], [], [], []
-    spans_column = np.empty(len(catalog), dtype=object)
-    has_n_child = "deblend_nChild" in catalog.schema.getNames()
-    for row, record in enumerate(catalog):
-        footprint = record.getFootprint()
-        spans = np.zeros((0, 3), dtype=np.int32)
-        if footprint is not None:
-            spans = np.array(
-                [(span.getY(), span.getMinX(), span.getMaxX()) for span in footprint.getSpans()],
-                dtype=np.int32,
-            ).reshape(-1, 3)
-        peaks = footprint.getPeaks() if footprint is not None else []
-        if len(peaks):
-            x, y = float(peaks[0].getFx()), float(peaks[0].getFy())
-        elif spans.shape[0]:
-            x, y = spans_centroid(spans)
-        else:
-            x = y = math.nan
-        coord = record.getCoord()
-        ids.append(int(record.getId()))
-        parents.append(int(record.getParent()))
-        n_child.append(int(record["deblend_nChild"]) if has_n_child else 0)
-        xs.append(x)
-        ys.append(y)
-        ras.append(coord.getRa().asDegrees())
-        decs.append(coord.getDec().asDegrees())
-        spans_column[row] = spans.reshape(-1)
-    table = Table(
-        {
-            "id": np.array(ids, dtype=np.int64),
-            "parent": np.array(parents, dtype=np.int64),
-            "deblend_nChild": np.array(n_child, dtype=np.int32),
-            "x": np.array(xs, dtype=np.float64),
-            "y": np.array(ys, dtype=np.float64),
-            "coord_ra": np.array(ras, dtype=np.float64),
-            "coord_dec": np.array(decs, dtype=np.float64),
-        }
-    )
-    table["spans"] = spans_column
-    return table
-
-
 class CompareDeepDiscTask(pipeBase.PipelineTask):
     """Compare DeepDISC, scarlet and a sep baseline with a reference catalog, on one patch.
 
@@ -483,7 +432,8 @@ class CompareDeepDiscTask(pipeBase.PipelineTask):
         deepdisc : `astropy.table.Table`
             ``object_deepdisc``.
         deblend : `astropy.table.Table`
-            The deblended catalog as a table (see `source_catalog_to_table` for a ``SourceCatalog``).
+            The deblended catalog as a table (a ``SourceCatalog`` is converted by
+            `~lsst.meas.extensions.deepdisc.butler.afw_catalog.source_catalog_to_table`).
         objects : `astropy.table.Table`, optional
             Object table (scarlet classes and magnitudes).
         truth : `astropy.table.Table`, optional
