@@ -43,7 +43,8 @@ version, a refused ``_target_``, weights that do not fit the model) raises `Mode
 problem.  Writing is deterministic (fixed member order and timestamps), so equal content gives equal bytes.
 
 Modules: ``_archive`` (the format: members, manifest, limits, guarded zip reading, weights encoding),
-``_package`` (`ModelPackage`: validation, building the network, bands, display).  Reading training
+``_package`` (`ModelPackage`: validation, building the network, bands), ``_metadata`` (``metadata.yaml``),
+``_fields`` (plain-data checks of the fields), ``_display`` (`ModelPackage.summary`).  Reading training
 checkpoints (`~..checkpoints.load_checkpoint_state_dict`) belongs to `.checkpoints`.
 """
 

@@ -43,10 +43,13 @@ __all__ = [
     "read_package",
     "sha256",
     "write_package",
+    "write_package_file",
 ]
 
 import hashlib
+import os
 import re
+import uuid
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -348,3 +351,23 @@ def _parse_manifest(manifest: Any) -> dict[str, Any]:
                 f"{{size: <bytes>, sha256: <64 hex digits>}}, got {entry!r}"
             )
     return manifest
+
+
+def write_package_file(path: str | os.PathLike[str], members: Mapping[str, bytes]) -> Path:
+    """Write a package file atomically (`write_package`); its name ends with one of `PACKAGE_SUFFIXES`."""
+    path = Path(path)
+    if not path.name.endswith(PACKAGE_SUFFIXES):
+        raise ModelPackageError(f"a model package file name must end with {' or '.join(PACKAGE_SUFFIXES)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A unique sibling then a rename: readers never see a half-written package.  Opened with "xb" (not
+    # tempfile) so that the file gets the usual umask-based permissions.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with temporary.open("xb") as stream:
+            write_package(stream, members)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

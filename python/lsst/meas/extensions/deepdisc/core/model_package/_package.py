@@ -25,12 +25,9 @@ from __future__ import annotations
 
 __all__ = ["BandMismatchError", "ModelPackage", "set_score_threshold"]
 
-import datetime
 import io
-import math
 import os
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +40,10 @@ from ...version import __version__
 from ..scaling import ScalingSpec
 from ._archive import (
     DEFAULT_LIMITS,
-    FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_MEMBER,
     METADATA_MEMBER,
     MODEL_MEMBER,
-    PACKAGE_SUFFIXES,
     WEIGHTS_MEMBER,
     ModelPackageError,
     PackageLimits,
@@ -56,33 +51,16 @@ from ._archive import (
     read_package,
     sha256,
     write_package,
+    write_package_file,
 )
+from ._display import describe_package, package_summary
+from ._fields import _float_tuple, _string_tuple, _tensors_identical, _to_plain, _utc_now
+from ._metadata import checked_metadata, package_metadata
 
 if TYPE_CHECKING:
     from ..models import ModelSpec
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_METADATA_KEYS = (
-    "name",
-    "version",
-    "architecture",
-    "bands",
-    "class_names",
-    "scaling",
-    "pixel_mean",
-    "pixel_std",
-    "provenance",
-    "package_version",
-    "format_version",
-)
-# Keys a package may carry (older packages lack them; they are written only when set).
-_OPTIONAL_METADATA_KEYS = (
-    "score_threshold",
-    "min_bands",
-    "band_count_thresholds",
-    "artifact_binning",
-    "artifact_score_threshold",
-)
 
 
 class BandMismatchError(ModelPackageError):
@@ -107,80 +85,6 @@ def set_score_threshold(model: torch.nn.Module, threshold: float) -> int:
     if not count:
         raise ValueError(f"{type(model).__name__} has no box predictor with a test score threshold")
     return count
-
-
-def _to_plain(value: Any, where: str) -> Any:
-    """Copy ``value`` as YAML-safe plain data (dict/list/str/int/float/bool/None), or raise."""
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, int | float):
-        return value
-    if isinstance(value, np.generic) and isinstance(value.item(), bool | int | float | str):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return _to_plain(value.tolist(), where)
-    if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ModelPackageError(f"{where} has a non-string key {key!r}; only plain data is allowed")
-            out[key] = _to_plain(item, f"{where}.{key}")
-        return out
-    if isinstance(value, list | tuple):
-        return [_to_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
-    raise ModelPackageError(
-        f"{where} holds a {type(value).__name__} ({value!r:.80}); a model package stores plain data only "
-        "(mappings, lists, strings, numbers, booleans, null)"
-    )
-
-
-def _string_tuple(value: Any, what: str, *, allow_empty: bool = False) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise ModelPackageError(f"{what} must be a list of strings, got {value!r}")
-    items = tuple(value)
-    if not items and not allow_empty:
-        raise ModelPackageError(f"{what} must not be empty")
-    for item in items:
-        if not isinstance(item, str) or not item:
-            raise ModelPackageError(f"{what} must hold non-empty strings, got {item!r}")
-    duplicates = sorted({item for item in items if items.count(item) > 1})
-    if duplicates:
-        raise ModelPackageError(f"{what} {list(items)} has duplicates {duplicates}")
-    return items
-
-
-def _float_tuple(value: Any, what: str, length: int, *, positive: bool) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().reshape(-1).tolist()
-    elif isinstance(value, np.ndarray):
-        value = value.reshape(-1).tolist()
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise ModelPackageError(f"{what} must be a list of numbers, got {value!r}")
-    try:
-        numbers = tuple(float(v) for v in value if not isinstance(v, bool))
-    except (TypeError, ValueError):
-        raise ModelPackageError(f"{what} must be a list of numbers, got {value!r}") from None
-    if len(numbers) != len(value) or len(numbers) != length:
-        raise ModelPackageError(f"{what} needs one number per band ({length}), got {list(value)}")
-    if not all(math.isfinite(v) and (v > 0 or not positive) for v in numbers):
-        requirement = "finite and positive" if positive else "finite"
-        raise ModelPackageError(f"{what} must be {requirement}: {list(numbers)}")
-    return numbers
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> torch.Tensor:
-    """The raw bytes of a tensor as a flat uint8 tensor (bit-exact comparison, NaN included)."""
-    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-
-
-def _tensors_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_tensor_bytes(a), _tensor_bytes(b))
-
-
-def _utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
 
 
 @dataclass(eq=False)
@@ -696,102 +600,15 @@ class ModelPackage:
 
     def metadata_dict(self) -> dict[str, Any]:
         """The content of ``metadata.yaml`` (plain data)."""
-        return {
-            "name": self.name,
-            "version": self.version,
-            "architecture": self.architecture,
-            "bands": list(self.bands),
-            "class_names": list(self.class_names),
-            "scaling": self.scaling.to_dict(),
-            "pixel_mean": None if self.pixel_mean is None else list(self.pixel_mean),
-            "pixel_std": None if self.pixel_std is None else list(self.pixel_std),
-            "provenance": self.provenance,
-            "package_version": self.package_version,
-            "format_version": self.format_version,
-            **({} if self.score_threshold is None else {"score_threshold": self.score_threshold}),
-            **({} if self.min_bands is None else {"min_bands": self.min_bands}),
-            **(
-                {}
-                if self.band_count_thresholds is None
-                else {"band_count_thresholds": {str(n): t for n, t in self.band_count_thresholds.items()}}
-            ),
-            **({} if self.artifact_binning is None else {"artifact_binning": self.artifact_binning}),
-            **(
-                {}
-                if self.artifact_score_threshold is None
-                else {"artifact_score_threshold": self.artifact_score_threshold}
-            ),
-        }
+        return package_metadata(self)
 
     def describe(self) -> dict[str, Any]:
         """Plain-data description (metadata, weight statistics, content digest) for JSON output."""
-        dtypes: dict[str, int] = {}
-        for tensor in self.state_dict.values():
-            dtype = str(tensor.dtype).removeprefix("torch.")
-            dtypes[dtype] = dtypes.get(dtype, 0) + 1
-        return {
-            **_to_plain(self.metadata_dict(), "metadata"),
-            "weights": {
-                "tensors": len(self.state_dict),
-                "values": self.n_parameters,
-                "bytes": int(sum(t.numel() * t.element_size() for t in self.state_dict.values())),
-                "dtypes": dtypes,
-            },
-            "content_sha256": self.content_digest(),
-        }
+        return describe_package(self)
 
     def summary(self) -> str:
         """Human-readable multi-line description."""
-        info = self.describe()
-        weights = info["weights"]
-        dtypes = ", ".join(f"{dtype}: {count}" for dtype, count in weights["dtypes"].items())
-        mean, std = self._format_stats(self.pixel_mean), self._format_stats(self.pixel_std)
-        scaling = self.scaling
-        params = ", ".join(f"{key}={value}" for key, value in scaling.params.items()) or "defaults"
-        lines = [
-            f"DeepDISC model package {self.name!r} version {self.version}",
-            f"  architecture   : {self.architecture or '(not recorded)'}",
-            f"  bands          : {' '.join(self.bands)} (network input order"
-            + (")" if self.min_bands is None else f"; runs on any {self.min_bands} or more of them)"),
-            f"  classes        : {', '.join(f'{i}={c}' for i, c in enumerate(self.class_names))}",
-            f"  scaling        : {scaling.name} ({params}); invalid planes {list(scaling.invalid_planes)}",
-            f"  pixel mean/std : {mean} / {std}",
-            "  score threshold: "
-            + ("(model config's)" if self.score_threshold is None else f"{self.score_threshold:g}")
-            + (
-                ""
-                if not self.band_count_thresholds
-                else " (with "
-                + ", ".join(f"{n} bands: {t:g}" for n, t in sorted(self.band_count_thresholds.items()))
-                + ")"
-            ),
-            *(
-                []
-                if self.artifact_binning is None
-                else [
-                    f"  artifacts      : also found on the patch binned {self.artifact_binning}x"
-                    + (
-                        ""
-                        if self.artifact_score_threshold is None
-                        else f" (score >= {self.artifact_score_threshold:g})"
-                    )
-                ]
-            ),
-            f"  weights        : {weights['tensors']} tensors, {weights['values']:,} values, "
-            f"{weights['bytes'] / 2**20:.1f} MiB ({dtypes})",
-            f"  format         : {FORMAT_NAME} v{self.format_version}, written by "
-            f"meas_extensions_deepdisc {self.package_version}",
-            f"  content sha256 : {info['content_sha256']}",
-        ]
-        if self.provenance:
-            lines.append("  provenance     :")
-            for key, value in self.provenance.items():
-                lines.append(f"    {key}: {value}")
-        return "\n".join(lines)
-
-    @staticmethod
-    def _format_stats(values: tuple[float, ...] | None) -> str:
-        return "(model default)" if values is None else "[" + ", ".join(f"{v:.6g}" for v in values) + "]"
+        return package_summary(self)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ModelPackage):
@@ -835,24 +652,7 @@ class ModelPackage:
         -------
         path : `pathlib.Path`
         """
-        path = Path(path)
-        if not path.name.endswith(PACKAGE_SUFFIXES):
-            raise ModelPackageError(
-                f"a model package file name must end with {' or '.join(PACKAGE_SUFFIXES)}"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A unique sibling then a rename: readers never see a half-written package.  Opened with "xb" (not
-        # tempfile) so that the file gets the usual umask-based permissions.
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        try:
-            with temporary.open("xb") as stream:
-                self._write(stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
-        return path
+        return write_package_file(path, self._members())
 
     # ------------------------------------------------------------------ reading
 
@@ -901,20 +701,7 @@ class ModelPackage:
 
     @classmethod
     def _from_members(cls, members: dict[str, Any]) -> ModelPackage:
-        metadata = members[METADATA_MEMBER]
-        if not isinstance(metadata, dict):
-            raise ModelPackageError(f"{METADATA_MEMBER} must be a mapping")
-        unknown = sorted(set(metadata) - set(_METADATA_KEYS) - set(_OPTIONAL_METADATA_KEYS))
-        missing = [key for key in _METADATA_KEYS if key not in metadata]
-        if unknown or missing:
-            raise ModelPackageError(f"{METADATA_MEMBER} has unknown keys {unknown} / lacks keys {missing}")
-        if metadata["format_version"] != members["format_version"]:
-            raise ModelPackageError(
-                f"{METADATA_MEMBER} format version {metadata['format_version']!r} differs from "
-                f"the manifest's {members['format_version']!r}"
-            )
-        if not isinstance(metadata["scaling"], dict):
-            raise ModelPackageError(f"scaling in {METADATA_MEMBER} must be a mapping")
+        metadata = checked_metadata(members)
         model_config = members[MODEL_MEMBER]
         if not isinstance(model_config, dict):
             raise ModelPackageError(f"{MODEL_MEMBER} must be a mapping (the model config as data)")

@@ -1,0 +1,110 @@
+# This file is part of meas_extensions_deepdisc.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Checks that turn a package's fields into plain, validated data (strings, numbers, YAML-safe trees)."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
+
+import datetime
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._archive import ModelPackageError
+
+
+def _to_plain(value: Any, where: str) -> Any:
+    """Copy ``value`` as YAML-safe plain data (dict/list/str/int/float/bool/None), or raise."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, np.generic) and isinstance(value.item(), bool | int | float | str):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return _to_plain(value.tolist(), where)
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ModelPackageError(f"{where} has a non-string key {key!r}; only plain data is allowed")
+            out[key] = _to_plain(item, f"{where}.{key}")
+        return out
+    if isinstance(value, list | tuple):
+        return [_to_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    raise ModelPackageError(
+        f"{where} holds a {type(value).__name__} ({value!r:.80}); a model package stores plain data only "
+        "(mappings, lists, strings, numbers, booleans, null)"
+    )
+
+
+def _string_tuple(value: Any, what: str, *, allow_empty: bool = False) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ModelPackageError(f"{what} must be a list of strings, got {value!r}")
+    items = tuple(value)
+    if not items and not allow_empty:
+        raise ModelPackageError(f"{what} must not be empty")
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise ModelPackageError(f"{what} must hold non-empty strings, got {item!r}")
+    duplicates = sorted({item for item in items if items.count(item) > 1})
+    if duplicates:
+        raise ModelPackageError(f"{what} {list(items)} has duplicates {duplicates}")
+    return items
+
+
+def _float_tuple(value: Any, what: str, length: int, *, positive: bool) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().reshape(-1).tolist()
+    elif isinstance(value, np.ndarray):
+        value = value.reshape(-1).tolist()
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ModelPackageError(f"{what} must be a list of numbers, got {value!r}")
+    try:
+        numbers = tuple(float(v) for v in value if not isinstance(v, bool))
+    except (TypeError, ValueError):
+        raise ModelPackageError(f"{what} must be a list of numbers, got {value!r}") from None
+    if len(numbers) != len(value) or len(numbers) != length:
+        raise ModelPackageError(f"{what} needs one number per band ({length}), got {list(value)}")
+    if not all(math.isfinite(v) and (v > 0 or not positive) for v in numbers):
+        requirement = "finite and positive" if positive else "finite"
+        raise ModelPackageError(f"{what} must be {requirement}: {list(numbers)}")
+    return numbers
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """The raw bytes of a tensor as a flat uint8 tensor (bit-exact comparison, NaN included)."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
+def _tensors_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_tensor_bytes(a), _tensor_bytes(b))
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
