@@ -39,12 +39,12 @@ __all__ = [
 ]
 
 from .compiled import CompiledExtensionMissingError, has_compiled_extension
+from .detectron2_configs import config_from_detectron2_yaml
 from .factory import (
     ARCHITECTURES,
     ModelSpec,
     build_model,
     build_model_from_spec,
-    config_from_detectron2_yaml,
     list_architectures,
     make_model_config,
 )
