@@ -55,7 +55,6 @@ __all__ = [
 
 import copy
 import json
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,7 +78,6 @@ from .safe_config import (
 if TYPE_CHECKING:
     import torch
 
-_LOG = logging.getLogger(__name__)
 
 ARCHITECTURES: dict[str, str] = {
     "compact-R18-FPN": "Mask R-CNN, slim ResNet-18 + 64-channel FPN, light heads: fast on CPU (tests, demo)",
