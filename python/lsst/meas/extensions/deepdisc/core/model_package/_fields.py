@@ -108,3 +108,45 @@ def _tensors_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
+
+
+def _checked_min_bands(min_bands: Any, band_availability: bool, n_bands: int) -> int | None:
+    """``min_bands`` of a package with ``n_bands`` bands: 1 by default for a band-availability model."""
+    if not band_availability:
+        if min_bands is not None:
+            raise ModelPackageError(
+                f"min_bands {min_bands!r} is set but the model config has no band_availability: "
+                "such a model needs all of its bands"
+            )
+        return None
+    if min_bands is None:
+        return 1
+    if isinstance(min_bands, bool) or not isinstance(min_bands, int):
+        raise ModelPackageError(f"min_bands must be an integer, got {min_bands!r}")
+    if not 1 <= min_bands <= n_bands:
+        raise ModelPackageError(f"min_bands must be in [1, {n_bands}], got {min_bands}")
+    return min_bands
+
+
+def _checked_band_count_thresholds(
+    thresholds: Any, min_bands: int | None, n_bands: int
+) -> dict[int, float] | None:
+    """Operating points by band count, keyed by integers in ``[min_bands, n_bands - 1]``, in ``[0, 1]``."""
+    if thresholds is None:
+        return None
+    if min_bands is None:
+        raise ModelPackageError("band_count_thresholds need a model with min_bands")
+    if not isinstance(thresholds, Mapping):
+        raise ModelPackageError(f"band_count_thresholds must be a mapping, got {thresholds!r}")
+    checked = {}
+    for count, threshold in thresholds.items():
+        # Metadata keys are strings (plain data); in memory they are band counts.
+        count = int(count) if isinstance(count, str) and count.isdigit() else count
+        if isinstance(count, bool) or not isinstance(count, int) or not min_bands <= count < n_bands:
+            raise ModelPackageError(
+                f"band_count_thresholds key {count!r} must be a band count in [{min_bands}, {n_bands - 1}]"
+            )
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+            raise ModelPackageError(f"band_count_thresholds[{count}] must be in [0, 1], got {threshold!r}")
+        checked[count] = float(threshold)
+    return checked

@@ -54,7 +54,15 @@ from ._archive import (
     write_package_file,
 )
 from ._display import describe_package, package_summary
-from ._fields import _float_tuple, _string_tuple, _tensors_identical, _to_plain, _utc_now
+from ._fields import (
+    _checked_band_count_thresholds,
+    _checked_min_bands,
+    _float_tuple,
+    _string_tuple,
+    _tensors_identical,
+    _to_plain,
+    _utc_now,
+)
 from ._metadata import checked_metadata, package_metadata
 
 if TYPE_CHECKING:
@@ -191,8 +199,10 @@ class ModelPackage:
             if not 0.0 <= float(self.score_threshold) <= 1.0:
                 raise ModelPackageError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
             self.score_threshold = float(self.score_threshold)
-        self._check_min_bands()
-        self._check_band_count_thresholds()
+        self.min_bands = _checked_min_bands(self.min_bands, self.band_availability, len(self.bands))
+        self.band_count_thresholds = _checked_band_count_thresholds(
+            self.band_count_thresholds, self.min_bands, len(self.bands)
+        )
         if self.artifact_binning is not None and (
             isinstance(self.artifact_binning, bool)
             or not isinstance(self.artifact_binning, int)
@@ -228,54 +238,6 @@ class ModelPackage:
     def band_availability(self) -> bool:
         """Whether the model runs on a subset of its bands (trained with band dropout)."""
         return bool(self.model_config.get("band_availability", False))
-
-    def _check_min_bands(self) -> None:
-        if not self.band_availability:
-            if self.min_bands is not None:
-                raise ModelPackageError(
-                    f"min_bands {self.min_bands!r} is set but the model config has no band_availability: "
-                    "such a model needs all of its bands"
-                )
-            return
-        if self.min_bands is None:
-            self.min_bands = 1
-        if isinstance(self.min_bands, bool) or not isinstance(self.min_bands, int):
-            raise ModelPackageError(f"min_bands must be an integer, got {self.min_bands!r}")
-        if not 1 <= self.min_bands <= len(self.bands):
-            raise ModelPackageError(f"min_bands must be in [1, {len(self.bands)}], got {self.min_bands}")
-
-    def _check_band_count_thresholds(self) -> None:
-        if self.band_count_thresholds is None:
-            return
-        if self.min_bands is None:
-            raise ModelPackageError("band_count_thresholds need a model with min_bands")
-        if not isinstance(self.band_count_thresholds, Mapping):
-            raise ModelPackageError(
-                f"band_count_thresholds must be a mapping, got {self.band_count_thresholds!r}"
-            )
-        checked = {}
-        for count, threshold in self.band_count_thresholds.items():
-            # Metadata keys are strings (plain data); in memory they are band counts.
-            count = int(count) if isinstance(count, str) and count.isdigit() else count
-            if (
-                isinstance(count, bool)
-                or not isinstance(count, int)
-                or not self.min_bands <= count < len(self.bands)
-            ):
-                raise ModelPackageError(
-                    f"band_count_thresholds key {count!r} must be a band count in [{self.min_bands}, "
-                    f"{len(self.bands) - 1}]"
-                )
-            if (
-                isinstance(threshold, bool)
-                or not isinstance(threshold, int | float)
-                or not 0 <= threshold <= 1
-            ):
-                raise ModelPackageError(
-                    f"band_count_thresholds[{count}] must be in [0, 1], got {threshold!r}"
-                )
-            checked[count] = float(threshold)
-        self.band_count_thresholds = checked
 
     def score_threshold_for(self, n_bands: int) -> float | None:
         """The operating point for data with ``n_bands`` of the model's bands (`score_threshold` if none)."""
