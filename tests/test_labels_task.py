@@ -38,7 +38,7 @@ from lsst.daf.butler import Butler
 from lsst.meas.extensions.deepdisc.butler.conversions import multiband_from_masked_images
 from lsst.meas.extensions.deepdisc.butler.labels_io import scarlet_models_from_butler
 from lsst.meas.extensions.deepdisc.core.footprints import Footprint, unflatten_spans
-from lsst.meas.extensions.deepdisc.core.scarlet import ScarletFormatError, ScarletModelData
+from lsst.meas.extensions.deepdisc.core.scarlet_io import ScarletFormatError, ScarletModelData
 from lsst.meas.extensions.deepdisc.sim.repo import build_sim_repo
 from lsst.meas.extensions.deepdisc.tasks.labels import (
     BuildDeepDiscLabelsConfig,

@@ -102,3 +102,22 @@ def test_package_layout_has_the_stack_files(package_root: Path) -> None:
         "DAF_BUTLER_CONFIG_PATH",
     ):
         assert needed in table
+
+
+def test_storage_class_pytypes_keep_their_names(package_root: Path) -> None:
+    # A repository embeds the storage classes of the code that created it (butler.yaml), and the Butler
+    # refuses a definition that differs: renaming a module named here breaks every existing repository.
+    import importlib
+
+    import yaml
+
+    path = package_root / "python/lsst/meas/extensions/deepdisc/butler/configs/storageClasses.yaml"
+    classes = yaml.safe_load(path.read_text())["storageClasses"]
+    pytypes = {name: entry["pytype"] for name, entry in classes.items()}
+    assert pytypes == {
+        "DeepDiscModelPackage": "lsst.meas.extensions.deepdisc.core.model_package.ModelPackage",
+        "ScarletModelArchive": "lsst.meas.extensions.deepdisc.core.scarlet_io.ScarletModelData",
+    }
+    for pytype in pytypes.values():
+        module, _, name = pytype.rpartition(".")
+        assert isinstance(getattr(importlib.import_module(module), name), type)

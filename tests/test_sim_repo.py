@@ -15,7 +15,7 @@ from lsst.sphgeom import LonLat, UnitVector3d
 from lsst.meas.extensions.deepdisc.butler.conversions import multiband_from_masked_images
 from lsst.meas.extensions.deepdisc.cli import sim_repo as sim_repo_cli
 from lsst.meas.extensions.deepdisc.core.footprints import unflatten_spans
-from lsst.meas.extensions.deepdisc.core.scarlet import (
+from lsst.meas.extensions.deepdisc.core.scarlet_io import (
     ScarletModelData,
     read_scarlet_models,
 )

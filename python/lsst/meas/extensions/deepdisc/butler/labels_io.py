@@ -28,13 +28,13 @@ Scarlet models arrive in one of two storage classes:
 
 ``ScarletModelArchive``
     This package's reader of the ``.scarlet`` archives (simulated repositories, or any Rubin archive
-    registered under that storage class): already a `~..core.scarlet.ScarletModelData`.
+    registered under that storage class): already a `~..core.scarlet_io.ScarletModelData`.
 ``LsstScarletModelData``
     The Rubin pipelines' own storage class; the Butler returns ``meas_extensions_scarlet``'s
     ``LsstScarletModelData`` (only where that package is installed).  `scarlet_models_from_butler` converts
     it through its ``as_dict()`` JSON form, which ``ScarletModelData.from_dict`` reads for the schema
-    versions ``core.scarlet`` knows (up to 1.0.1); newer schemas (typed PSF objects in the metadata) are
-    refused with an explanation.  Alternatively read the archive files with ``core.scarlet``.
+    versions ``core.scarlet_io`` knows (up to 1.0.1); newer schemas (typed PSF objects in the metadata) are
+    refused with an explanation.  Alternatively read the archive files with ``core.scarlet_io``.
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ from typing import Any
 
 import numpy as np
 
-from ..core.scarlet import ScarletFormatError, ScarletModelData
+from ..core.scarlet_io import ScarletFormatError, ScarletModelData
 
 
 def scarlet_models_from_butler(models: Any) -> ScarletModelData:
-    """A `~..core.scarlet.ScarletModelData` from what the Butler returned for the scarlet models.
+    """A `~..core.scarlet_io.ScarletModelData` from what the Butler returned for the scarlet models.
 
     Parameters
     ----------
@@ -58,7 +58,7 @@ def scarlet_models_from_butler(models: Any) -> ScarletModelData:
 
     Returns
     -------
-    models : `~..core.scarlet.ScarletModelData`
+    models : `~..core.scarlet_io.ScarletModelData`
         With ``bands``, ``psf`` (``[C, h, w]``) and ``model_psf`` usable for rendering.
 
     Raises

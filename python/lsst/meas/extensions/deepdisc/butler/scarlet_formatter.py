@@ -22,7 +22,7 @@
 """Butler formatter for scarlet model archives (storage class ``ScarletModelArchive``).
 
 Files are the zip archives of ``meas_extensions_scarlet`` (extension ``.scarlet``), read and written by
-`..core.scarlet` without scarlet_lite or afw, so archives written by the Rubin pipelines can be read
+`..core.scarlet_io` without scarlet_lite or afw, so archives written by the Rubin pipelines can be read
 here and the other way round.  Registered for the storage class in ``configs/datastores/fileDatastore.yaml``.
 """
 
@@ -34,11 +34,11 @@ from typing import Any, override
 
 from lsst.daf.butler import FormatterV2
 
-from ..core.scarlet import ScarletModelData, read_scarlet_models, scarlet_models_to_bytes
+from ..core.scarlet_io import ScarletModelData, read_scarlet_models, scarlet_models_to_bytes
 
 
 class ScarletModelFormatter(FormatterV2):
-    """Read and write `~lsst.meas.extensions.deepdisc.core.scarlet.ScarletModelData` as ``.scarlet`` zips.
+    """Read and write `~lsst.meas.extensions.deepdisc.core.scarlet_io.ScarletModelData` as ``.scarlet`` zips.
 
     Reads the pre-2025 single-JSON layout too (by content, whatever the extension).
     """

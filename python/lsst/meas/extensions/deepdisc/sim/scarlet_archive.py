@@ -21,7 +21,7 @@
 """The simulated deblender's output as a scarlet-format archive, and back.
 
 `model_data_from_deblended` writes the simulation's ``DeblendedBlend`` list in the upstream archive layout
-(`~lsst.meas.extensions.deepdisc.core.scarlet.ScarletModelData`), exactly as a Rubin DRP stores its
+(`~lsst.meas.extensions.deepdisc.core.scarlet_io.ScarletModelData`), exactly as a Rubin DRP stores its
 scarlet models, so that label building reads simulated and real repositories alike;
 `deblended_from_model_data` converts such an archive back.  This lives in the simulation layer: the core
 reads and writes archives but knows nothing of the simulation's types.
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..core.footprints import mask_to_spans, spans_to_mask
-from ..core.scarlet import (
+from ..core.scarlet_io import (
     FactorizedComponentData,
     HierarchicalBlendData,
     IsolatedSourceData,
@@ -45,7 +45,7 @@ from ..core.scarlet import (
     ScarletModelData,
     ScarletSourceData,
 )
-from ..core.scarlet._data import _int_pair  # The archive reader's coordinate-pair check, shared.
+from ..core.scarlet_io._data import _int_pair  # The archive reader's coordinate-pair check, shared.
 from .types import DeblendedBlend, DeblendedSource
 
 

@@ -60,7 +60,7 @@ from ..butler.labels_io import scarlet_models_from_butler
 from ..butler.tables import to_arrow
 from ..core.labels import CLASS_SOURCES, DETECTION_WEIGHTINGS, LabelConfig, build_labels, labels_to_coco
 from ..core.multiband import MultibandImage
-from ..core.scarlet import ScarletModelData
+from ..core.scarlet_io import ScarletModelData
 from .coadd_inputs import (
     coadd_input_connection,
     coadd_storage_class_field,
@@ -320,7 +320,7 @@ class BuildDeepDiscLabelsTask(pipeBase.PipelineTask):
         ----------
         image : `MultibandImage`
             The coadd patch (every model band present).
-        models : `~lsst.meas.extensions.deepdisc.core.scarlet.ScarletModelData`
+        models : `~lsst.meas.extensions.deepdisc.core.scarlet_io.ScarletModelData`
             Its scarlet models.
         objects : `astropy.table.Table`
             Its object table.

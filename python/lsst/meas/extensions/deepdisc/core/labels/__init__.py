@@ -21,14 +21,14 @@
 
 """Training labels from scarlet deblender models: one footprint, class and magnitude per source.
 
-`build_labels` turns the scarlet models of a patch (`~.scarlet.ScarletModelData`), the coadd they were
+`build_labels` turns the scarlet models of a patch (`~.scarlet_io.ScarletModelData`), the coadd they were
 fitted to (`~.multiband.MultibandImage`) and the object table into a label table, one row per source;
 `labels_to_examples` cuts the patch into scaled, labelled training images (`~.training_data.TrainingExample`)
 and `labels_to_coco` / `examples_to_coco` export COCO ground truth with RLE masks.
 
 Footprints
 ----------
-Every source model is rendered convolved to each band's observed PSF (`~.scarlet.ModelRenderer`) and
+Every source model is rendered convolved to each band's observed PSF (`~.scarlet_io.ModelRenderer`) and
 clipped to the patch; footprints are, by default, also clipped to the box of the scarlet blend the source
 was fitted in (as ``meas_extensions_scarlet`` does).  Two rules turn the rendered model ``M_b`` into a mask;
 the default is ``"background_sigma"`` at 1 sigma with inverse-variance weights, which keeps every deblended

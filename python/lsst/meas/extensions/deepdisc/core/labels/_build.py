@@ -38,7 +38,7 @@ from astropy.table import Table
 from ..footprints import SPAN_DTYPE, flatten_spans, mask_to_spans, spans_area, unflatten_spans
 from ..multiband import MultibandImage
 from ..photometry import njy_to_mag
-from ..scarlet import (
+from ..scarlet_io import (
     HierarchicalBlendData,
     IsolatedSourceData,
     ModelRenderer,
@@ -210,7 +210,7 @@ def build_labels(
     ----------
     image : `MultibandImage`
         The coadd patch the models were fitted to (every model band must be present; ``xy0`` honoured).
-    models : `~.scarlet.ScarletModelData`
+    models : `~.scarlet_io.ScarletModelData`
         The patch's scarlet models (bands and PSFs in their metadata).
     objects : `astropy.table.Table` or `None`
         Object table (``object_patch``) with ``id_column``, the extendedness and flux columns; `None` only

@@ -12,7 +12,7 @@ from scipy import signal
 
 from lsst.meas.extensions.deepdisc.core.footprints import spans_to_mask
 from lsst.meas.extensions.deepdisc.core.multiband import MultibandImage
-from lsst.meas.extensions.deepdisc.core.scarlet import (
+from lsst.meas.extensions.deepdisc.core.scarlet_io import (
     FactorizedComponentData,
     HierarchicalBlendData,
     IsolatedSourceData,
