@@ -12,7 +12,7 @@
 # the stage-2 weights.
 #
 #   bin/train-demo-model.sh [WORKDIR] [EXTRA PIPETASK CONFIG...]
-#       (default WORKDIR: train_work/; CPU: ~20 min to simulate and label, then ~65 + ~75 + ~55 min of
+#       (default WORKDIR: train_work/; CPU: ~20 min to simulate and label, then ~65 + ~75 + ~70 min of
 #        training on 2 idle cores; an interrupted run resumes where it stopped when the same command is re-run)
 #
 # Examples and checkpoints are kept under WORKDIR/checkpoints, so a re-run rebuilds nothing.

@@ -18,20 +18,22 @@
 import os
 
 config.load(os.path.join(os.path.dirname(__file__), "train_cpu_finetune.py"))
-config.modelVersion = "3.2"
+config.modelVersion = "3.3"
 config.artifactBinning = 4
 config.binnedArtifactRate = 3.0
-config.binnedExampleRepeat = 4
+config.binnedExampleRepeat = 6
 config.bands = ["u", "g", "r", "i", "z", "y"]
 config.pixelMean = [0.2046, 0.4548, 0.5009, 0.4364, 0.334, 0.2059]
 config.pixelStd = [0.8987, 1.038, 1.072, 1.048, 0.9953, 0.9183]
-config.fullLength = 1200
+config.fullLength = 3000
 config.warmupIterations = 50
 config.fullLr = 2e-4
-config.lrSteps = [950, 1120]
+config.lrSteps = [2400, 2800]
 config.evalPeriod = 500
 config.seed = 13
 # Operating point of the binned artifact pass, chosen with bench/choose_artifact_threshold.py on an
 # artifacts tract of its own seed (deepdisc-sim-repo --preset artifacts --seed 7777; 16 artifacts), not the
-# demo's: the best instance F1 (precision 0.80, recall 0.25 at IoU 0.5).
-config.artifactScoreThreshold = 0.55
+# demo's: the best instance F1 (precision 0.21, recall 0.31 at IoU 0.5; "has artifact" F1 1.0).  Model 3.3
+# was trained with 0.55 and its package set to this value afterwards (provenance
+# artifact_score_threshold_choice); the threshold changes nothing in training.
+config.artifactScoreThreshold = 0.45

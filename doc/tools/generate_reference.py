@@ -46,6 +46,7 @@ def _schema_rows(columns: list) -> list[tuple[str, ...]]:
 
 
 def schema_page() -> str:
+    """The catalog schema reference page (reStructuredText)."""
     from lsst.meas.extensions.deepdisc.core.catalog import catalog_columns
 
     lines = [
@@ -137,6 +138,7 @@ def _connection_rows(task_class: type) -> list[tuple[str, ...]]:
 
 
 def config_page() -> str:
+    """The task configuration reference page (reStructuredText)."""
     lines = [
         ".. _lsst.meas.extensions.deepdisc-config-reference:",
         "",
@@ -176,6 +178,7 @@ PAGES = {"schema-reference.rst": schema_page, "config-reference.rst": config_pag
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check that the pages are up to date")
     args = parser.parse_args(argv)
