@@ -44,7 +44,8 @@ problem.  Writing is deterministic (fixed member order and timestamps), so equal
 
 Modules: ``_archive`` (the format: members, manifest, limits, guarded zip reading, weights encoding),
 ``_package`` (`ModelPackage`: validation, building the network, bands), ``_metadata`` (``metadata.yaml``),
-``_fields`` (plain-data checks of the fields), ``_display`` (`ModelPackage.summary`).  Reading training
+``_fields`` (plain-data checks of the fields), ``_consistency`` (config, network and metadata agree; the
+config is safe), ``_display`` (`ModelPackage.summary`).  Reading training
 checkpoints (`~..checkpoints.load_checkpoint_state_dict`) belongs to `.checkpoints`.
 """
 

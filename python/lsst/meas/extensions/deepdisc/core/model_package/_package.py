@@ -42,7 +42,6 @@ from ._archive import (
     DEFAULT_LIMITS,
     FORMAT_VERSION,
     MANIFEST_MEMBER,
-    METADATA_MEMBER,
     MODEL_MEMBER,
     WEIGHTS_MEMBER,
     ModelPackageError,
@@ -53,6 +52,7 @@ from ._archive import (
     write_package,
     write_package_file,
 )
+from ._consistency import check_config_agrees, check_config_safety, check_model_consistency
 from ._display import describe_package, package_summary
 from ._fields import (
     _checked_band_count_thresholds,
@@ -189,7 +189,7 @@ class ModelPackage:
         if not isinstance(self.model_config, Mapping) or not self.model_config:
             raise ModelPackageError("model_config must be a non-empty mapping (the model described as data)")
         self.model_config = _to_plain(self.model_config, "model_config")
-        self._check_config_agrees()
+        check_config_agrees(self)
         if not isinstance(self.provenance, Mapping):
             raise ModelPackageError(f"provenance must be a mapping, got {type(self.provenance).__name__}")
         self.provenance = _to_plain(self.provenance, "provenance")
@@ -244,31 +244,6 @@ class ModelPackage:
         if self.band_count_thresholds and n_bands in self.band_count_thresholds:
             return self.band_count_thresholds[n_bands]
         return self.score_threshold
-
-    def _check_config_agrees(self) -> None:
-        """Where the model config repeats bands, classes or pixel statistics, they must be the package's."""
-        config = self.model_config
-        disagreements = []
-        for key, ours in (("bands", list(self.bands)), ("class_names", list(self.class_names))):
-            if key in config and config[key] != ours:
-                disagreements.append(f"{key} {config[key]!r} vs {ours!r}")
-        if "num_bands" in config and config["num_bands"] != len(self.bands):
-            disagreements.append(f"num_bands {config['num_bands']!r} vs {len(self.bands)} bands")
-        for key in ("pixel_mean", "pixel_std"):
-            ours_stats = getattr(self, key)
-            theirs = config.get(key)
-            if ours_stats is None or theirs is None:
-                continue
-            try:
-                same = len(theirs) == len(ours_stats) and np.allclose(theirs, ours_stats, rtol=1e-6, atol=0)
-            except (TypeError, ValueError):
-                same = False
-            if not same:
-                disagreements.append(f"{key} {theirs!r} vs {list(ours_stats)!r}")
-        if disagreements:
-            raise ModelPackageError(
-                f"the model config and the package metadata disagree: {'; '.join(disagreements)}"
-            )
 
     @staticmethod
     def _scaling_from_dict(data: Mapping[str, Any]) -> ScalingSpec:
@@ -376,7 +351,7 @@ class ModelPackage:
             provenance=provenance_data,
             min_bands=min_bands,
         )
-        package._check_model_consistency(module)
+        check_model_consistency(package, module)
         return package
 
     # ------------------------------------------------------------------ using the model
@@ -407,7 +382,7 @@ class ModelPackage:
         from ..models import UnsafeConfigError
         from ..models import build_model as factory_build_model
 
-        self._check_config_safety(self.model_config)  # Also for packages made in memory, not loaded.
+        check_config_safety(self.model_config)  # Also for packages made in memory, not loaded.
         try:
             model = factory_build_model(self.model_config, device=str(device))
         except UnsafeConfigError as exc:
@@ -429,37 +404,11 @@ class ModelPackage:
                 f"{diff.describe()}"
             )
         model.load_state_dict(self.state_dict, strict=True)
-        self._check_model_consistency(model)
+        check_model_consistency(self, model)
         if score_threshold is not None:
             set_score_threshold(model, score_threshold)
         model.eval()
         return model
-
-    def _check_model_consistency(self, model: torch.nn.Module) -> None:
-        """The built model must take as many channels as there are bands and agree on pixel statistics."""
-        buffers = dict(model.named_buffers())
-        for attribute in ("pixel_mean", "pixel_std"):
-            buffer = buffers.get(attribute)
-            if not isinstance(buffer, torch.Tensor):
-                continue
-            values = buffer.detach().cpu().reshape(-1).tolist()
-            if len(values) != len(self.bands):
-                raise ModelPackageError(
-                    f"model package {self.name!r} lists {len(self.bands)} bands {list(self.bands)} but its "
-                    f"model normalises {len(values)} input channels ({attribute})"
-                )
-            declared = getattr(self, attribute)
-            if declared is not None and not np.allclose(values, declared, rtol=1e-6, atol=1e-6):
-                raise ModelPackageError(
-                    f"model package {self.name!r}: {attribute} {list(declared)} in {METADATA_MEMBER} differs "
-                    f"from the model's {values}"
-                )
-        num_classes = getattr(getattr(model, "roi_heads", None), "num_classes", None)
-        if isinstance(num_classes, int) and num_classes != len(self.class_names):
-            raise ModelPackageError(
-                f"model package {self.name!r} names {len(self.class_names)} classes "
-                f"{list(self.class_names)} but its model predicts {num_classes}"
-            )
 
     def check_bands(self, bands: Sequence[str], *, allow_extra: bool = True) -> None:
         """Check, before any work, that data with these bands can feed the model.
@@ -667,7 +616,7 @@ class ModelPackage:
         model_config = members[MODEL_MEMBER]
         if not isinstance(model_config, dict):
             raise ModelPackageError(f"{MODEL_MEMBER} must be a mapping (the model config as data)")
-        cls._check_config_safety(model_config)
+        check_config_safety(model_config)
         return cls(
             name=metadata["name"],
             version=metadata["version"],
@@ -688,14 +637,3 @@ class ModelPackage:
             package_version=metadata["package_version"],
             format_version=metadata["format_version"],
         )
-
-    @staticmethod
-    def _check_config_safety(model_config: dict[str, Any]) -> None:
-        """Refuse, before anything is built, a config that names a callable outside the allowlist."""
-        from ..models import UnsafeConfigError
-        from ..models.safe_config import validate_targets
-
-        try:
-            validate_targets(model_config, "model")
-        except UnsafeConfigError as exc:
-            raise ModelPackageError(f"{MODEL_MEMBER} is refused: {exc}") from None
