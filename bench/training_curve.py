@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from lsst.daf.butler import Butler
 
-    from lsst.meas.extensions.deepdisc.butler.model_formatter import ensure_butler_config_path
+    from lsst.meas.extensions.deepdisc.butler.config_path import ensure_butler_config_path
     from lsst.meas.extensions.deepdisc.core.training import plot_training_history
 
     ensure_butler_config_path()

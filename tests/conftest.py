@@ -7,18 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from lsst.meas.extensions.deepdisc.butler.config_path import ensure_butler_config_path
+
 # The session-scoped simulated repository (`tiny_repo`) and helpers live in tests/sim_fixtures.py.
 pytest_plugins = ["sim_fixtures"]
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-BUTLER_CONFIG_DIR = (
-    PACKAGE_ROOT / "python" / "lsst" / "meas" / "extensions" / "deepdisc" / "butler" / "configs"
-)
 
 # Our storage classes must be visible to every Butler, including those of pipetask child processes.
-_paths = [p for p in os.environ.get("DAF_BUTLER_CONFIG_PATH", "").split(os.pathsep) if p]
-if str(BUTLER_CONFIG_DIR) not in _paths:
-    os.environ["DAF_BUTLER_CONFIG_PATH"] = os.pathsep.join([str(BUTLER_CONFIG_DIR), *_paths])
+ensure_butler_config_path()
 # Two cores and two pytest workers: one thread each.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import lsst.meas.extensions.deepdisc as dd
+from lsst.meas.extensions.deepdisc.butler.config_path import BUTLER_CONFIG_DIR
 from lsst.meas.extensions.deepdisc.cli import paths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def test_deepdisc_paths(no_product_dir, capsys: pytest.CaptureFixture[str]) -> N
     assert paths.main(["--shell"]) == 0
     exports = capsys.readouterr().out.splitlines()
     assert exports[0] == f"export MEAS_EXTENSIONS_DEEPDISC_DIR={ROOT}"
-    assert exports[1].startswith(f"export DAF_BUTLER_CONFIG_PATH={paths.butler_config_dir()}")
+    assert exports[1].startswith(f"export DAF_BUTLER_CONFIG_PATH={BUTLER_CONFIG_DIR}")
     assert paths.main([]) == 0
     listing = capsys.readouterr().out
     assert "pipeline DeepDiscCompare" in listing and "shipped model" in listing

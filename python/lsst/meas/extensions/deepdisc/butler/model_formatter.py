@@ -30,19 +30,16 @@ package zip itself (`..core.model_package`), so reading it through the Butler ap
 from __future__ import annotations
 
 __all__ = [
-    "BUTLER_CONFIG_DIR",
     "MODEL_DATASET_TYPE",
     "MODEL_RUN_PREFIX",
     "MODEL_STORAGE_CLASS",
     "DeepDiscModelFormatter",
     "IngestResult",
-    "ensure_butler_config_path",
     "ingest_model_package",
     "model_run_collection",
     "register_model_dataset_type",
 ]
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, override
@@ -52,6 +49,7 @@ from lsst.daf.butler.registry import MissingCollectionError
 from lsst.resources import ResourcePath
 
 from ..core.model_package import ModelPackage, ModelPackageError
+from .config_path import BUTLER_CONFIG_DIR
 
 MODEL_DATASET_TYPE = "deepdisc_model"
 """Dataset type name of model packages."""
@@ -61,9 +59,6 @@ MODEL_STORAGE_CLASS = "DeepDiscModelPackage"
 
 MODEL_RUN_PREFIX = "pretrained_models"
 """Model packages go to the RUN collection ``pretrained_models/<name>``."""
-
-BUTLER_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-"""Directory to put on ``DAF_BUTLER_CONFIG_PATH`` so that Butlers know our storage classes."""
 
 
 class DeepDiscModelFormatter(FormatterV2):
@@ -96,17 +91,6 @@ class DeepDiscModelFormatter(FormatterV2):
     def write_local_file(self, in_memory_dataset: Any, uri: ResourcePath) -> None:
         # The Butler hands a temporary name whose suffix is not ours, so bypass ModelPackage.save's check.
         Path(uri.ospath).write_bytes(self.to_bytes(in_memory_dataset))
-
-
-def ensure_butler_config_path() -> None:
-    """Put `BUTLER_CONFIG_DIR` on ``DAF_BUTLER_CONFIG_PATH`` of this process (and its children).
-
-    Call it before creating a Butler in a command-line tool, so that the ``DeepDiscModelPackage`` storage
-    class and its formatter are known without the user setting the variable.
-    """
-    paths = [p for p in os.environ.get("DAF_BUTLER_CONFIG_PATH", "").split(os.pathsep) if p]
-    if str(BUTLER_CONFIG_DIR) not in paths:
-        os.environ["DAF_BUTLER_CONFIG_PATH"] = os.pathsep.join([str(BUTLER_CONFIG_DIR), *paths])
 
 
 def model_run_collection(name: str) -> str:

@@ -26,12 +26,12 @@ from __future__ import annotations
 __all__ = ["open_writeable_butler", "package_seed_config"]
 
 import logging
-from pathlib import Path
 
 from lsst.daf.butler import Butler, Config
 from lsst.resources import ResourcePath, ResourcePathExpression
 
-_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+from .config_path import BUTLER_CONFIG_DIR
+
 _log = logging.getLogger(__name__)
 
 
@@ -41,8 +41,8 @@ def package_seed_config() -> Config:
     A repository created here then works without ``DAF_BUTLER_CONFIG_PATH`` (the ``butler`` CLI, pipetask).
     """
     seed = Config()
-    seed["storageClasses"] = Config(str(_CONFIG_DIR / "storageClasses.yaml"))["storageClasses"]
-    datastore = Config(str(_CONFIG_DIR / "datastores" / "fileDatastore.yaml"))
+    seed["storageClasses"] = Config(str(BUTLER_CONFIG_DIR / "storageClasses.yaml"))["storageClasses"]
+    datastore = Config(str(BUTLER_CONFIG_DIR / "datastores" / "fileDatastore.yaml"))
     seed[".datastore.formatters"] = datastore["datastore", "formatters"]
     return seed
 

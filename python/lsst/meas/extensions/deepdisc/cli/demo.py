@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.output)
     args.output.mkdir(parents=True, exist_ok=True)
     repo = (args.output / "repo").resolve()
-    from ..butler.model_formatter import ensure_butler_config_path
+    from ..butler.config_path import ensure_butler_config_path
 
     ensure_butler_config_path()  # our storage classes, also for the pipetask child processes
     skymap = build_repo(repo, args.jobs, args.preset)

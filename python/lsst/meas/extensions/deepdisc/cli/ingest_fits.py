@@ -1148,7 +1148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _open_repo(repo: str, create: bool) -> tuple[Any, str]:
     """A writeable Butler on ``repo``, created (with this package's storage classes) where allowed."""
-    from ..butler.model_formatter import ensure_butler_config_path
+    from ..butler.config_path import ensure_butler_config_path
     from ..butler.repository import open_writeable_butler
 
     ensure_butler_config_path()

@@ -338,7 +338,8 @@ def _ingest(args: argparse.Namespace, argv: Sequence[str]) -> int:
     package = ModelPackage.load(args.package)
     if args.check_model:
         _check_model(package)  # Before the repository is touched.
-    from ..butler.model_formatter import ensure_butler_config_path, ingest_model_package
+    from ..butler.config_path import ensure_butler_config_path
+    from ..butler.model_formatter import ingest_model_package
 
     ensure_butler_config_path()
     from lsst.daf.butler import Butler
@@ -367,7 +368,8 @@ def half_precision_weights(package: ModelPackage) -> ModelPackage:
 
 
 def _export(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from ..butler.model_formatter import MODEL_DATASET_TYPE, ensure_butler_config_path
+    from ..butler.config_path import ensure_butler_config_path
+    from ..butler.model_formatter import MODEL_DATASET_TYPE
 
     if args.output.exists() and not args.force:
         raise CommandError(f"{args.output} exists; pass --force to overwrite it")

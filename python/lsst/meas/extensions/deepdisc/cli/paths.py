@@ -32,35 +32,25 @@ from __future__ import annotations
 __all__ = ["build_parser", "main"]
 
 import argparse
-import os
 import shlex
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from .. import _product
-
-BUTLER_CONFIG_VARIABLE = "DAF_BUTLER_CONFIG_PATH"
-
-
-def butler_config_dir() -> Path:
-    """Directory of the package's Butler configs (storage classes, formatters)."""
-    return Path(__file__).resolve().parents[1] / "butler" / "configs"
+from ..butler.config_path import BUTLER_CONFIG_DIR, BUTLER_CONFIG_VARIABLE, butler_config_path
 
 
 def _shell_lines() -> list[str]:
-    butler = str(butler_config_dir())
-    existing = [p for p in os.environ.get(BUTLER_CONFIG_VARIABLE, "").split(os.pathsep) if p and p != butler]
     return [
         f"export {_product.PRODUCT_DIR_VARIABLE}={shlex.quote(str(_product.product_dir()))}",
-        f"export {BUTLER_CONFIG_VARIABLE}={shlex.quote(os.pathsep.join([butler, *existing]))}",
+        f"export {BUTLER_CONFIG_VARIABLE}={shlex.quote(butler_config_path())}",
     ]
 
 
 def _listing() -> list[str]:
     lines = [
         f"product directory   {_product.product_dir()}",
-        f"butler configs      {butler_config_dir()}",
+        f"butler configs      {BUTLER_CONFIG_DIR}",
         f"model configs       {_product.model_config_dir()}",
         f"task configs        {_product.task_config_dir()}",
     ]
