@@ -135,23 +135,21 @@ def build_repo(repo: Path, jobs: int, preset: str) -> str:
 
 def obtain_model(repo: Path, skymap: str, train: bool, collection: str, preset: str) -> str:
     """Step 2: the model package collection to use as input."""
-    try:
-        shipped = shipped_model_path()
-    except FileNotFoundError as error:
-        shipped = None
-        missing = str(error)
-    if not train and shipped is not None:
-        from ..core.model_package import ModelPackage
-
-        package = ModelPackage.load(shipped)
-        _say(
-            f"step 2/4: shipped model {shipped.name}: {package.name} {package.version}, "
-            f"bands {''.join(package.bands)}, reproduced by bin/train-demo-model.sh"
-        )
-        _run([_bin("deepdisc-model"), "ingest", str(repo), str(shipped), "--name", package.name])
-        return f"pretrained_models/{package.name}"
     if not train:
-        _say(f"step 2/4: {missing}; training a compact model on CPU instead")
+        try:
+            shipped = shipped_model_path()
+        except FileNotFoundError as error:
+            _say(f"step 2/4: {error}; training a compact model on CPU instead")
+        else:
+            from ..core.model_package import ModelPackage
+
+            package = ModelPackage.load(shipped)
+            _say(
+                f"step 2/4: shipped model {shipped.name}: {package.name} {package.version}, "
+                f"bands {''.join(package.bands)}, reproduced by bin/train-demo-model.sh"
+            )
+            _run([_bin("deepdisc-model"), "ingest", str(repo), str(shipped), "--name", package.name])
+            return f"pretrained_models/{package.name}"
     trained = train_collection(preset)
     if _has(repo, "deepdisc_model", trained):
         _say(f"step 2/4: reusing the model trained earlier in {trained}")

@@ -204,7 +204,7 @@ def _is_counts(name: str) -> bool:
 
 
 def _flux_density_scale(name: str) -> float | None:
-    """NJy per unit for a flux-density unit name (maggies are AB: 1 nanomaggy is 3631 nJy), else `None`."""
+    """The nJy per unit of a flux-density unit name (maggies are AB: 1 nanomaggy is 3631 nJy), else `None`."""
     text = name.strip()
     text = {"nanomaggies": "nanomaggy", "maggies": "maggy"}.get(text.lower(), text)
     try:
@@ -217,7 +217,7 @@ def _flux_density_scale(name: str) -> float | None:
 
 
 def _zeropoint_scale(zeropoint: float) -> float:
-    """NJy of one count for an AB zeropoint."""
+    """The nJy of one count for an AB zeropoint."""
     return float((zeropoint * u.ABmag).to_value(u.nJy))
 
 
