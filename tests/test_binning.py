@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
+from lsst.meas.extensions.deepdisc.core import binning
 from lsst.meas.extensions.deepdisc.core.artifacts import ArtifactConfig
 from lsst.meas.extensions.deepdisc.core.binning import (
     bin_image,
@@ -117,3 +118,18 @@ def test_binned_artifacts_are_smaller_and_brighter_in_noise_units() -> None:
     assert config.binned(1) is config
     with pytest.raises(ValueError, match="positive integer"):
         config.binned(2.5)
+
+
+def test_binning_in_strips_gives_the_same_planes_as_one_strip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The patch is binned a few block rows at a time (bounded memory); the strips must not show."""
+    image = _image(45, 23)  # 12 block rows of 4, the last one partial.
+    image.image[1, 10:20] = np.nan
+    image.mask[0, 3:9, 5:9] = NO_DATA
+    image.mask[1, 30, 7] = SAT
+    whole = bin_image(image, 4)
+    monkeypatch.setattr(binning, "_BLOCK_ROWS_PER_CHUNK", 1)
+    strips = bin_image(image, 4)
+    assert strips.shape == whole.shape == (12, 6)
+    for plane in ("image", "variance", "mask"):
+        np.testing.assert_array_equal(getattr(strips, plane), getattr(whole, plane))
+        assert getattr(strips, plane).dtype == getattr(whole, plane).dtype

@@ -61,6 +61,10 @@ def _check_factor(factor: int) -> int:
     return int(factor)
 
 
+# Binned rows reduced at once by `bin_image` (bounds its temporaries to a strip of the patch).
+_BLOCK_ROWS_PER_CHUNK = 64
+
+
 def _blocks(array: np.ndarray, factor: int, fill: float | int) -> np.ndarray:
     """``[C, H, W]`` padded with ``fill`` to multiples of ``factor``, as ``[C, H/f, W/f, f*f]``."""
     channels, height, width = array.shape
@@ -97,41 +101,71 @@ def bin_image(
     factor = _check_factor(factor)
     if factor == 1:
         return image
-    flux = image.image
-    valid = np.isfinite(flux)
+    channels, height, width = image.image.shape
+    bh, bw = -(-height // factor), -(-width // factor)
     known = [plane for plane in invalid_planes if plane in image.mask_planes]
-    if image.mask is not None and known:
-        valid &= (image.mask & image.plane_bits(known)) == 0
-    weights = _blocks(valid, factor, False)
-    n_valid = weights.sum(axis=-1)
-    has_valid = n_valid > 0
-    safe_n = np.maximum(n_valid, 1).astype(np.float32)
-    values = _blocks(np.where(valid, flux, 0.0).astype(np.float32), factor, 0.0)
-    binned = values.sum(axis=-1) / safe_n
-    if not has_valid.all():
-        # Blocks without a valid pixel: NaN where all their pixels are (an absent band), else 0.
-        all_nan = _blocks(np.isnan(flux), factor, True).all(axis=-1)
-        binned = np.where(has_valid, binned, np.where(all_nan, np.float32(np.nan), np.float32(0.0)))
-    variance = None
-    if image.variance is not None:
-        var = _blocks(np.where(valid, image.variance, 0.0).astype(np.float32), factor, 0.0)
-        variance = np.where(has_valid, var.sum(axis=-1) / safe_n**2, np.inf).astype(np.float32)
-    mask = None
-    if image.mask is not None:
-        bits = _blocks(image.mask, factor, 0)
-        mask = np.where(
-            has_valid,
-            np.bitwise_or.reduce(np.where(weights, bits, 0), axis=-1),
-            np.bitwise_or.reduce(bits, axis=-1),
-        ).astype(image.mask.dtype)
+    invalid_bits = image.plane_bits(known) if image.mask is not None and known else 0
+    binned = np.empty((channels, bh, bw), dtype=np.float32)
+    variance = None if image.variance is None else np.empty((channels, bh, bw), dtype=np.float32)
+    mask = None if image.mask is None else np.empty((channels, bh, bw), dtype=image.mask.dtype)
+    # Band by band and a few block rows at a time: the temporaries stay small whatever the patch size
+    # (each block is reduced on its own, so the result does not depend on the chunking).
+    step = factor * _BLOCK_ROWS_PER_CHUNK
+    for band in range(channels):
+        for row0 in range(0, height, step):
+            rows = slice(row0, min(row0 + step, height))
+            out = slice(row0 // factor, row0 // factor + -(-(rows.stop - row0) // factor))
+            _bin_rows(image, band, rows, factor, invalid_bits, binned, variance, mask, out)
     return MultibandImage(
         bands=image.bands,
-        image=binned.astype(np.float32),
+        image=binned,
         variance=variance,
         mask=mask,
         mask_planes=dict(image.mask_planes),
         xy0=(0, 0),
     )
+
+
+def _bin_rows(
+    image: MultibandImage,
+    band: int,
+    rows: slice,
+    factor: int,
+    invalid_bits: int,
+    binned: np.ndarray,
+    variance: np.ndarray | None,
+    mask: np.ndarray | None,
+    out: slice,
+) -> None:
+    """`bin_image` of the rows ``rows`` of one band, written into rows ``out`` of the binned planes."""
+    flux = image.image[band : band + 1, rows]
+    valid = np.isfinite(flux)
+    bits_in = None if image.mask is None else image.mask[band : band + 1, rows]
+    if bits_in is not None and invalid_bits:
+        valid &= (bits_in & invalid_bits) == 0
+    weights = _blocks(valid, factor, False)
+    n_valid = weights.sum(axis=-1)
+    has_valid = n_valid > 0
+    safe_n = np.maximum(n_valid, 1).astype(np.float32)
+    values = _blocks(np.where(valid, flux, 0.0).astype(np.float32), factor, 0.0)
+    plane = values.sum(axis=-1) / safe_n
+    if not has_valid.all():
+        # Blocks without a valid pixel: NaN where all their pixels are (an absent band), else 0.
+        all_nan = _blocks(np.isnan(flux), factor, True).all(axis=-1)
+        plane = np.where(has_valid, plane, np.where(all_nan, np.float32(np.nan), np.float32(0.0)))
+    binned[band : band + 1, out] = plane
+    if variance is not None:
+        var = _blocks(
+            np.where(valid, image.variance[band : band + 1, rows], 0.0).astype(np.float32), factor, 0.0
+        )
+        variance[band : band + 1, out] = np.where(has_valid, var.sum(axis=-1) / safe_n**2, np.inf)
+    if mask is not None:
+        bits = _blocks(bits_in, factor, 0)
+        mask[band : band + 1, out] = np.where(
+            has_valid,
+            np.bitwise_or.reduce(np.where(weights, bits, 0), axis=-1),
+            np.bitwise_or.reduce(bits, axis=-1),
+        )
 
 
 def bin_spans(spans: np.ndarray, factor: int, xy0: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
