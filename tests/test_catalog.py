@@ -390,3 +390,21 @@ def test_detection_snr_is_the_inverse_variance_weighted_flux_over_its_error() ->
     _, detections = _scene()
     catalog = _build(detections, _image())
     assert np.all(np.isfinite(catalog["detection_snr"]))
+
+
+def test_footprint_detection_snr_is_the_catalogs_column_without_a_catalog() -> None:
+    """The detection task cuts on S/N before building the catalog once: the two must agree exactly."""
+    from lsst.meas.extensions.deepdisc.core.catalog import footprint_detection_snr
+
+    image = _image(5)
+    masks, detections = _scene()
+    rows, cols = np.nonzero(masks[0])
+    image.image[0, rows[:4], cols[:4]] = np.nan
+    image.mask[1, rows[3:9], cols[3:9]] |= NO_DATA
+    image.variance[0, rows[20], cols[20]] = 0.0
+    image.image[1] -= 5.0  # Near-zero fluxes in r: S/N values of both signs.
+    snr = footprint_detection_snr(detections, image, invalid_planes=("NO_DATA",))
+    column = _build(detections, image)["detection_snr"]
+    np.testing.assert_array_equal(snr.astype(column.dtype), np.asarray(column))
+    # A source's S/N depends on its own footprint only.
+    np.testing.assert_array_equal(footprint_detection_snr(detections.select(np.array([2])), image), snr[2:])

@@ -39,7 +39,13 @@ from ..butler.model_formatter import MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 from ..butler.regions import check_coadd_in_patch, inside_region, patch_and_tract_regions
 from ..butler.tables import to_arrow
 from ..core.binning import bin_image
-from ..core.catalog import build_artifact_mask, build_catalog, is_artifact_class, set_primary_flags
+from ..core.catalog import (
+    build_artifact_mask,
+    build_catalog,
+    footprint_detection_snr,
+    is_artifact_class,
+    set_primary_flags,
+)
 from ..core.footprints import spans_area
 from ..core.ids import IdPacker
 from ..core.inference import (
@@ -401,24 +407,26 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
                 coarse = self._infer_binned_artifacts(model, model_package, inference_config, image, binning)
                 detections = add_coarse_detections(detections, coarse, self.config.mergeIou)
                 inference_seconds += time.perf_counter() - t0
-        # The catalog measures the unscaled image: free the network's input first.
-        catalog = build_catalog(detections, image, **catalog_kwargs)
-        if self.config.minDetectionSnr > 0 and len(catalog):
-            snr = np.asarray(catalog["detection_snr"], dtype=np.float64)
+        if self.config.minDetectionSnr > 0 and len(detections):
+            snr = footprint_detection_snr(
+                detections, image, invalid_planes=tuple(self.config.invalidMaskPlanes)
+            )
             # NaN compares false: kept.  Artifacts (ghosts, rays) are kept whatever their S/N: the cut is
             # the classical detection threshold of sources.
-            faint = (snr < self.config.minDetectionSnr) & ~np.asarray(catalog["is_artifact"], dtype=bool)
+            artifact = np.asarray(is_artifact_class(list(model_package.class_names)), dtype=bool)
+            faint = (snr < self.config.minDetectionSnr) & ~artifact[detections.class_ids]
             self.metadata["n_below_min_snr"] = int(faint.sum())
             if faint.any():
                 self.log.info(
                     "Dropping %d of %d detections with detection_snr < %g",
                     int(faint.sum()),
-                    len(catalog),
+                    len(detections),
                     self.config.minDetectionSnr,
                 )
-                # Rebuilt from the kept detections, so that ids, families and apportioning ignore them.
+                # Cut before the catalog is built, so that ids, families and apportioning ignore them.
                 detections = detections.select(~faint)
-                catalog = build_catalog(detections, image, **catalog_kwargs)
+        # The catalog measures the unscaled image (the network's input is freed by now).
+        catalog = build_catalog(detections, image, **catalog_kwargs)
         self.flag_primary(catalog, patch_region, tract_region)
         self._record(catalog, start, device=str(device), inference_seconds=inference_seconds)
         return pipeBase.Struct(

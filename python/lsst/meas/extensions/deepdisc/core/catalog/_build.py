@@ -23,9 +23,10 @@
 
 from __future__ import annotations
 
-__all__ = ["build_catalog", "detection_snr", "set_primary_flags"]
+__all__ = ["build_catalog", "detection_snr", "footprint_detection_snr", "set_primary_flags"]
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -104,6 +105,117 @@ def _families(owner: np.ndarray, linear: np.ndarray, n: int) -> tuple[np.ndarray
     graph = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     return labels, order, group
+
+
+@dataclass
+class _FootprintSums:
+    """Per-band sums over the footprint pixels (`_footprint_sums`)."""
+
+    flux: np.ndarray
+    """``[n_bands, n]`` footprint fluxes (valid pixels)."""
+    variance: np.ndarray
+    """``[n_bands, n]`` summed variances (NaN where a footprint has no usable pixel in the band)."""
+    no_error: np.ndarray
+    """``[n]`` footprints without a usable variance in some band (or without a variance plane)."""
+    invalid_any: np.ndarray
+    """Per footprint pixel: invalid in any band."""
+    saturated_any: np.ndarray
+    """Per footprint pixel: saturated in any band."""
+    bad_variance_any: np.ndarray
+    """Per footprint pixel: a valid pixel with an unusable variance in some band."""
+    clean: np.ndarray | None
+    """``[n_bands, n_pixels]`` pixel values with invalid pixels zeroed, in the image's dtype (if kept)."""
+
+
+def _footprint_sums(
+    image: MultibandImage,
+    owner: np.ndarray,
+    linear: np.ndarray,
+    n: int,
+    invalid_planes: Sequence[str],
+    saturated_planes: Sequence[str],
+    keep_clean: bool,
+) -> _FootprintSums:
+    """Footprint fluxes, variances and pixel flags band by band, over the flat pixel list of `_pixel_list`.
+
+    ``clean`` keeps the image's own dtype (the values are exact; sums are taken in float64), and only one
+    band's temporaries exist at a time.
+    """
+    n_bands = len(image.bands)
+    nodata_bits = image.plane_bits(invalid_planes)
+    saturated_bits = image.plane_bits(saturated_planes)
+    invalid_any = np.zeros(owner.size, dtype=bool)
+    saturated_any = np.zeros(owner.size, dtype=bool)
+    bad_variance_any = np.zeros(owner.size, dtype=bool)
+    no_error = np.zeros(n, dtype=bool)
+    clean = np.empty((n_bands, owner.size), dtype=image.image.dtype) if keep_clean else None
+    footprint_flux = np.zeros((n_bands, n))
+    footprint_var = np.full((n_bands, n), np.nan)
+    for b in range(n_bands):
+        values = _gather(image.image[b], linear)
+        invalid = ~np.isfinite(values)
+        if image.mask is not None:
+            bits = _gather(image.mask[b], linear)
+            invalid |= (bits & nodata_bits) != 0
+            saturated_any |= (bits & saturated_bits) != 0
+            del bits
+        invalid_any |= invalid
+        values[invalid] = 0
+        footprint_flux[b] = np.bincount(owner, weights=values, minlength=n)
+        if clean is not None:
+            clean[b] = values
+        del values
+        if image.variance is not None:
+            variance = _gather(image.variance[b], linear)
+            # Zero, negative or non-finite variance: the pixel counts for the flux but not for its error.
+            good = ~invalid & np.isfinite(variance) & (variance > 0)
+            bad_variance_any |= ~invalid & ~good
+            variance[~good] = 0
+            footprint_var[b] = np.bincount(owner, weights=variance, minlength=n)
+            has_good = np.bincount(owner, weights=good, minlength=n) > 0
+            footprint_var[b][~has_good] = np.nan
+            no_error |= ~has_good
+        else:
+            no_error[:] = True
+    return _FootprintSums(
+        flux=footprint_flux,
+        variance=footprint_var,
+        no_error=no_error,
+        invalid_any=invalid_any,
+        saturated_any=saturated_any,
+        bad_variance_any=bad_variance_any,
+        clean=clean,
+    )
+
+
+def footprint_detection_snr(
+    detections: Detections, image: MultibandImage, invalid_planes: Sequence[str] = ("NO_DATA",)
+) -> np.ndarray:
+    """The ``detection_snr`` column `build_catalog` would give each detection, without building a catalog.
+
+    A source's S/N depends on its own footprint only, so detections can be cut on it before the catalog
+    is built once from those kept.
+
+    Parameters
+    ----------
+    detections : `~.inference.Detections`
+        Stitched detections in the parent coordinates of ``image``.
+    image : `~.multiband.MultibandImage`
+        The unscaled coadd.
+    invalid_planes : sequence of `str`
+        Mask planes meaning no data (as given to `build_catalog`).
+
+    Returns
+    -------
+    snr : `numpy.ndarray`
+        One value per detection (`detection_snr`; NaN without a usable variance).
+    """
+    n = len(detections)
+    owner, pixel_y, pixel_x, _ = _pixel_list(detections.footprints, image)
+    linear = pixel_y * image.width + pixel_x
+    del pixel_y, pixel_x
+    sums = _footprint_sums(image, owner, linear, n, invalid_planes, (), keep_clean=False)
+    return detection_snr(sums.flux, sums.variance)
 
 
 def detection_snr(flux: np.ndarray, variance: np.ndarray) -> np.ndarray:
@@ -231,45 +343,20 @@ def build_catalog(
     # Flat pixel indices: gathers through np.take on them are much faster than 2-d fancy indexing.
     linear = pixel_y * image.width + pixel_x
 
-    # Per-pixel validity and flags, over all bands.
-    nodata_bits = image.plane_bits(invalid_planes)
-    saturated_bits = image.plane_bits(saturated_planes)
-    invalid_any = np.zeros(owner.size, dtype=bool)
-    saturated_any = np.zeros(owner.size, dtype=bool)
-    bad_variance_any = np.zeros(owner.size, dtype=bool)
-    no_error = np.zeros(n, dtype=bool)
-    clean = np.empty((n_bands, owner.size), dtype=np.float64)
-    footprint_flux = np.zeros((n_bands, n))
-    footprint_var = np.full((n_bands, n), np.nan)
-    for b in range(n_bands):
-        values = _gather(image.image[b], linear).astype(np.float64)
-        invalid = ~np.isfinite(values)
-        if image.mask is not None:
-            bits = _gather(image.mask[b], linear)
-            invalid |= (bits & nodata_bits) != 0
-            saturated_any |= (bits & saturated_bits) != 0
-        invalid_any |= invalid
-        clean[b] = np.where(invalid, 0.0, values)
-        footprint_flux[b] = np.bincount(owner, weights=clean[b], minlength=n)
-        if image.variance is not None:
-            variance = _gather(image.variance[b], linear).astype(np.float64)
-            # Zero, negative or non-finite variance: the pixel counts for the flux but not for its error.
-            bad = ~invalid & ~(np.isfinite(variance) & (variance > 0))
-            bad_variance_any |= bad
-            good = ~invalid & ~bad
-            footprint_var[b] = np.bincount(owner, weights=np.where(good, variance, 0.0), minlength=n)
-            has_good = np.bincount(owner, weights=good, minlength=n) > 0
-            footprint_var[b][~has_good] = np.nan
-            no_error |= ~has_good
-        else:
-            no_error[:] = True
-    detection = clean.sum(axis=0)
+    sums = _footprint_sums(image, owner, linear, n, invalid_planes, saturated_planes, keep_clean=True)
+    clean, footprint_flux, footprint_var = sums.clean, sums.flux, sums.variance
+    invalid_any, saturated_any = sums.invalid_any, sums.saturated_any
+    bad_variance_any, no_error = sums.bad_variance_any, sums.no_error
+    del pixel_y  # Only ``linear`` and ``pixel_x`` (the centroids) are needed from here.
+    # Image values are stored as they come (float32): the sum is float64, as every later use of them.
+    detection = clean.sum(axis=0, dtype=np.float64)
 
     # Centroids weighted by the positive detection flux; unweighted where there is none.
     weight = np.clip(detection, 0.0, None)
     weight_sum = np.bincount(owner, weights=weight, minlength=n)
     parent_x = pixel_x + image.xy0[0]
-    parent_y = pixel_y + image.xy0[1]
+    parent_y = linear // image.width + image.xy0[1]
+    del pixel_x
     with np.errstate(invalid="ignore", divide="ignore"):
         centroid_x = np.where(
             weight_sum > 0,
