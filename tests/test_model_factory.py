@@ -508,3 +508,26 @@ def test_import_refuses_python_configs_and_hostile_yaml(tmp_path: Path):
     with pytest.raises(UnsafeConfigError, match=r"\.py"):
         config_from_detectron2_yaml(python_base, ("g",))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("architecture", ["compact-R18-FPN", "Cascade-R50-FPN"])
+def test_box_branch_in_chunks_of_proposals_gives_the_same_detections(architecture):
+    """Inference pools and classifies proposals a chunk at a time (bounded memory), with no other effect."""
+    torch.manual_seed(0)
+    model = build_model_from_spec(_spec(architecture, 3))
+    inputs = [{"image": _image(3, 128, seed=s), "height": 128, "width": 128} for s in (1, 2)]
+    results = {}
+    for chunk in (0, 7, 1000):  # All at once; chunks across both images' proposals; the default.
+        model.roi_heads.inference_box_chunk = chunk
+        with torch.no_grad():
+            results[chunk] = model.inference(inputs, do_postprocess=False)
+    assert sum(len(r) for r in results[0]) > 0
+    for chunk in (7, 1000):
+        for whole, chunked in zip(results[0], results[chunk]):
+            # The same detections; values to float32 rounding (BLAS may block fewer rows differently).
+            torch.testing.assert_close(chunked.pred_classes, whole.pred_classes, rtol=0, atol=0)
+            for name in ("scores", "class_probs", "pred_masks"):
+                torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                chunked.pred_boxes.tensor, whole.pred_boxes.tensor, rtol=1e-5, atol=1e-4
+            )
