@@ -462,13 +462,14 @@ def _use_reference_path() -> None:
     """Make the detection task compute as the package did before the speed work (this process only).
 
     The whole patch scaled at once, in float64 (`reference_scaling`), and one forward call at a time on
-    all of torch's threads with contiguous weights.
+    all of torch's threads with contiguous weights, all of a tile's proposals pooled at once.
     """
     import functools
 
     from reference_scaling import reference_scaling
 
     from lsst.meas.extensions.deepdisc.core.inference import InferenceConfig
+    from lsst.meas.extensions.deepdisc.core.models import roi_heads
     from lsst.meas.extensions.deepdisc.core.scaling import ScalingSpec
     from lsst.meas.extensions.deepdisc.tasks import detect
 
@@ -478,6 +479,9 @@ def _use_reference_path() -> None:
     def scaled_cube(self: Any, image: Any) -> np.ndarray:  # The whole scaled patch, as before.
         return self.apply(image)[0]
 
+    # All of a tile's proposals pooled and classified at once, as before the chunking.
+    roi_heads.DeepDISCStandardROIHeads.inference_box_chunk = 0
+    roi_heads.DeepDISCCascadeROIHeads.inference_box_chunk = 0
     ScalingSpec.apply_array = apply_array  # type: ignore[method-assign]
     ScalingSpec.scaled_cube = scaled_cube  # type: ignore[method-assign]
     detect.InferenceConfig = functools.partial(  # type: ignore[misc]
@@ -513,6 +517,7 @@ def _run_deepdisc(image: Any, metadata: dict[str, Any], task: dict[str, Any]) ->
     config = DeepDiscDetectConfig()
     config.device = "cuda" if task["device"].startswith("cuda") else task["device"]
     config.halfPrecision = bool(task["half"])
+    config.cpuBfloat16 = bool(task.get("cpu_bfloat16"))
     config.numThreads = int(task["threads"])
     config.tileSize = settings["tile_size"]
     config.tileOverlap = settings["overlap"]

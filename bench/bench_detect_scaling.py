@@ -187,49 +187,54 @@ def _measure(task: dict[str, Any], patch: dict[str, Any], timeout_s: float | Non
 
 def _run_patch(
     args: argparse.Namespace, cache: Path, patch: dict[str, Any], catalog_dir: Path
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Every method on one patch; the catalog comparison of the package's fast and reference runs."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every method on one patch, and the catalog comparisons of the package's runs.
+
+    The fast path against the reference path, and the CPU bfloat16 run against the fast path.
+    """
     results = []
     tag = f"{patch['width']}px-x{patch.get('density', 1.0):g}"
     for name in args.baselines:
         task = {"cache": str(cache), "threads": args.threads, "seed": args.seed, "kind": name, "label": name}
         results.append(_measure(task, patch, args.timeout))
-    comparison = None
+    comparisons = []
     for package in args.packages:
         stem = Path(package).stem
-        fast_catalog = catalog_dir / f"{stem}-{tag}-fast.npz"
-        label = f"{stem} (trained package)"
-        fast = _measure(
-            _deepdisc_task(args, cache, label, fast_catalog, package=str(Path(package).resolve()), cap=None),
-            patch,
-            args.timeout,
-        )
-        results.append(fast)
+        package_path = str(Path(package).resolve())
+        catalogs = {}
+        runs = {}
+        variants = [("fast", f"{stem} (trained package)", {})]
         if args.reference:
-            reference_catalog = catalog_dir / f"{stem}-{tag}-reference.npz"
-            reference = _measure(
-                _deepdisc_task(
-                    args,
-                    cache,
-                    f"{stem} reference path",
-                    reference_catalog,
-                    package=str(Path(package).resolve()),
-                    cap=None,
-                    reference=True,
-                ),
-                patch,
-                args.timeout,
+            variants.append(("reference", f"{stem} reference path", {"reference": True}))
+        if args.cpu_bfloat16:
+            variants.append(("bfloat16", f"{stem} CPU bfloat16", {"cpu_bfloat16": True}))
+        for variant, label, extra in variants:
+            catalogs[variant] = catalog_dir / f"{stem}-{tag}-{variant}.npz"
+            task = _deepdisc_task(
+                args, cache, label, catalogs[variant], package=package_path, cap=None, **extra
             )
-            results.append(reference)
-            if "error" not in fast and "error" not in reference:
-                comparison = {
-                    "package": stem,
-                    "size": int(patch["width"]),
-                    "density": float(patch.get("density", 1.0)),
-                    "fast_seconds": fast["seconds"]["total"],
-                    "reference_seconds": reference["seconds"]["total"],
-                    **compare_catalogs(fast_catalog, reference_catalog),
-                }
+            runs[variant] = _measure(task, patch, args.timeout)
+            results.append(runs[variant])
+        # The fast path against the reference path (same catalog?), bfloat16 against the fast path.
+        for run, baseline in (("fast", "reference"), ("bfloat16", "fast")):
+            if (
+                run in runs
+                and baseline in runs
+                and "error" not in runs[run]
+                and "error" not in runs[baseline]
+            ):
+                comparisons.append(
+                    {
+                        "package": stem,
+                        "run": run,
+                        "baseline": baseline,
+                        "size": int(patch["width"]),
+                        "density": float(patch.get("density", 1.0)),
+                        "run_seconds": runs[run]["seconds"]["total"],
+                        "baseline_seconds": runs[baseline]["seconds"]["total"],
+                        **compare_catalogs(catalogs[run], catalogs[baseline]),
+                    }
+                )
     if args.models:
         sep = [r for r in results if r["kind"] == "sep" and "error" not in r]
         if args.detections_cap.isdigit():
@@ -250,7 +255,7 @@ def _run_patch(
             base = [r for r in results if r["kind"] == name and "error" not in r]
             if base and "error" not in result:
                 result[f"time_vs_{name}"] = result["seconds"]["total"] / base[0]["seconds"]["total"]
-    return results, comparison
+    return results, comparisons
 
 
 # -------------------------------------------------------------------------------------------- report ---
@@ -346,22 +351,24 @@ def _markdown(report: dict[str, Any]) -> str:
             "",
             "## Same sources as before the speed work",
             "",
-            "The package run twice on each patch: the fast path and the reference path (float64 scalings, "
-            "one forward call at a time, contiguous weights).  Sources are matched by mutual nearest "
-            f"centroid within {MATCH_RADIUS} px.",
+            "The package run twice or three times on each patch: the fast path against the reference path "
+            "(float64 scalings, one forward call at a time, contiguous weights, all proposals pooled at "
+            "once), and with `--cpu-bfloat16` the CPU bfloat16 run against the fast path. "
+            f"Sources are matched by mutual nearest centroid within {MATCH_RADIUS} px.",
             "",
-            "| patch px | density | sources fast / reference | matched (fast, reference) | max centroid "
-            "offset px | max score diff | same footprint area | same class | speed-up |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| patch px | density | run / baseline | sources run / baseline | matched (run, baseline) "
+            "| max centroid offset px | max score diff | same footprint area | same class | speed-up |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for c in report["comparisons"]:
             lines.append(
-                f"| {c['size']} | x{c['density']:g} | {c['n_fast']} / {c['n_reference']} "
+                f"| {c['size']} | x{c['density']:g} | {c['run']} / {c['baseline']} "
+                f"| {c['n_fast']} / {c['n_reference']} "
                 f"| {_fmt(c.get('matched_fraction_fast'), 4)}, "
                 f"{_fmt(c.get('matched_fraction_reference'), 4)} "
                 f"| {_fmt(c.get('max_centroid_offset_px'), 3)} | {_fmt(c.get('max_score_difference'), 4)} "
                 f"| {_fmt(c.get('same_area_fraction'), 4)} | {_fmt(c.get('same_class_fraction'), 4)} "
-                f"| {c['reference_seconds'] / c['fast_seconds']:.2f} |"
+                f"| {c['baseline_seconds'] / c['run_seconds']:.2f} |"
             )
     lines.append("")
     return "\n".join(lines)
@@ -423,6 +430,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of random model weights")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (DeepDISC only)")
     parser.add_argument("--half", action="store_true", help="fp16 autocast on CUDA")
+    parser.add_argument(
+        "--cpu-bfloat16",
+        action="store_true",
+        help="also run the package with CPU bfloat16 autocast and compare its catalog to float32's",
+    )
     parser.add_argument("--tile-size", type=int, default=TASK_DEFAULTS["tile_size"])
     parser.add_argument("--overlap", type=int, default=TASK_DEFAULTS["overlap"])
     parser.add_argument("--batch-size", type=int, default=TASK_DEFAULTS["batch_size"])
@@ -486,12 +498,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     comparisons = []
     catalog_dir = args.work / "catalogs"
     for cache, patch in patches:
-        patch_results, comparison = _run_patch(args, cache, patch, catalog_dir)
+        patch_results, patch_comparisons = _run_patch(args, cache, patch, catalog_dir)
         for result in patch_results:
             result["n_truth_snr5"] = patch["n_truth_snr5_in_patch"]
         results += patch_results
-        if comparison is not None:
-            comparisons.append(comparison)
+        comparisons += patch_comparisons
     now = datetime.datetime.now().astimezone()
     report = {
         "date": now.date().isoformat(),
@@ -515,6 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "batch_size": args.batch_size,
             "threads": args.threads,
             "half": bool(args.half),
+            "cpu_bfloat16": bool(args.cpu_bfloat16),
             "invalid_planes": list(INVALID_PLANES),
         },
         "patches": [patch for _, patch in patches],

@@ -663,3 +663,40 @@ def test_coarse_detections_join_and_duplicates_of_one_class_keep_the_higher_scor
     assert merged.tile_index.tolist() == [0, 0, -1, -1, -1]
     assert merged.merged_duplicate.tolist() == [False, True, True, False, False]
     assert add_coarse_detections(fine, Detections.empty(3), 0.5) is fine
+
+
+def test_cpu_bfloat16_runs_backbone_and_head_layers_in_bfloat16_and_restores_the_model() -> None:
+    from lsst.meas.extensions.deepdisc.core.models import ModelSpec, build_model_from_spec
+
+    spec = ModelSpec(
+        "compact-R18-FPN",
+        ("g", "r", "i"),
+        pixel_std=(100.0,) * 3,  # Random weights in a regime with real boxes.
+        overrides={"MODEL.RPN.POST_NMS_TOPK_TEST": 30, "TEST.DETECTIONS_PER_IMAGE": 10},
+    )
+    torch.manual_seed(0)
+    model = build_model_from_spec(spec)
+    seen: dict[str, set[torch.dtype]] = {}
+
+    def record(name: str) -> Any:
+        def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            seen.setdefault(name, set()).add(output.dtype)
+
+        return hook
+
+    model.backbone.bottom_up.stem.conv1.register_forward_hook(record("backbone conv"))
+    model.roi_heads.box_head.fc1.register_forward_hook(record("box head fc"))
+    model.roi_heads.mask_head.mask_fcn1.register_forward_hook(record("mask head conv"))
+    model.proposal_generator.rpn_head.conv.register_forward_hook(record("rpn conv"))
+    model.roi_heads.box_predictor.cls_score.register_forward_hook(record("box predictor"))
+    image = np.random.default_rng(0).normal(size=(3, 150, 140)).astype(np.float32)
+    config = InferenceConfig(tile_size=96, overlap=32, batch_size=2, cpu_bfloat16=True, device="cpu")
+    detections = run_tiled_inference(model, image, xy0=XY0, config=config)
+    assert detections.stats["cpu_bfloat16"] is True and len(detections) > 0
+    assert seen["backbone conv"] == seen["box head fc"] == seen["mask head conv"] == {torch.bfloat16}
+    assert seen["rpn conv"] == seen["box predictor"] == {torch.float32}  # Proposals and scores: float32.
+    # The wrappers are gone: a plain run is float32 throughout.
+    assert not any("forward" in vars(m) or "layers" in vars(m) for m in model.modules())
+    seen.clear()
+    run_tiled_inference(model, image, xy0=XY0, config=dataclasses.replace(config, cpu_bfloat16=False))
+    assert all(dtypes == {torch.float32} for dtypes in seen.values())

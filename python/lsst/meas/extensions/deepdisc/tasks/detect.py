@@ -135,6 +135,12 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
     halfPrecision = pexConfig.Field[bool](
         doc="fp16 autocast on GPU (ignored on CPU).", default=InferenceConfig.half
     )
+    cpuBfloat16 = pexConfig.Field[bool](
+        doc="CPU only: backbone and head layers under bfloat16 autocast, about 20% faster on CPUs with AMX "
+        "(Intel Sapphire Rapids and later); about 1% of the detections differ from float32's.  Off: the "
+        "catalog is the float32 one.",
+        default=InferenceConfig.cpu_bfloat16,
+    )
     numThreads = pexConfig.Field[int](
         doc="Torch CPU threads; 0: pipetask's --cores-per-quantum (-n), outside pipetask $OMP_NUM_THREADS "
         "or the cores this process may use.  Logged; more threads than free cores slow torch several-fold.",
@@ -466,6 +472,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             batch_size=self.config.batchSize,
             device=str(device),
             half=self.config.halfPrecision,
+            cpu_bfloat16=self.config.cpuBfloat16,
             merge_iou=self.config.mergeIou,
             stitch_margin=self.config.stitchMargin,
         )

@@ -157,6 +157,51 @@ def _channels_last(model: Any, enabled: bool) -> Iterator[None]:
         model.to(memory_format=torch.contiguous_format)
 
 
+def _float32(value: Any) -> Any:
+    """Tensors (alone or the values of a dict) back in float32."""
+    if isinstance(value, dict):
+        return {key: _float32(item) for key, item in value.items()}
+    return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+
+def _bfloat16_callables(model: Any) -> list[tuple[Any, str]]:
+    """``(owner, method name)`` of the parts run in bfloat16: backbone, box heads, mask head's layers."""
+    parts: list[tuple[Any, str]] = []
+    if hasattr(model, "backbone"):
+        parts.append((model.backbone, "forward"))
+    heads = getattr(model, "roi_heads", None)
+    box_heads = getattr(heads, "box_head", None)
+    for head in box_heads if isinstance(box_heads, torch.nn.ModuleList) else [box_heads]:
+        if isinstance(head, torch.nn.Module):
+            parts.append((head, "forward"))
+    mask_head = getattr(heads, "mask_head", None)
+    if callable(getattr(mask_head, "layers", None)):
+        parts.append((mask_head, "layers"))
+    return parts
+
+
+@contextlib.contextmanager
+def _cpu_bfloat16(model: Any, enabled: bool) -> Iterator[None]:
+    """Run the parts of `_bfloat16_callables` under CPU bfloat16 autocast for a block (float32 outputs).
+
+    The instance attributes that wrap the methods are removed afterwards, so the model is left as it was.
+    """
+    parts = _bfloat16_callables(model) if enabled else []
+    for owner, name in parts:
+        method = getattr(owner, name)
+
+        def in_bfloat16(*args: Any, _method: Callable[..., Any] = method, **kwargs: Any) -> Any:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return _float32(_method(*args, **kwargs))
+
+        setattr(owner, name, in_bfloat16)
+    try:
+        yield
+    finally:
+        for owner, name in parts:
+            delattr(owner, name)
+
+
 @contextlib.contextmanager
 def _intra_op_threads(count: int | None) -> Iterator[None]:
     """Torch's intra-op thread count for a block (restored afterwards); `None` changes nothing."""
@@ -264,6 +309,9 @@ def run_tiled_inference(
     use_half = config.half and device.type == "cuda"
     if config.half and not use_half:
         log.info("fp16 autocast requested but ignored on device %s (CUDA only)", device)
+    use_bfloat16 = config.cpu_bfloat16 and device.type == "cpu"
+    if config.cpu_bfloat16 and not use_bfloat16:
+        log.info("bfloat16 autocast requested but ignored on device %s (CPU only)", device)
     raw = _resolve_raw(model, use_raw_masks)
     if isinstance(model, torch.nn.Module):
         model.eval()
@@ -298,7 +346,11 @@ def run_tiled_inference(
         return batch_results, batch_counts, interval
 
     done = 0
-    with _channels_last(model, channels_last), _intra_op_threads(worker_threads):
+    with (
+        _channels_last(model, channels_last),
+        _cpu_bfloat16(model, use_bfloat16),
+        _intra_op_threads(worker_threads),
+    ):
         for batch, (batch_results, batch_counts, interval) in zip(
             batches, _in_order(run_batch, batches, workers)
         ):
@@ -336,6 +388,7 @@ def run_tiled_inference(
         "width": int(width),
         "device": str(device),
         "half": bool(use_half),
+        "cpu_bfloat16": bool(use_bfloat16),
         "raw_masks": bool(raw),
         "seconds_total": total_seconds,
         "seconds_forward": forward_seconds,

@@ -63,6 +63,11 @@ class InferenceConfig:
     half : `bool`
         Run the forward pass under fp16 autocast; honoured on CUDA only (ignored on other devices, with a
         log line).
+    cpu_bfloat16 : `bool`
+        CPU only: run the backbone and the convolutions and fully connected layers of the box and mask
+        heads under bfloat16 autocast (oneDNN; fast on CPUs with AMX or AVX512-BF16, slow elsewhere).
+        Their outputs return to float32 before the region proposals, the box predictor and the mask
+        probabilities.  Not exact: about 1% of the detections of a patch differ (see the benchmark).
     score_threshold : `float`
         Extra score cut applied on top of the model's own.
     merge_iou : `float`
@@ -86,6 +91,7 @@ class InferenceConfig:
     channels_last: bool = True
     device: str = "auto"
     half: bool = False
+    cpu_bfloat16: bool = False
     score_threshold: float = 0.0
     merge_iou: float = 0.5
     max_detections_per_tile: int | None = None
