@@ -535,3 +535,22 @@ def test_trained_model_runs_in_the_detection_pipeline(training_runs, tiny_repo) 
     assert found == {(int(d["tract"]), int(d["patch"])) for d in tiny_repo.data_ids}
     catalog = butler.get("object_deepdisc", tiny_repo.data_ids[0])
     assert "footprint" in catalog.colnames
+
+
+def test_class_loss_weights_are_named_checked_and_keyed_only_when_set() -> None:
+    config = DeepDiscTrainConfig()
+    config.classNames = ["star", "galaxy"]
+    assert config.class_loss_weights() == ()
+    unweighted_key = config.training_key_config()
+    assert "classLossWeights" not in unweighted_key  # Keys of earlier trainings are unchanged.
+    config.classLossWeights = {"star": 4.0}
+    config.validate()
+    assert config.class_loss_weights() == (4.0, 1.0)
+    assert config.training_config(10).class_loss_weights == (4.0, 1.0)
+    assert config.training_key_config()["classLossWeights"] == {"star": 4.0}
+    config.classLossWeights = {"quasar": 2.0}
+    with pytest.raises(FieldValidationError, match="not in classNames"):
+        config.validate()
+    config.classLossWeights = {"star": 0.0}
+    with pytest.raises(FieldValidationError, match="must be positive"):
+        config.validate()

@@ -421,6 +421,12 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
         doc="The fewest bands an example keeps under band dropout; recorded as the package's min_bands.",
         default=TrainingConfig.min_bands,
     )
+    classLossWeights = pexConfig.DictField[str, float](
+        doc="Weight of each named class in the box classifier's training loss (classes not named: 1; "
+        "background: 1).  Rare classes learn against the prior of common ones: stars are ~1% of a field's "
+        "labels.  Empty: detectron2's unweighted loss.",
+        default={},
+    )
     skyAugmentProbability = pexConfig.Field[float](
         doc="Fraction of training examples given another pixel scale and seeing (pixelScaleRange, "
         "seeingRange); needs the asinh_per_band scaling.",
@@ -612,6 +618,7 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
             prefetch=self.prefetchBatches,
             band_dropout=self.bandDropout,
             min_bands=self.minBands,
+            class_loss_weights=self.class_loss_weights(),
             sky=self.sky_augment_config(),
         )
 
@@ -637,9 +644,23 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
             binned_artifact_rate=self.binnedArtifactRate,
         )
 
+    def class_loss_weights(self) -> tuple[float, ...]:
+        """``classLossWeights`` as one weight per class of ``classNames`` (empty when none is set)."""
+        if not self.classLossWeights:
+            return ()
+        return tuple(float(self.classLossWeights.get(name, 1.0)) for name in self.classNames)
+
     def training_key_config(self) -> dict[str, Any]:
-        """The settings that determine the training (the configuration part of the training key)."""
-        return {key: value for key, value in self.toDict().items() if key not in _NOT_IN_TRAINING_KEY}
+        """The settings that determine the training (the configuration part of the training key).
+
+        An empty ``classLossWeights`` is left out, so that the keys of trainings from before the field
+        existed do not change.
+        """
+        return {
+            key: value
+            for key, value in self.toDict().items()
+            if key not in _NOT_IN_TRAINING_KEY and not (key == "classLossWeights" and not value)
+        }
 
     @override
     def validate(self) -> None:
@@ -673,6 +694,13 @@ class DeepDiscTrainConfig(pipeBase.PipelineTaskConfig, pipelineConnections=DeepD
         names = list(self.classNames)
         if not names or len(set(names)) != len(names) or not all(names):
             fail(cls.classNames, f"classNames must be unique non-empty names, got {names}")
+        unknown = sorted(set(self.classLossWeights) - set(names))
+        if unknown:
+            fail(cls.classLossWeights, f"classLossWeights names classes {unknown} not in classNames {names}")
+        if not all(math.isfinite(w) and w > 0 for w in self.classLossWeights.values()):
+            fail(
+                cls.classLossWeights, f"classLossWeights must be positive, got {dict(self.classLossWeights)}"
+            )
         if not 0.0 <= self.bandDropout <= 1.0:
             fail(cls.bandDropout, f"bandDropout must be in [0, 1], got {self.bandDropout}")
         if self.minBands < 1 or (self.bands and self.minBands > len(self.bands)):

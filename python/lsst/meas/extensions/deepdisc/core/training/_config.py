@@ -26,6 +26,7 @@ from __future__ import annotations
 __all__ = ["TrainingConfig", "TrainingResult", "learning_rate_at"]
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,9 @@ class TrainingConfig:
         (`.models.band_availability`) sees as absent.  0 for models that need all their bands.
     min_bands : `int`
         The fewest bands an example keeps under band dropout.
+    class_loss_weights : `tuple` [`float`, ...]
+        One weight per class (in class-id order) of the box classifier's loss
+        (`.models.class_weights.set_class_loss_weights`; background 1); empty for the unweighted loss.
     sky : `.augment_sky.SkyAugmentConfig`
         Pixel-scale, seeing and artifact augmentations (off by default).
     """
@@ -148,6 +152,7 @@ class TrainingConfig:
     prefetch: bool = True
     band_dropout: float = 0.0
     min_bands: int = 1
+    class_loss_weights: tuple[float, ...] = ()
     sky: SkyAugmentConfig = dataclasses.field(default_factory=lambda: SkyAugmentConfig(probability=0.0))
 
     def __post_init__(self) -> None:
@@ -155,6 +160,9 @@ class TrainingConfig:
             raise ValueError(f"band_dropout must be in [0, 1], got {self.band_dropout}")
         if self.min_bands < 1:
             raise ValueError(f"min_bands must be >= 1, got {self.min_bands}")
+        self.class_loss_weights = tuple(float(w) for w in self.class_loss_weights)
+        if not all(math.isfinite(w) and w > 0 for w in self.class_loss_weights):
+            raise ValueError(f"class_loss_weights must be positive and finite, got {self.class_loss_weights}")
         if not isinstance(self.sky, SkyAugmentConfig):
             raise TypeError(f"sky must be a SkyAugmentConfig, got {type(self.sky).__name__}")
         self.lr_steps = tuple(int(step) for step in self.lr_steps)

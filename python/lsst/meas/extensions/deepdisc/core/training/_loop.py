@@ -322,6 +322,15 @@ def _train(
     model = build_model(model_config, device=str(device))
     model.to(device)
     _check_examples(train, val, model)
+    if config.class_loss_weights:
+        from ..models.class_weights import set_class_loss_weights
+
+        count = set_class_loss_weights(model, config.class_loss_weights)
+        log.info(
+            "Classification loss weighted by class (%s; background 1) in %d box predictor(s)",
+            ", ".join(f"{w:g}" for w in config.class_loss_weights),
+            count,
+        )
     body, body_name = backbone_body(model)
     trainable = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
     optimizer = _make_optimizer(model, trainable, config)
