@@ -60,11 +60,12 @@ def _validate(detections: Detections, image: MultibandImage, class_names: Sequen
 
 def _pixel_list(
     footprints: list[np.ndarray], image: MultibandImage
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Expand spans into one entry per footprint pixel.
 
-    Returns ``owner`` (row index), local ``y`` and ``x`` indices into the image arrays, and the start of
-    each footprint's spans in the concatenated span array.
+    Returns ``owner`` (row index), the flat index ``y * width + x`` of each pixel in the image arrays
+    (gathers through `numpy.take` on it are much faster than 2-d fancy indexing), and the start of each
+    footprint's spans in the concatenated span array.
     """
     lengths = np.array([f.shape[0] for f in footprints], dtype=np.int64)
     spans = np.concatenate(footprints).astype(np.int64) if footprints else np.zeros((0, 3), dtype=np.int64)
@@ -82,12 +83,11 @@ def _pixel_list(
         )
     run = local_x1 - local_x0 + 1
     owner = np.repeat(span_owner, run).astype(np.int32)
-    pixel_y = np.repeat(local_y, run)
-    # Column of every pixel: the span's start plus the pixel's offset within its span.
+    # Every pixel: its span's first flat index plus the pixel's offset within the span.
     first_pixel = np.repeat(np.cumsum(run) - run, run)
-    pixel_x = np.repeat(local_x0, run) + (np.arange(first_pixel.size) - first_pixel)
+    linear = np.repeat(local_y * image.width + local_x0, run) + (np.arange(first_pixel.size) - first_pixel)
     span_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    return owner, pixel_y.astype(np.int64), pixel_x.astype(np.int64), span_starts
+    return owner, linear.astype(np.int64), span_starts
 
 
 def _families(owner: np.ndarray, linear: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -211,9 +211,7 @@ def footprint_detection_snr(
         One value per detection (`detection_snr`; NaN without a usable variance).
     """
     n = len(detections)
-    owner, pixel_y, pixel_x, _ = _pixel_list(detections.footprints, image)
-    linear = pixel_y * image.width + pixel_x
-    del pixel_y, pixel_x
+    owner, linear, _ = _pixel_list(detections.footprints, image)
     sums = _footprint_sums(image, owner, linear, n, invalid_planes, (), keep_clean=False)
     return detection_snr(sums.flux, sums.variance)
 
@@ -338,25 +336,22 @@ def build_catalog(
     n_bands = len(image.bands)
     ids = id_packer.pack(tract, patch, np.arange(1, n + 1, dtype=np.int64))
 
-    owner, pixel_y, pixel_x, span_starts = _pixel_list(detections.footprints, image)
+    owner, linear, span_starts = _pixel_list(detections.footprints, image)
     area = np.bincount(owner, minlength=n)
-    # Flat pixel indices: gathers through np.take on them are much faster than 2-d fancy indexing.
-    linear = pixel_y * image.width + pixel_x
 
     sums = _footprint_sums(image, owner, linear, n, invalid_planes, saturated_planes, keep_clean=True)
     clean, footprint_flux, footprint_var = sums.clean, sums.flux, sums.variance
     invalid_any, saturated_any = sums.invalid_any, sums.saturated_any
     bad_variance_any, no_error = sums.bad_variance_any, sums.no_error
-    del pixel_y  # Only ``linear`` and ``pixel_x`` (the centroids) are needed from here.
     # Image values are stored as they come (float32): the sum is float64, as every later use of them.
     detection = clean.sum(axis=0, dtype=np.float64)
 
     # Centroids weighted by the positive detection flux; unweighted where there is none.
     weight = np.clip(detection, 0.0, None)
     weight_sum = np.bincount(owner, weights=weight, minlength=n)
-    parent_x = pixel_x + image.xy0[0]
-    parent_y = linear // image.width + image.xy0[1]
-    del pixel_x
+    parent_y, parent_x = np.divmod(linear, image.width)
+    parent_x += image.xy0[0]
+    parent_y += image.xy0[1]
     with np.errstate(invalid="ignore", divide="ignore"):
         centroid_x = np.where(
             weight_sum > 0,

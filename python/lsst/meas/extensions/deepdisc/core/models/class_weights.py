@@ -34,6 +34,7 @@ from __future__ import annotations
 
 __all__ = ["ClassWeightedFastRCNNOutputLayers", "set_class_loss_weights"]
 
+import math
 from collections.abc import Sequence
 from typing import Any, override
 
@@ -91,20 +92,21 @@ def set_class_loss_weights(model: torch.nn.Module, weights: Sequence[float] | No
     ValueError
         If ``weights`` does not have one positive, finite value per class of a predictor.
     """
+    values = None if weights is None else [float(w) for w in weights]
+    if values is not None and not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"class loss weights must be positive and finite, got {values}")
     count = 0
     for module in model.modules():
         if not isinstance(module, FastRCNNOutputLayers):
             continue
-        if weights is None:
+        if values is None:
             if isinstance(module, ClassWeightedFastRCNNOutputLayers):
                 module.class_loss_weights = None
             continue
-        num_classes = module.num_classes
-        values = [float(w) for w in weights]
-        if len(values) != num_classes:
-            raise ValueError(f"{len(values)} class loss weights for a predictor of {num_classes} classes")
-        if not all(v > 0 and torch.isfinite(torch.tensor(v)) for v in values):
-            raise ValueError(f"class loss weights must be positive and finite, got {values}")
+        if len(values) != module.num_classes:
+            raise ValueError(
+                f"{len(values)} class loss weights for a predictor of {module.num_classes} classes"
+            )
         if not isinstance(module, ClassWeightedFastRCNNOutputLayers):
             # Same attributes and parameters: only the loss method differs.
             module.__class__ = ClassWeightedFastRCNNOutputLayers
