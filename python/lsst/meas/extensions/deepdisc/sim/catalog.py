@@ -60,12 +60,14 @@ import numpy as np
 from astropy.table import Table, vstack
 
 from .ids import TRUTH_COUNTER_FLAG, pack_id
+from .morphology import assign_morphology, bright_galaxy_magnitudes
 from .presets import LSST_BANDS, SimPreset
 from .survey import lsst_band_conditions, mag_to_njy
 
 # Random streams of one (seed, tract, patch): keep them apart so adding one never shifts another.
 STREAM_CATALOG = 1
 STREAM_DENSITY = 6
+STREAM_MORPHOLOGY = 7
 ARCMIN2_PER_DEG2 = 3600.0
 
 # Colour offsets mag_band - mag_i of the two galaxy populations, in LSST_BANDS order (u g r i z y).
@@ -164,7 +166,9 @@ def draw_cell_sources(preset: SimPreset, tract: int, patch_x: int, patch_y: int,
     sources : `astropy.table.Table`
         One row per source: ``id`` (truth id, see `ids`), ``is_star``, ``x``, ``y`` (tract pixels),
         ``mag_<band>`` for every LSST band, ``size`` (half-light radius, arcsec, 0 for stars), ``e1``, ``e2``
-        (reduced shear), ``bulge_fraction``, ``stamp_half`` (pixels).
+        (reduced shear), ``bulge_fraction``, ``stamp_half`` (pixels); with ``preset.morphology`` also the
+        Hubble-type columns of `.morphology.assign_morphology` and ``bright_galaxies_per_patch`` extra
+        bright galaxies after the stars (drawn from a stream of their own).
     """
     patch = preset.patch_index(patch_x, patch_y)
     rng = np.random.default_rng(np.random.SeedSequence([seed, tract, patch, STREAM_CATALOG]))
@@ -224,6 +228,42 @@ def draw_cell_sources(preset: SimPreset, tract: int, patch_x: int, patch_y: int,
     table["e2"] = np.concatenate([gal_e[:, 1], np.zeros(n_all_stars)])
     table["bulge_fraction"] = np.concatenate([bulge, np.zeros(n_all_stars)])
     table["stamp_half"] = stamp_half_size(table["size"], table["e1"], table["e2"], preset)
+    if preset.morphology:
+        table = _with_morphology(table, preset, tract, patch, seed, (x_begin, y_begin, x_end, y_end))
+    return table
+
+
+def _with_morphology(
+    table: Table, preset: SimPreset, tract: int, patch: int, seed: int, cell: tuple[int, int, int, int]
+) -> Table:
+    """The cell's sources plus the extra bright galaxies, every galaxy with a Hubble type."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, tract, patch, STREAM_MORPHOLOGY]))
+    n_extra = preset.bright_galaxies_per_patch
+    if n_extra:
+        mag_i = bright_galaxy_magnitudes(rng, n_extra)
+        extra = Table()
+        extra["id"] = pack_id(
+            tract,
+            patch,
+            TRUTH_COUNTER_FLAG | np.arange(len(table) + 1, len(table) + n_extra + 1, dtype=np.int64),
+        )
+        extra["is_star"] = np.zeros(n_extra, bool)
+        x_begin, y_begin, x_end, y_end = cell
+        extra["x"] = rng.uniform(x_begin - 0.5, x_end - 0.5, n_extra)
+        extra["y"] = rng.uniform(y_begin - 0.5, y_end - 0.5, n_extra)
+        for band in LSST_BANDS:
+            extra[f"mag_{band}"] = mag_i
+        log_size = math.log10(0.55) - 0.09 * (mag_i - 22.0) + rng.normal(0.0, 0.18, n_extra)
+        extra["size"] = np.clip(10.0**log_size, 0.04, 6.0)
+        extra["e1"] = np.zeros(n_extra)
+        extra["e2"] = np.zeros(n_extra)
+        extra["bulge_fraction"] = np.zeros(n_extra)
+        extra["stamp_half"] = np.zeros(n_extra, dtype=np.int32)
+        table = vstack([table, extra], join_type="exact", metadata_conflicts="silent")
+    assign_morphology(table, rng, _RED_OFFSETS, _BLUE_OFFSETS, _COLOUR_SCATTER)
+    # The stamps must hold the grown and lopsided profiles.
+    reach = np.asarray(table["size"]) * (1.0 + np.asarray(table["morph_asymmetry"]))
+    table["stamp_half"] = stamp_half_size(reach, table["e1"], table["e2"], preset)
     return table
 
 

@@ -47,6 +47,9 @@ Presets:
     ``small`` (same geometry, seed and objects) plus image artifacts (`..core.artifacts`): reflection
     ghosts and rays around the bright stars, scattered-light patches and streaks anywhere, recorded in the
     ``truth_artifacts`` table.  The other presets have no artifacts.
+``morphology``
+    Galaxies with Hubble types and truth (`.morphology`) and 150 extra bright galaxies per patch: 4 tracts of
+    2x2 patches of 1024 px in u g r i z y (two train, one validates, one held out), for the morphology stage.
 ``benchmark``
     Full LSST-size patches, 4100 px (3900 inner + 100 border), 3x3 per tract, bands u g r i z y, with a
     training tract and a held-out tract (another sky position and its own seed).
@@ -173,6 +176,12 @@ class SimPreset:
     artifact_mask_fraction : `float`
         Fraction of the peak that bounds the truth footprint of patches, rays and streaks (discs and
         annuli use their geometric outline).
+    morphology : `bool`
+        Galaxies get Hubble types (E, S0, Sab, Sc, Sdm, Im) with bulges, discs, star-forming knots and
+        lopsided irregulars (`.morphology`), recorded in the truth as ``morph_type``.  Off: the bulge plus
+        disc galaxies of two colour populations, exactly as without the option.
+    bright_galaxies_per_patch : `int`
+        With ``morphology``: extra galaxies with ``17.5 < i < 22`` per cell, for morphology training sets.
     """
 
     name: str
@@ -207,6 +216,8 @@ class SimPreset:
     artifact_anywhere_per_mpix: float = 0.0
     artifact_star_mag_max: float = 16.0
     artifact_mask_fraction: float = 0.25
+    morphology: bool = False
+    bright_galaxies_per_patch: int = 0
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -225,6 +236,10 @@ class SimPreset:
             raise ValueError(f"preset {self.name!r}: artifact rates must be >= 0")
         if not 0.0 < self.artifact_mask_fraction <= 1.0:
             raise ValueError(f"preset {self.name!r}: artifact_mask_fraction must be in (0, 1]")
+        if self.bright_galaxies_per_patch < 0 or (self.bright_galaxies_per_patch and not self.morphology):
+            raise ValueError(
+                f"preset {self.name!r}: bright_galaxies_per_patch needs morphology and must be >= 0"
+            )
         if self.psf_size % 2 == 0:
             raise ValueError(f"preset {self.name!r}: psf_size must be odd, got {self.psf_size}")
         if not self.tracts or len({t.tract for t in self.tracts}) != len(self.tracts):
@@ -403,6 +418,28 @@ PRESETS: dict[str, SimPreset] = {
         artifact_star_mag_max=16.5,
         description="Artifacts: the small demo tract (same seed, same objects and noise) plus ghosts, rays, "
         "scattered light and streaks, with truth_artifacts.",
+    ),
+    "morphology": SimPreset(
+        name="morphology",
+        bands=LSST_BANDS,
+        n_patches_x=2,
+        n_patches_y=2,
+        patch_inner_size=960,
+        patch_border=32,
+        tracts=(
+            TractSpec(tract=0, ra=150.1, dec=2.2, seed=7001, role="train"),
+            TractSpec(tract=1, ra=36.4, dec=-5.1, seed=7002, role="train"),
+            TractSpec(tract=2, ra=215.3, dec=52.6, seed=7003, role="validation"),
+            TractSpec(tract=3, ra=53.0, dec=-28.0, seed=7004, role="held_out"),
+        ),
+        bright_stars_per_patch=1,
+        psf_fwhm_scatter=0.12,
+        no_data_fraction=0.25,
+        morphology=True,
+        bright_galaxies_per_patch=150,
+        description="Morphology: 4 tracts of 2x2 patches of 1024 px in ugrizy whose galaxies have Hubble "
+        "types (E, S0, Sab, Sc, Sdm, Im) with truth, plus 150 extra galaxies with 17.5 < i < 22 per patch; "
+        "tracts 0-1 train, 2 validates, 3 is held out.",
     ),
     "benchmark": SimPreset(
         name="benchmark",

@@ -87,6 +87,7 @@ from .deblend import DEBLENDER_NAME, DeblenderConfig, deblend_patch
 from .ids import pack_id
 from .measure import build_object_tables
 from .models import KernelBank, integrated_gaussian, paste
+from .morphology import morphology_profile
 from .presets import SimPreset, get_preset, patch_geometry
 from .survey import BandConditions, lsst_band_conditions, njy_to_mag
 from .types import DeblendedBlend, DeblendedSource, PatchGeometry, SimulatedPatch
@@ -224,16 +225,19 @@ def _draw_morph(row: Any, preset: SimPreset, model: galsim.GSObject) -> np.ndarr
     offset = (float(row["x"] - np.rint(row["x"])), float(row["y"] - np.rint(row["y"])))
     if row["is_star"]:
         return integrated_gaussian(preset.model_psf_sigma, size, offset).astype(np.float32)
-    hlr = float(row["size"])
-    bulge_fraction = float(row["bulge_fraction"])
-    components = []
-    if bulge_fraction > 0:
-        bulge = galsim.DeVaucouleurs(half_light_radius=hlr, trunc=5.0 * hlr, gsparams=_GSPARAMS)
-        components.append(bulge.withFlux(bulge_fraction))
-    if bulge_fraction < 1:
-        disk = galsim.Exponential(half_light_radius=hlr, gsparams=_GSPARAMS)
-        components.append(disk.withFlux(1.0 - bulge_fraction))
-    profile = galsim.Add(components).shear(g1=float(row["e1"]), g2=float(row["e2"]))
+    if preset.morphology:
+        profile = morphology_profile(row, _GSPARAMS)
+    else:
+        hlr = float(row["size"])
+        bulge_fraction = float(row["bulge_fraction"])
+        components = []
+        if bulge_fraction > 0:
+            bulge = galsim.DeVaucouleurs(half_light_radius=hlr, trunc=5.0 * hlr, gsparams=_GSPARAMS)
+            components.append(bulge.withFlux(bulge_fraction))
+        if bulge_fraction < 1:
+            disk = galsim.Exponential(half_light_radius=hlr, gsparams=_GSPARAMS)
+            components.append(disk.withFlux(1.0 - bulge_fraction))
+        profile = galsim.Add(components).shear(g1=float(row["e1"]), g2=float(row["e2"]))
     convolved = galsim.Convolve(profile, model, gsparams=_GSPARAMS)
     stamp = convolved.drawImage(nx=size, ny=size, scale=preset.pixel_scale_arcsec, offset=offset).array
     # The image must hold exactly the catalogue flux: renormalise what the stamp caught (>= 99.5%).
@@ -539,6 +543,16 @@ def _truth_table(scene: PatchScene, no_data: np.ndarray) -> tuple[Table, list[np
     _column(truth, "e1", rows["e1"], None, "Intrinsic ellipticity (reduced shear (a-b)/(a+b)), along x")
     _column(truth, "e2", rows["e2"], None, "Intrinsic ellipticity (reduced shear (a-b)/(a+b)), at 45 deg")
     _column(truth, "bulge_fraction", rows["bulge_fraction"], None, "Bulge (de Vaucouleurs) to total flux")
+    if "morph_type" in rows.colnames:
+        _column(truth, "morph_type", rows["morph_type"], None, "Hubble type (sim.morphology); '' for stars")
+        _column(truth, "knot_fraction", rows["knot_fraction"], None, "Fraction of the flux in knots")
+        _column(
+            truth,
+            "morph_asymmetry",
+            rows["morph_asymmetry"],
+            None,
+            "Offset of the smooth light (half-light radii)",
+        )
     _column(
         truth,
         "blendedness",
