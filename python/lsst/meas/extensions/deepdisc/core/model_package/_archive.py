@@ -174,6 +174,7 @@ def package_members(
     metadata: Mapping[str, Any],
     state_dict: Mapping[str, torch.Tensor],
     format_version: int = FORMAT_VERSION,
+    format_name: str = FORMAT_NAME,
 ) -> dict[str, bytes]:
     """The bytes of every member, manifest first (`PACKAGE_MEMBERS` order).
 
@@ -185,6 +186,8 @@ def package_members(
         The weights.
     format_version : `int`
         Recorded in the manifest.
+    format_name : `str`
+        Recorded in the manifest: which kind of package this is (detection by default).
 
     Returns
     -------
@@ -196,7 +199,7 @@ def package_members(
         WEIGHTS_MEMBER: _serialise_weights(state_dict),
     }
     manifest = {
-        "format": FORMAT_NAME,
+        "format": format_name,
         "format_version": format_version,
         "members": {name: {"size": len(data), "sha256": sha256(data)} for name, data in members.items()},
     }
@@ -213,7 +216,9 @@ def write_package(stream: BinaryIO, members: Mapping[str, bytes]) -> None:
     )
 
 
-def read_package(stream: BinaryIO, source: str, limits: PackageLimits = DEFAULT_LIMITS) -> dict[str, Any]:
+def read_package(
+    stream: BinaryIO, source: str, limits: PackageLimits = DEFAULT_LIMITS, format_name: str = FORMAT_NAME
+) -> dict[str, Any]:
     """Read and verify the members of a package file.
 
     Parameters
@@ -224,6 +229,8 @@ def read_package(stream: BinaryIO, source: str, limits: PackageLimits = DEFAULT_
         Its name in error messages.
     limits : `PackageLimits`
         Size and compression caps.
+    format_name : `str`
+        The kind of package expected in the manifest (detection by default).
 
     Returns
     -------
@@ -245,7 +252,7 @@ def read_package(stream: BinaryIO, source: str, limits: PackageLimits = DEFAULT_
         ) from None
     with archive:
         try:
-            return _read_members(archive, limits)
+            return _read_members(archive, limits, format_name)
         except ModelPackageError as exc:
             raise ModelPackageError(f"model package {source}: {exc}") from None
         except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError, RuntimeError) as exc:
@@ -287,9 +294,11 @@ def _checked_infos(archive: zipfile.ZipFile, limits: PackageLimits) -> dict[str,
     return by_name
 
 
-def _read_members(archive: zipfile.ZipFile, limits: PackageLimits) -> dict[str, Any]:
+def _read_members(archive: zipfile.ZipFile, limits: PackageLimits, format_name: str) -> dict[str, Any]:
     infos = _checked_infos(archive, limits)
-    manifest = _parse_manifest(_load_member_yaml(read_member(archive, infos[MANIFEST_MEMBER]), "manifest"))
+    manifest = _parse_manifest(
+        _load_member_yaml(read_member(archive, infos[MANIFEST_MEMBER]), "manifest"), format_name
+    )
     raw: dict[str, bytes] = {}
     for name in _HASHED_MEMBERS:
         declared = manifest["members"][name]
@@ -314,15 +323,15 @@ def _read_members(archive: zipfile.ZipFile, limits: PackageLimits) -> dict[str, 
     }
 
 
-def _parse_manifest(manifest: Any) -> dict[str, Any]:
+def _parse_manifest(manifest: Any, format_name: str) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise ModelPackageError(f"{MANIFEST_MEMBER} must be a mapping")
     unknown = sorted(set(manifest) - {"format", "format_version", "members"})
     if unknown:
         raise ModelPackageError(f"{MANIFEST_MEMBER} has unknown keys {unknown}")
-    if manifest.get("format") != FORMAT_NAME:
+    if manifest.get("format") != format_name:
         raise ModelPackageError(
-            f"{MANIFEST_MEMBER} declares format {manifest.get('format')!r}, expected {FORMAT_NAME!r}"
+            f"{MANIFEST_MEMBER} declares format {manifest.get('format')!r}, expected {format_name!r}"
         )
     version = manifest.get("format_version")
     if type(version) is not int or version != FORMAT_VERSION:

@@ -30,6 +30,8 @@ Methods always get the same colour (`METHOD_COLORS`), classes the same outline c
 figures of different tracts can be compared at a glance.
 
 `training_history_figure` draws the loss and validation curves of a training run (`.training`).
+`confusion_matrix_figure`, `morphology_accuracy_figure` and `morphology_cutouts_figure` show the morphology
+stage (`.morphology`).
 """
 
 from __future__ import annotations
@@ -45,10 +47,13 @@ __all__ = [
     "blend_outcomes_figure",
     "classification_figure",
     "completeness_purity_figure",
+    "confusion_matrix_figure",
     "draw_footprint_outlines",
     "figure_to_png_bytes",
     "iou_figure",
     "lupton_rgb",
+    "morphology_accuracy_figure",
+    "morphology_cutouts_figure",
     "overlay_figure",
     "plot_training_history",
     "training_history_figure",
@@ -69,3 +74,4 @@ from ._metrics import (
     iou_figure,
     precision_recall_figure,
 )
+from ._morphology import confusion_matrix_figure, morphology_accuracy_figure, morphology_cutouts_figure
