@@ -116,6 +116,7 @@ def test_storage_class_pytypes_keep_their_names(package_root: Path) -> None:
     pytypes = {name: entry["pytype"] for name, entry in classes.items()}
     assert pytypes == {
         "DeepDiscModelPackage": "lsst.meas.extensions.deepdisc.core.model_package.ModelPackage",
+        "DeepDiscMorphologyPackage": "lsst.meas.extensions.deepdisc.core.morphology.MorphologyPackage",
         "ScarletModelArchive": "lsst.meas.extensions.deepdisc.core.scarlet_io.ScarletModelData",
     }
     for pytype in pytypes.values():

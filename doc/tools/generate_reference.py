@@ -26,6 +26,9 @@ TASKS = [
     ("lsst.meas.extensions.deepdisc.tasks.train", "DeepDiscTrainTask"),
     ("lsst.meas.extensions.deepdisc.tasks.compare", "CompareDeepDiscTask"),
     ("lsst.meas.extensions.deepdisc.tasks.compare_summary", "CompareDeepDiscSummaryTask"),
+    ("lsst.meas.extensions.deepdisc.tasks.morphology", "DeepDiscMorphologyTask"),
+    ("lsst.meas.extensions.deepdisc.tasks.morphology_labels", "BuildMorphologyLabelsTask"),
+    ("lsst.meas.extensions.deepdisc.tasks.train_morphology", "DeepDiscTrainMorphologyTask"),
 ]
 
 

@@ -25,11 +25,16 @@ A trained model lives in a Butler repository as the dataset ``deepdisc_model`` (
 class ``DeepDiscModelPackage``) in a RUN collection ``pretrained_models/<name>``, the convention of
 meas_transiNet's ``pretrainedModelPackage``; tasks take it as a ``PrerequisiteInput``.  The file is the
 package zip itself (`..core.model_package`), so reading it through the Butler applies every safety check.
+Morphology classifiers (`..core.morphology.MorphologyPackage`) are stored the same way as the dataset
+``deepdisc_morphology_model`` (storage class ``DeepDiscMorphologyPackage``).
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "MORPHOLOGY_DATASET_TYPE",
+    "MORPHOLOGY_STORAGE_CLASS",
+    "DeepDiscMorphologyFormatter",
     "MODEL_DATASET_TYPE",
     "MODEL_RUN_PREFIX",
     "MODEL_STORAGE_CLASS",
@@ -49,6 +54,7 @@ from lsst.daf.butler.registry import MissingCollectionError
 from lsst.resources import ResourcePath
 
 from ..core.model_package import ModelPackage, ModelPackageError
+from ..core.morphology import MorphologyPackage
 from .config_path import BUTLER_CONFIG_DIR
 
 MODEL_DATASET_TYPE = "deepdisc_model"
@@ -59,6 +65,17 @@ MODEL_STORAGE_CLASS = "DeepDiscModelPackage"
 
 MODEL_RUN_PREFIX = "pretrained_models"
 """Model packages go to the RUN collection ``pretrained_models/<name>``."""
+
+MORPHOLOGY_DATASET_TYPE = "deepdisc_morphology_model"
+"""Dataset type name of morphology classifier packages."""
+
+MORPHOLOGY_STORAGE_CLASS = "DeepDiscMorphologyPackage"
+"""Storage class of morphology classifier packages."""
+
+_STORAGE = {
+    ModelPackage: (MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS),
+    MorphologyPackage: (MORPHOLOGY_DATASET_TYPE, MORPHOLOGY_STORAGE_CLASS),
+}
 
 
 class DeepDiscModelFormatter(FormatterV2):
@@ -72,18 +89,20 @@ class DeepDiscModelFormatter(FormatterV2):
     default_extension: ClassVar[str] = ".zip"
     supported_extensions: ClassVar[frozenset[str]] = frozenset({".zip"})
     can_read_from_local_file: ClassVar[bool] = True
+    package_type: ClassVar[type] = ModelPackage
 
     @override
     def read_from_local_file(self, path: str, component: str | None = None, expected_size: int = -1) -> Any:
         if component is not None:
-            raise ValueError(f"{MODEL_STORAGE_CLASS} has no components (asked for {component!r})")
-        return ModelPackage.load(path)
+            raise ValueError(f"{type(self).__name__} has no components (asked for {component!r})")
+        return self.package_type.load(path)
 
     @override
     def to_bytes(self, in_memory_dataset: Any) -> bytes:
-        if not isinstance(in_memory_dataset, ModelPackage):
+        if not isinstance(in_memory_dataset, self.package_type):
             raise TypeError(
-                f"{type(self).__name__} writes ModelPackage objects, got {type(in_memory_dataset).__name__}"
+                f"{type(self).__name__} writes {self.package_type.__name__} objects, got "
+                f"{type(in_memory_dataset).__name__}"
             )
         return in_memory_dataset.to_bytes()
 
@@ -93,6 +112,12 @@ class DeepDiscModelFormatter(FormatterV2):
         Path(uri.ospath).write_bytes(self.to_bytes(in_memory_dataset))
 
 
+class DeepDiscMorphologyFormatter(DeepDiscModelFormatter):
+    """Read and write `~lsst.meas.extensions.deepdisc.core.morphology.MorphologyPackage` zip files."""
+
+    package_type: ClassVar[type] = MorphologyPackage
+
+
 def model_run_collection(name: str) -> str:
     """The RUN collection ``pretrained_models/<name>`` that holds the model package ``name``."""
     if not name or "/" in name or name != name.strip():
@@ -100,13 +125,15 @@ def model_run_collection(name: str) -> str:
     return f"{MODEL_RUN_PREFIX}/{name}"
 
 
-def register_model_dataset_type(butler: Butler) -> DatasetType:
+def register_model_dataset_type(butler: Butler, package_type: type = ModelPackage) -> DatasetType:
     """Register dataset type ``deepdisc_model`` (no dimensions) if it is not there yet.
 
     Parameters
     ----------
     butler : `lsst.daf.butler.Butler`
         A writeable Butler.
+    package_type : `type`
+        `ModelPackage` (``deepdisc_model``) or `MorphologyPackage` (``deepdisc_morphology_model``).
 
     Returns
     -------
@@ -119,14 +146,15 @@ def register_model_dataset_type(butler: Butler) -> DatasetType:
     lsst.daf.butler.registry.ConflictingDefinitionError
         If the repository defines ``deepdisc_model`` differently.
     """
+    name, storage_class = _STORAGE[package_type]
     try:
         dataset_type = DatasetType(
-            MODEL_DATASET_TYPE, dimensions=(), storageClass=MODEL_STORAGE_CLASS, universe=butler.dimensions
+            name, dimensions=(), storageClass=storage_class, universe=butler.dimensions
         )
         dataset_type.storageClass  # noqa: B018 - resolves the storage class name now, for a clear error.
     except KeyError as exc:
         raise RuntimeError(
-            f"storage class {MODEL_STORAGE_CLASS!r} is unknown to this Butler ({exc}); put "
+            f"storage class {storage_class!r} is unknown to this Butler ({exc}); put "
             f"{BUTLER_CONFIG_DIR} on DAF_BUTLER_CONFIG_PATH before creating the Butler"
         ) from None
     butler.registry.registerDatasetType(dataset_type)
@@ -153,7 +181,11 @@ class IngestResult:
 
 
 def ingest_model_package(
-    butler: Butler, package: ModelPackage, *, name: str | None = None, replace: bool = False
+    butler: Butler,
+    package: ModelPackage | MorphologyPackage,
+    *,
+    name: str | None = None,
+    replace: bool = False,
 ) -> IngestResult:
     """Put a model package into ``pretrained_models/<name>``; idempotent.
 
@@ -161,8 +193,9 @@ def ingest_model_package(
     ----------
     butler : `lsst.daf.butler.Butler`
         A writeable Butler.
-    package : `~lsst.meas.extensions.deepdisc.core.model_package.ModelPackage`
-        The package.
+    package : `~lsst.meas.extensions.deepdisc.core.model_package.ModelPackage` or `MorphologyPackage`
+        The package (a detection model goes to ``deepdisc_model``, a morphology classifier to
+        ``deepdisc_morphology_model``).
     name : `str`, optional
         Collection name suffix; defaults to ``package.name``.
     replace : `bool`
@@ -178,7 +211,7 @@ def ingest_model_package(
         If the collection holds a package with different content and ``replace`` is false.
     """
     run = model_run_collection(name or package.name)
-    dataset_type = register_model_dataset_type(butler)
+    dataset_type = register_model_dataset_type(butler, type(package))
     try:
         existing = butler.find_dataset(dataset_type, collections=run)
     except MissingCollectionError:
@@ -193,7 +226,7 @@ def ingest_model_package(
             return IngestResult("unchanged", existing, run)
         if not replace:
             raise ModelPackageError(
-                f"collection {run!r} already holds a different {MODEL_DATASET_TYPE} (content sha256 "
+                f"collection {run!r} already holds a different {dataset_type.name} (content sha256 "
                 f"{stored_digest}, new {new_digest}); choose another name or replace it explicitly"
             )
         butler.pruneDatasets([existing], disassociate=True, unstore=True, purge=True)
