@@ -299,3 +299,23 @@ def test_selection_cutouts_and_table_from_a_catalog() -> None:
     assert table["morph_prob_E"][0] == pytest.approx(0.1)
     empty = morphology_table(np.zeros(0, np.int64), np.zeros((0, 3)), ["E", "S", "Irr"], np.zeros(0))
     assert len(empty) == 0 and "morph_prob_Irr" in empty.colnames
+
+
+def test_morphology_task_run_errors_and_empty_selection() -> None:
+    from lsst.meas.extensions.deepdisc.core.multiband import MissingBandError
+    from lsst.meas.extensions.deepdisc.tasks.morphology import DeepDiscMorphologyConfig, DeepDiscMorphologyTask
+
+    config = DeepDiscMorphologyConfig()
+    config.numThreads = 1
+    task = DeepDiscMorphologyTask(config=config)
+    catalog = _catalog()
+    galaxies = catalog[task.select(catalog)]
+    assert galaxies["id"].tolist() == [11]
+    package = _package(bands=["g", "r", "z"])
+    with pytest.raises(MissingBandError, match=r"needs band\(s\) \['z'\]"):
+        task.run(galaxies, _image(), package)
+    result = task.run(galaxies, _image(), _package())
+    assert result.morphology["id"].tolist() == [11]
+    assert result.morphology["morph_class"][0] in ("E", "S", "Irr")
+    empty = task.run(galaxies[:0], None, _package())
+    assert len(empty.morphology) == 0 and "morph_prob_E" in empty.morphology.colnames

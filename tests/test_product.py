@@ -68,4 +68,5 @@ def test_deepdisc_paths(no_product_dir, capsys: pytest.CaptureFixture[str]) -> N
     listing = capsys.readouterr().out
     assert "pipeline DeepDiscCompare" in listing and "shipped model" in listing
     assert paths.main(["--pipeline", "Nope"]) == 1
-    assert "shipped: ['DeepDisc', 'DeepDiscCompare', 'DeepDiscMorphology', 'DeepDiscTrain']" in capsys.readouterr().err
+    shipped = "shipped: ['DeepDisc', 'DeepDiscCompare', 'DeepDiscMorphology', 'DeepDiscTrain']"
+    assert shipped in capsys.readouterr().err

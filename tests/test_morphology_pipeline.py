@@ -1,0 +1,214 @@
+# This file is part of meas_extensions_deepdisc.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+
+"""Integration: the morphology pipeline with real pipetask processes on the tiny repository.
+
+The shipped detection model finds the galaxies; a labelled catalog with positions and a class column is put
+into the Butler as a dataset with no dimensions (the documented way to bring real labels); `labels` matches
+it, `train` trains a small classifier for two epochs, `morphology` classifies, and every output is checked
+against the detection catalog.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table, vstack
+from lsst.daf.butler import Butler, CollectionType, DatasetType
+
+from lsst.meas.extensions.deepdisc.butler.tables import to_arrow
+from lsst.meas.extensions.deepdisc.core.morphology import MorphologyPackage
+from lsst.meas.extensions.deepdisc.core.photometry import njy_to_mag
+
+from sim_fixtures import TinyRepo
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("tiny_repo_pipetask")]
+
+BIN = Path(sys.executable).parent
+DETECT = "u/test/morph_detect"
+LABELS_RUN = "refcat/morphology"
+TRAIN = "u/test/morph_train"
+CLASSIFY = "u/test/morph_classify"
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, env=os.environ.copy(), timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def _pipetask(repo: TinyRepo, inputs: list[str], output: str, pipeline: str, *extra: str, check: bool = True):
+    return _run(
+        str(BIN / "pipetask"),
+        "run",
+        "-b",
+        repo.root,
+        "-i",
+        ",".join(inputs),
+        "-o",
+        output,
+        "-p",
+        pipeline,
+        "-d",
+        f"skymap='{repo.skymap}'",
+        "-j",
+        "1",
+        "--register-dataset-types",
+        *extra,
+        check=check,
+    )
+
+
+@pytest.fixture(scope="module")
+def morphology_run(tiny_repo: TinyRepo, package_root: Path) -> TinyRepo:
+    pipelines = package_root / "pipelines"
+    _run(
+        str(BIN / "deepdisc-model"),
+        "ingest",
+        tiny_repo.root,
+        str(package_root / "models" / "deepdisc-compact-sim.zip"),
+        "--name",
+        "shipped",
+    )
+    _pipetask(
+        tiny_repo,
+        [tiny_repo.collection, "pretrained_models/shipped"],
+        DETECT,
+        str(pipelines / "DeepDisc.yaml"),
+        "-c",
+        "detect:tileSize=256",
+        "-c",
+        "detect:tileOverlap=64",
+    )
+    # A survey-wide labelled catalog: positions and a class column, no dimensions.
+    with Butler.from_config(tiny_repo.root, writeable=True) as butler:
+        truth = vstack(
+            [butler.get("truth_patch", d, collections=tiny_repo.collection) for d in tiny_repo.data_ids]
+        )
+        galaxies = truth[~np.asarray(truth["is_star"])]
+        median = np.median(galaxies["size"])
+        reference = Table()
+        reference["ra_deg"] = galaxies["ra"]
+        reference["dec_deg"] = galaxies["dec"]
+        reference["hubble"] = np.where(galaxies["size"] > median, "big", "small")
+        reference["mag_i"] = galaxies["mag_i"]
+        dataset_type = DatasetType("morphology_reference", (), "ArrowAstropy", universe=butler.dimensions)
+        butler.registry.registerDatasetType(dataset_type)
+        butler.collections.register(LABELS_RUN, CollectionType.RUN)
+        butler.put(to_arrow(reference), dataset_type, run=LABELS_RUN)
+    common = [
+        "-c",
+        "labels:referenceDimensions=none",
+        "-c",
+        "labels:connections.referenceName=morphology_reference",
+        "-c",
+        "labels:raColumn=ra_deg",
+        "-c",
+        "labels:decColumn=dec_deg",
+        "-c",
+        "labels:classColumn=hubble",
+        "-c",
+        "labels:extraColumns=[mag_i]",
+        "-c",
+        "train:bands=[g,r,i]",
+        "-c",
+        "train:classNames=[small,big]",
+        "-c",
+        "train:epochs=2",
+        "-c",
+        "train:cutoutSize=32",
+        "-c",
+        "train:architectureParams={width: 8}",
+        "-c",
+        "train:maxMagnitude=27",
+        "-c",
+        "train:packageName=tiny-morphology",
+    ]
+    _pipetask(
+        tiny_repo,
+        [DETECT, LABELS_RUN, tiny_repo.collection],
+        TRAIN,
+        f"{pipelines / 'DeepDiscMorphology.yaml'}#training",
+        *common,
+    )
+    _pipetask(
+        tiny_repo,
+        [TRAIN, DETECT, tiny_repo.collection],
+        CLASSIFY,
+        f"{pipelines / 'DeepDiscMorphology.yaml'}#morphology",
+        "-c",
+        "morphology:maxMagnitude=25",
+    )
+    return tiny_repo
+
+
+def test_training_writes_a_package_history_and_plot(morphology_run: TinyRepo) -> None:
+    with Butler.from_config(morphology_run.root, collections=[TRAIN]) as butler:
+        package = butler.get("deepdisc_morphology_model")
+        assert isinstance(package, MorphologyPackage)
+        assert package.bands == ["g", "r", "i"] and package.class_names == ["small", "big"]
+        assert package.cutout.size == 32
+        assert package.metrics["validation_n"] > 0 and 0 <= package.metrics["validation_top1"] <= 1
+        history = butler.get("deepdisc_morphology_history")
+        assert list(history["epoch"]) == [1, 2]
+        assert butler.query_datasets("deepdisc_morphology_confusion_plot")
+        for data_id in morphology_run.data_ids:
+            labels = butler.get("deepdisc_morphology_labels", data_id)
+            catalog = butler.get("object_deepdisc", data_id)
+            assert len(labels) > 0
+            assert set(np.asarray(labels["id"]).tolist()) <= set(np.asarray(catalog["id"]).tolist())
+            assert set(np.asarray(labels["label"]).astype(str)) <= {"small", "big"}
+            assert np.all(np.asarray(labels["match_distance"]) <= 0.6)
+            assert len(set(np.asarray(labels["id"]).tolist())) == len(labels)
+
+
+def test_classifications_join_the_detection_catalog(morphology_run: TinyRepo) -> None:
+    with Butler.from_config(morphology_run.root, collections=[CLASSIFY]) as butler:
+        total = 0
+        for data_id in morphology_run.data_ids:
+            morphology = butler.get("object_deepdisc_morphology", data_id)
+            catalog = butler.get("object_deepdisc", data_id)
+            rows = {int(i): k for k, i in enumerate(np.asarray(catalog["id"]))}
+            total += len(morphology)
+            for row in morphology:
+                detection = catalog[rows[int(row["id"])]]
+                assert detection["class_name"] == "galaxy"
+                assert njy_to_mag(detection["i_footprintFlux"]) <= 25.0
+            probabilities = np.stack([morphology["morph_prob_small"], morphology["morph_prob_big"]], axis=1)
+            np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+            expected = np.where(probabilities[:, 0] >= probabilities[:, 1], "small", "big")
+            assert list(np.asarray(morphology["morph_class"]).astype(str)) == list(expected)
+            # Every bright galaxy of the catalog got a row.
+            flux = np.asarray(catalog["i_footprintFlux"], dtype=float)
+            bright = (np.asarray(catalog["class_name"]) == "galaxy") & (flux > 10 ** (-0.4 * (25.0 - 31.4)))
+            bright &= np.asarray(catalog["footprint_area"]) >= 20
+            assert set(np.asarray(catalog["id"])[bright].tolist()) == set(
+                np.asarray(morphology["id"]).tolist()
+            )
+        assert total > 0
