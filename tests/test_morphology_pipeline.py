@@ -212,3 +212,30 @@ def test_classifications_join_the_detection_catalog(morphology_run: TinyRepo) ->
                 np.asarray(morphology["id"]).tolist()
             )
         assert total > 0
+
+
+def test_detection_with_the_morphology_subtask_gives_the_same_table(
+    morphology_run: TinyRepo, package_root: Path
+) -> None:
+    output = "u/test/morph_in_detect"
+    _pipetask(
+        morphology_run,
+        [TRAIN, morphology_run.collection, "pretrained_models/shipped"],
+        output,
+        str(package_root / "pipelines" / "DeepDisc.yaml"),
+        "-c",
+        "detect:tileSize=256",
+        "-c",
+        "detect:tileOverlap=64",
+        "-c",
+        "detect:doMorphology=True",
+        "-c",
+        "detect:morphology.maxMagnitude=25",
+    )
+    with Butler.from_config(morphology_run.root) as butler:
+        for data_id in morphology_run.data_ids:
+            standalone = butler.get("object_deepdisc_morphology", data_id, collections=CLASSIFY)
+            in_detect = butler.get("object_deepdisc_morphology", data_id, collections=output)
+            assert list(in_detect["id"]) == list(standalone["id"])
+            assert list(in_detect["morph_class"]) == list(standalone["morph_class"])
+            np.testing.assert_allclose(in_detect["morph_prob_big"], standalone["morph_prob_big"], atol=1e-5)

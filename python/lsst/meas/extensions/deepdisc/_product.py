@@ -31,12 +31,14 @@ from __future__ import annotations
 __all__ = [
     "PRODUCT_DIR_VARIABLE",
     "SHIPPED_MODEL_NAME",
+    "SHIPPED_MORPHOLOGY_NAME",
     "model_config_dir",
     "packaged_data_dir",
     "pipeline_names",
     "pipeline_path",
     "product_dir",
     "shipped_model_path",
+    "shipped_morphology_path",
     "task_config_dir",
     "task_config_path",
 ]
@@ -50,6 +52,9 @@ PRODUCT_DIR_VARIABLE = "MEAS_EXTENSIONS_DEEPDISC_DIR"
 
 SHIPPED_MODEL_NAME = "deepdisc-compact-sim.zip"
 """File name of the model package the product ships (``models/``)."""
+
+SHIPPED_MORPHOLOGY_NAME = "deepdisc-morphology-sim.zip"
+"""File name of the morphology classifier package the product ships (``models/``)."""
 
 
 def packaged_data_dir() -> Path:
@@ -134,3 +139,14 @@ def shipped_model_path() -> Path:
         The product was installed without it.
     """
     return _find(f"models/{SHIPPED_MODEL_NAME}")
+
+
+def shipped_morphology_path() -> Path:
+    """Path of the shipped morphology classifier (``models/deepdisc-morphology-sim.zip``).
+
+    Raises
+    ------
+    FileNotFoundError
+        The product was installed without it.
+    """
+    return _find(f"models/{SHIPPED_MORPHOLOGY_NAME}")

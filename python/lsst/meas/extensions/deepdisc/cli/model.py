@@ -53,6 +53,7 @@ import yaml
 from ..core.checkpoints import compare_state_dicts, load_checkpoint_state_dict
 from ..core.model_package import PACKAGE_SUFFIXES, ModelPackage, ModelPackageError
 from ..core.models import list_architectures
+from ..core.morphology import MORPHOLOGY_FORMAT_NAME, MorphologyPackage
 from ..core.scaling import SCALINGS, ScalingSpec
 
 PROGRAM = "deepdisc-model"
@@ -186,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="store float32 weights as float16 (half the size; the model computes in float32 after loading)",
     )
     export.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    export.add_argument(
+        "--morphology", action="store_true", help="export the deepdisc_morphology_model of the collection"
+    )
     export.set_defaults(handler=_export)
     return parser
 
@@ -202,9 +206,19 @@ def _add_check_model_options(command: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_model(package: ModelPackage) -> None:
+def _check_model(package: ModelPackage | MorphologyPackage) -> None:
     """Build the package's model and load its weights strictly (`ModelPackageError` names what is wrong)."""
     package.build_model("cpu")
+
+
+def load_any_package(path: Path) -> ModelPackage | MorphologyPackage:
+    """A detection package, or a morphology package when the manifest says so (same checks either way)."""
+    try:
+        return ModelPackage.load(path)
+    except ModelPackageError as error:
+        if f"format {MORPHOLOGY_FORMAT_NAME!r}" not in str(error):
+            raise
+    return MorphologyPackage.load(path)
 
 
 def _read_detectron2_config(path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -318,11 +332,14 @@ def _create(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _inspect(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    package = ModelPackage.load(args.package)
+    package = load_any_package(args.package)
     if args.check_model:
         _check_model(package)
     if args.json:
-        description = package.describe()
+        if isinstance(package, MorphologyPackage):
+            description = {"kind": "morphology", **package.metadata_dict(), "classifier": package.classifier}
+        else:
+            description = package.describe()
         description["file"] = str(args.package)
         if args.check_model:
             description["model_check"] = "weights load into the model built from model.yaml"
@@ -335,7 +352,7 @@ def _inspect(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _ingest(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    package = ModelPackage.load(args.package)
+    package = load_any_package(args.package)
     if args.check_model:
         _check_model(package)  # Before the repository is touched.
     from ..butler.config_path import ensure_butler_config_path
@@ -351,7 +368,8 @@ def _ingest(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "replaced": "replaced the previous package with",
         "unchanged": "already present (same content), nothing to do:",
     }
-    print(f"{messages[result.status]} {package.name!r} as deepdisc_model in collection {result.run!r}")
+    dataset_type = result.ref.datasetType.name
+    print(f"{messages[result.status]} {package.name!r} as {dataset_type} in collection {result.run!r}")
     return 0
 
 
@@ -369,18 +387,21 @@ def half_precision_weights(package: ModelPackage) -> ModelPackage:
 
 def _export(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ..butler.config_path import ensure_butler_config_path
-    from ..butler.model_formatter import MODEL_DATASET_TYPE
+    from ..butler.model_formatter import MODEL_DATASET_TYPE, MORPHOLOGY_DATASET_TYPE
 
     if args.output.exists() and not args.force:
         raise CommandError(f"{args.output} exists; pass --force to overwrite it")
+    if args.morphology and args.half:
+        raise CommandError("--half applies to detection packages only")
+    dataset_type = MORPHOLOGY_DATASET_TYPE if args.morphology else MODEL_DATASET_TYPE
     ensure_butler_config_path()
     from lsst.daf.butler import Butler
 
     with Butler.from_config(args.repo) as butler:
-        refs = list(butler.query_datasets(MODEL_DATASET_TYPE, collections=args.collection, explain=False))
+        refs = list(butler.query_datasets(dataset_type, collections=args.collection, explain=False))
         if not refs:
-            raise CommandError(f"no {MODEL_DATASET_TYPE} dataset in collection {args.collection!r}")
-        package: ModelPackage = butler.get(refs[0])
+            raise CommandError(f"no {dataset_type} dataset in collection {args.collection!r}")
+        package = butler.get(refs[0])
     if args.half:
         package = half_precision_weights(package)
     if args.force and args.output.exists():

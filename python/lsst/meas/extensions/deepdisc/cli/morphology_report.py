@@ -29,7 +29,7 @@ confusion matrix, accuracy against size and magnitude, and a gallery of labelled
 
 from __future__ import annotations
 
-__all__ = ["MorphologyReport", "main", "morphology_report"]
+__all__ = ["MorphologyReport", "format_report", "main", "morphology_report", "quantum_wall_seconds"]
 
 import argparse
 import json
@@ -61,6 +61,23 @@ def _patch_tables(butler, dataset_type: str, where: str) -> list[tuple[dict, Tab
         butler.query_datasets(dataset_type, where=where), key=lambda r: (r.dataId["tract"], r.dataId["patch"])
     )
     return [(dict(ref.dataId.required), butler.get(ref)) for ref in refs]
+
+
+def quantum_wall_seconds(butler, label: str, collections: Sequence[str], where: str) -> float:
+    """Wall time of a task's quanta, summed (``<label>_metadata``: from input preparation to the end).
+
+    This is what a task costs in a pipetask run, reading its inputs and writing its outputs included; the
+    morphology stage's cost is quoted against the detection's this way.
+    """
+    from datetime import datetime
+
+    total = 0.0
+    for ref in butler.query_datasets(f"{label}_metadata", collections=list(collections), where=where):
+        quantum = butler.get(ref)["quantum"]
+        total += (
+            datetime.fromisoformat(quantum["endUtc"]) - datetime.fromisoformat(quantum["prepUtc"])
+        ).total_seconds()
+    return total
 
 
 def morphology_report(
@@ -124,7 +141,7 @@ def morphology_report(
             class_names = [
                 name[len("morph_prob_") :] for name in table.colnames if name.startswith("morph_prob_")
             ]
-            merged = join(table, labels, keys="id", join_type="inner")
+            merged = join(table, labels, keys="id", join_type="inner", metadata_conflicts="silent")
             merged["tract"] = data_id["tract"]
             merged["patch"] = data_id["patch"]
             parts.append(merged)

@@ -35,7 +35,12 @@ import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
-from ..butler.model_formatter import MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
+from ..butler.model_formatter import (
+    MODEL_DATASET_TYPE,
+    MODEL_STORAGE_CLASS,
+    MORPHOLOGY_DATASET_TYPE,
+    MORPHOLOGY_STORAGE_CLASS,
+)
 from ..butler.regions import check_coadd_in_patch, inside_region, patch_and_tract_regions
 from ..butler.tables import to_arrow
 from ..core.binning import bin_image
@@ -65,6 +70,7 @@ from .coadd_inputs import (
     use_coadd_storage_class,
 )
 from .device import check_device, device_field
+from .morphology import DeepDiscMorphologyTask
 
 
 class DeepDiscDetectConnections(
@@ -103,9 +109,25 @@ class DeepDiscDetectConnections(
         dimensions=("tract", "patch", "skymap"),
     )
 
+    morphologyModel = cT.PrerequisiteInput(
+        doc="Morphology classifier package (doMorphology), e.g. pretrained_models/deepdisc-morphology-sim.",
+        name=MORPHOLOGY_DATASET_TYPE,
+        storageClass=MORPHOLOGY_STORAGE_CLASS,
+        dimensions=(),
+    )
+    morphology = cT.Output(
+        doc="Hubble types of the bright galaxies (doMorphology; as DeepDiscMorphologyTask writes them).",
+        name="object_deepdisc_morphology",
+        storageClass="ArrowAstropy",
+        dimensions=("tract", "patch", "skymap"),
+    )
+
     def __init__(self, *, config: DeepDiscDetectConfig) -> None:
         super().__init__(config=config)
         self.coadds = use_coadd_storage_class(self.coadds, config.coaddStorageClass)
+        if not config.doMorphology:
+            del self.morphologyModel
+            del self.morphology
         if not config.doWriteSourceCatalog:
             del self.sourceCatalog
         if not config.doWriteArtifactMask:
@@ -212,6 +234,16 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
         default=None,
         optional=True,
     )
+    doMorphology = pexConfig.Field[bool](
+        doc="Also classify the bright galaxies into Hubble types (the morphology subtask) on the coadds "
+        "already in memory, and write object_deepdisc_morphology: the cheap way to run the morphology "
+        "stage.  Off: run pipelines/DeepDiscMorphology.yaml#morphology afterwards if wanted.",
+        default=False,
+    )
+    morphology = pexConfig.ConfigurableField(
+        target=DeepDiscMorphologyTask,
+        doc="Morphology classification of the detected galaxies (doMorphology).",
+    )
     tractBits = pexConfig.Field[int](doc="Bits for the tract in packed source ids.", default=16)
     patchBits = pexConfig.Field[int](doc="Bits for the patch in packed source ids.", default=12)
 
@@ -257,6 +289,11 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
     _DefaultName = "deepDiscDetect"
     config: DeepDiscDetectConfig
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.config.doMorphology:
+            self.makeSubtask("morphology")
+
     @override
     def runQuantum(
         self,
@@ -289,6 +326,16 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             butlerQC.put(make_source_catalog(result.catalog, image), outputRefs.sourceCatalog)
         if self.config.doWriteArtifactMask:
             butlerQC.put(to_arrow(result.artifactMask), outputRefs.artifactMask)
+        if self.config.doMorphology:
+            catalog = result.catalog
+            galaxies = catalog[self.morphology.select(catalog)]
+            morphology = self.morphology.run(
+                galaxies,
+                image,
+                butlerQC.get(inputRefs.morphologyModel),
+                num_threads=quantum_threads(self.config.numThreads, butlerQC.resources.num_cores),
+            )
+            butlerQC.put(to_arrow(morphology.morphology), outputRefs.morphology)
 
     def select_bands(self, model_package: ModelPackage, available: list[str]) -> list[str]:
         """Bands to read, in the model's order; raise before any work if the data cannot serve the model.

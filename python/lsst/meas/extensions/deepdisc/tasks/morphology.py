@@ -71,10 +71,11 @@ class DeepDiscMorphologyConnections(
     """Connections of `DeepDiscMorphologyTask`: detections, coadds and a classifier in, a table out."""
 
     catalog = cT.Input(
-        doc="DeepDISC detections with footprints (object_deepdisc).",
+        doc="DeepDISC detections with footprints (object_deepdisc; only the columns used are read).",
         name="object_deepdisc",
         storageClass="ArrowAstropy",
         dimensions=("tract", "patch", "skymap"),
+        deferLoad=True,
     )
     coadds = coadd_input_connection("Per-band coadds the cutouts are cut from.")
     model = cT.PrerequisiteInput(
@@ -147,7 +148,7 @@ class DeepDiscMorphologyTask(pipeBase.PipelineTask):
         outputRefs: pipeBase.OutputQuantizedConnection,
     ) -> None:
         package: MorphologyPackage = butlerQC.get(inputRefs.model)
-        catalog = butlerQC.get(inputRefs.catalog)
+        catalog = butlerQC.get(inputRefs.catalog).get(parameters={"columns": self.catalog_columns()})
         selected = self.select(catalog)
         if not selected.any():
             # Nothing to classify: no coadd is read, the table is empty (with the full schema).
@@ -167,6 +168,21 @@ class DeepDiscMorphologyTask(pipeBase.PipelineTask):
                 num_threads=quantum_threads(self.config.numThreads, butlerQC.resources.num_cores),
             )
         butlerQC.put(to_arrow(result.morphology), outputRefs.morphology)
+
+    def catalog_columns(self) -> list[str]:
+        """The ``object_deepdisc`` columns the selection and the cutouts read."""
+        columns = [
+            "id",
+            "class_name",
+            "is_artifact",
+            "footprint_area",
+            "footprint",
+            "centroid_x",
+            "centroid_y",
+        ]
+        if self.config.maxMagnitude is not None:
+            columns.append(f"{self.config.selectionBand}_footprintFlux")
+        return columns
 
     def select(self, catalog: Table) -> np.ndarray:
         """Rows of ``catalog`` to classify (`~..core.morphology.select_galaxies` with this config)."""
