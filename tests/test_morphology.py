@@ -303,7 +303,10 @@ def test_selection_cutouts_and_table_from_a_catalog() -> None:
 
 def test_morphology_task_run_errors_and_empty_selection() -> None:
     from lsst.meas.extensions.deepdisc.core.multiband import MissingBandError
-    from lsst.meas.extensions.deepdisc.tasks.morphology import DeepDiscMorphologyConfig, DeepDiscMorphologyTask
+    from lsst.meas.extensions.deepdisc.tasks.morphology import (
+        DeepDiscMorphologyConfig,
+        DeepDiscMorphologyTask,
+    )
 
     config = DeepDiscMorphologyConfig()
     config.numThreads = 1
