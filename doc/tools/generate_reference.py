@@ -110,6 +110,22 @@ def schema_page() -> str:
         "",
     ]
     lines += _table(_schema_rows(artifact_mask_columns()), ("column", "type", "unit", "description"))
+    from lsst.meas.extensions.deepdisc.core.morphology import morphology_columns
+
+    lines += [
+        "",
+        "object_deepdisc_morphology",
+        "==========================",
+        "",
+        "Written by ``DeepDiscMorphologyTask`` or ``DeepDiscDetectTask`` with ``doMorphology`` (dimensions",
+        "tract, patch, skymap; storage class ``ArrowAstropy``): one row per classified galaxy, joined to",
+        "``object_deepdisc`` by ``id``; shown for the classes of the shipped classifier.",
+        "",
+    ]
+    lines += _table(
+        _schema_rows(morphology_columns(["E", "S0", "Sab", "Sc", "Sdm", "Im"])),
+        ("column", "type", "unit", "description"),
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +136,12 @@ def _field_rows(config: pexConfig.Config) -> list[tuple[str, ...]]:
             continue
         value = getattr(config, name)
         if isinstance(value, pexConfig.Config):
+            continue
+        if isinstance(field, pexConfig.ConfigurableField):
+            target = f"{value.target.__module__}.{value.target.__name__}"
+            rows.append(
+                (f"``{name}``", "ConfigurableField", f"``{target}``", " ".join(str(field.doc).split()))
+            )
             continue
         kind = type(field).__name__
         dtype = getattr(field, "dtype", None)

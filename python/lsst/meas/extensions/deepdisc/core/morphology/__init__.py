@@ -42,7 +42,8 @@ Pure core (numpy, torch; no Butler).  Modules:
 ``_labels``
     `match_labels`: a labelled catalog (positions and classes) matched to detections one to one.
 ``_catalog``
-    `select_galaxies`, `catalog_cutouts` (from ``object_deepdisc`` rows), `morphology_table` (the output).
+    `select_galaxies`, `catalog_cutouts` (from ``object_deepdisc`` rows), `morphology_table` (the output;
+    its schema: `morphology_columns`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ __all__ = [
     "ClassifierTrainingConfig",
     "CutoutConfig",
     "CutoutError",
-    "MORPHOLOGY_COLUMNS",
     "LabelMatch",
     "MorphologyEvaluation",
     "MorphologyPackage",
@@ -68,6 +68,7 @@ __all__ = [
     "evaluate_classification",
     "make_cutouts",
     "match_labels",
+    "morphology_columns",
     "morphology_table",
     "neighbour_fraction",
     "select_galaxies",
@@ -75,7 +76,7 @@ __all__ = [
     "train_classifier",
 ]
 
-from ._catalog import MORPHOLOGY_COLUMNS, catalog_cutouts, morphology_table, select_galaxies
+from ._catalog import catalog_cutouts, morphology_columns, morphology_table, select_galaxies
 from ._cutouts import CutoutConfig, CutoutError, band_noise, make_cutouts
 from ._labels import LabelMatch, match_labels
 from ._metrics import (

@@ -22,9 +22,10 @@
 
 from __future__ import annotations
 
-__all__ = ["MORPHOLOGY_COLUMNS", "catalog_cutouts", "morphology_table", "select_galaxies"]
+__all__ = ["catalog_cutouts", "morphology_columns", "morphology_table", "select_galaxies"]
 
 from collections.abc import Sequence
+from typing import Any
 
 import astropy.units as u
 import numpy as np
@@ -34,16 +35,6 @@ from ..footprints import unflatten_spans
 from ..multiband import MultibandImage
 from ..photometry import njy_to_mag
 from ._cutouts import CutoutConfig, CutoutError, make_cutouts
-
-MORPHOLOGY_COLUMNS = (
-    "id",
-    "morph_class",
-    "morph_class_id",
-    "morph_prob",
-    "morph_second_class",
-    "morph_binning",
-)
-"""Columns of every morphology table (plus one ``morph_prob_<class>`` per class)."""
 
 _NEEDED = ("id", "footprint", "centroid_x", "centroid_y", "class_name")
 
@@ -109,38 +100,50 @@ def catalog_cutouts(
     return make_cutouts(image, footprints, centres, config, invalid=invalid)
 
 
+def morphology_columns(class_names: Sequence[str]) -> list[tuple[str, Any, Any, str]]:
+    """The schema of ``object_deepdisc_morphology``: ``(name, dtype, unit, description)`` per column."""
+    columns: list[tuple[str, Any, Any, str]] = [
+        ("id", np.int64, None, "Source id in object_deepdisc (join key)"),
+        ("morph_class", str, None, "Most probable morphological class"),
+        ("morph_class_id", np.int32, None, "Index of morph_class in the classifier's class list"),
+        ("morph_prob", np.float32, u.dimensionless_unscaled, "Probability of morph_class"),
+        ("morph_second_class", str, None, "Second most probable class (top-2)"),
+        ("morph_binning", np.int16, None, "Block-averaging factor of the cutout (1: native pixels)"),
+    ]
+    for name in class_names:
+        columns.append(
+            (f"morph_prob_{name}", np.float32, u.dimensionless_unscaled, f"Probability of class {name!r}")
+        )
+    return columns
+
+
 def morphology_table(
     ids: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str], binning: np.ndarray
 ) -> Table:
     """The morphology catalog: one row per classified object, joined to ``object_deepdisc`` by ``id``.
 
-    Columns: ``id``; ``morph_class`` (most probable class) and its index ``morph_class_id``;
-    ``morph_prob`` (its probability); ``morph_second_class`` (the runner-up: the paper's top-2);
-    ``morph_binning`` (block-averaging factor of the cutout, 1 for most galaxies); ``morph_prob_<class>``
-    for every class.
+    Columns: `morphology_columns` (``morph_class`` is the most probable class, ``morph_second_class`` the
+    runner-up, the paper's top-2).
     """
-    probabilities = np.asarray(probabilities, dtype=np.float32).reshape(len(ids), len(class_names))
+    n = len(ids)
+    probabilities = np.asarray(probabilities, dtype=np.float32).reshape(n, len(class_names))
     order = np.argsort(-probabilities, axis=1, kind="stable")
     names = np.asarray(class_names)
-    table = Table()
-    table["id"] = np.asarray(ids, dtype=np.int64)
-    table["morph_class"] = names[order[:, 0]] if len(ids) else np.zeros(0, dtype="U1")
-    table["morph_class_id"] = order[:, 0].astype(np.int32)
-    table["morph_prob"] = (
-        probabilities[np.arange(len(ids)), order[:, 0]] if len(ids) else np.zeros(0, np.float32)
-    )
     second = order[:, 1] if len(class_names) > 1 else order[:, 0]
-    table["morph_second_class"] = names[second] if len(ids) else np.zeros(0, dtype="U1")
-    table["morph_binning"] = np.asarray(binning, dtype=np.int16)
+    values = {
+        "id": np.asarray(ids, dtype=np.int64),
+        "morph_class": names[order[:, 0]],
+        "morph_class_id": order[:, 0],
+        "morph_prob": probabilities[np.arange(n), order[:, 0]],
+        "morph_second_class": names[second],
+        "morph_binning": np.asarray(binning),
+    }
     for index, name in enumerate(class_names):
-        table[f"morph_prob_{name}"] = probabilities[:, index]
-        table[f"morph_prob_{name}"].unit = u.dimensionless_unscaled
-        table[f"morph_prob_{name}"].description = f"Probability of morphological class {name!r}"
-    table["id"].description = "Source id in object_deepdisc"
-    table["morph_class"].description = "Most probable morphological class"
-    table["morph_class_id"].description = "Index of morph_class in the classifier's class list"
-    table["morph_prob"].description = "Probability of morph_class"
-    table["morph_second_class"].description = "Second most probable class (top-2)"
-    table["morph_binning"].description = "Block-averaging factor of the cutout (1: native pixels)"
-    table.meta["morphology_classes"] = list(class_names)
+        values[f"morph_prob_{name}"] = probabilities[:, index]
+    table = Table()
+    for name, dtype, unit, description in morphology_columns(class_names):
+        column = np.asarray(values[name]).astype(dtype if dtype is not str else names.dtype)
+        table[name] = column
+        table[name].unit = unit
+        table[name].description = description
     return table
