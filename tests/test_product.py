@@ -25,6 +25,7 @@ def test_a_checkout_finds_its_own_tree_without_the_environment(no_product_dir) -
     assert dd.model_config_dir() == ROOT / "config" / "models"
     assert dd.task_config_path("train_cpu_demo") == ROOT / "config" / "tasks" / "train_cpu_demo.py"
     assert dd.shipped_model_path() == ROOT / "models" / "deepdisc-compact-sim.zip"
+    assert dd.shipped_morphology_path() == ROOT / "models" / "deepdisc-morphology-sim.zip"
     assert dd.pipeline_names() == ["DeepDisc", "DeepDiscCompare", "DeepDiscMorphology", "DeepDiscTrain"]
 
 

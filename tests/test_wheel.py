@@ -96,11 +96,12 @@ def test_the_wheel_carries_the_product_tree(installed: Path) -> None:
     (wheel,) = (installed.parent / "dist").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     data = "lsst/meas/extensions/deepdisc/_data"
-    for name in ("DeepDisc", "DeepDiscCompare", "DeepDiscTrain"):
+    for name in ("DeepDisc", "DeepDiscCompare", "DeepDiscMorphology", "DeepDiscTrain"):
         assert f"{data}/pipelines/{name}.yaml" in names
     assert f"{data}/config/models/compact-R18-FPN.yaml" in names
     assert f"{data}/config/tasks/train_cpu_demo.py" in names
     assert f"{data}/models/deepdisc-compact-sim.zip" in names
+    assert f"{data}/models/deepdisc-morphology-sim.zip" in names
     assert "lsst/meas/extensions/deepdisc/butler/configs/storageClasses.yaml" in names
     # Data only: the product tree is not importable as packages.
     assert not any(n.startswith(f"{data}/") and n.endswith("__init__.py") for n in names)

@@ -35,11 +35,11 @@ Layers (see ``doc/``):
 Data files
 ----------
 The product's ``pipelines/`` (``DeepDisc``, ``DeepDiscCompare``, ``DeepDiscTrain``), ``config/models``
-(architecture recipes), ``config/tasks`` (task config overrides) and ``models/deepdisc-compact-sim.zip``
-(the shipped model) travel with the package: a wheel carries them as package data under ``_data/``, and
-in a checkout ``_data/`` links to the root directories.  `pipeline_path`, `model_config_dir`,
-`task_config_path` and `shipped_model_path` find them; ``$MEAS_EXTENSIONS_DEEPDISC_DIR`` (EUPS, the
-Makefile) wins where it is set.  Outside the stack, ``deepdisc-paths`` prints the paths and
+(architecture recipes), ``config/tasks`` (task config overrides) and ``models/`` (the shipped detection
+model and morphology classifier) travel with the package: a wheel carries them as package data under
+``_data/``, and in a checkout ``_data/`` links to the root directories.  `pipeline_path`,
+`model_config_dir`, `task_config_path`, `shipped_model_path` and `shipped_morphology_path` find them;
+``$MEAS_EXTENSIONS_DEEPDISC_DIR`` (EUPS, the Makefile) wins where it is set.  Outside the stack, ``deepdisc-paths`` prints the paths and
 ``deepdisc-paths --shell`` the environment for the documented ``pipetask`` commands.
 """
 
@@ -49,6 +49,7 @@ from ._product import (
     pipeline_path,
     product_dir,
     shipped_model_path,
+    shipped_morphology_path,
     task_config_path,
 )
 from .version import __version__
@@ -60,5 +61,6 @@ __all__ = [
     "pipeline_path",
     "product_dir",
     "shipped_model_path",
+    "shipped_morphology_path",
     "task_config_path",
 ]
