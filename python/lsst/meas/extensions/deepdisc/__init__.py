@@ -39,7 +39,8 @@ The product's ``pipelines/`` (``DeepDisc``, ``DeepDiscCompare``, ``DeepDiscTrain
 model and morphology classifier) travel with the package: a wheel carries them as package data under
 ``_data/``, and in a checkout ``_data/`` links to the root directories.  `pipeline_path`,
 `model_config_dir`, `task_config_path`, `shipped_model_path` and `shipped_morphology_path` find them;
-``$MEAS_EXTENSIONS_DEEPDISC_DIR`` (EUPS, the Makefile) wins where it is set.  Outside the stack, ``deepdisc-paths`` prints the paths and
+``$MEAS_EXTENSIONS_DEEPDISC_DIR`` (EUPS, the Makefile) wins where it is set.  Outside the stack,
+``deepdisc-paths`` prints the paths and
 ``deepdisc-paths --shell`` the environment for the documented ``pipetask`` commands.
 """
 
