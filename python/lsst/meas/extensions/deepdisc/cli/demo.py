@@ -28,7 +28,11 @@ Steps (each is skipped when its outputs already exist, so a re-run is quick):
    ``bin/train-demo-model.sh``), or with ``--train`` a short CPU training run through
    ``pipelines/DeepDiscTrain.yaml``;
 3. ``pipetask run`` detection + comparison (``pipelines/DeepDiscCompare.yaml``);
-4. print the tract summary (DeepDISC vs the scarlet-style deblender vs sep, against truth) and write
+4. galaxy morphology with the shipped classifier: inside detection on the demo tract (step 3,
+   ``detect:doMorphology``; its cost against the detection's), and with ``pipelines/DeepDiscMorphology.yaml``
+   on the held-out tract 3 of the ``morphology`` preset, whose galaxies have true Hubble types (confusion
+   matrix, accuracy against size and magnitude, cutouts);
+5. print the tract summary (DeepDISC vs the scarlet-style deblender vs sep, against truth) and write
    ``report.html`` with the plots from the Butler.
 """
 
@@ -49,7 +53,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from .._product import pipeline_path, shipped_model_path, task_config_path
+from .._product import pipeline_path, shipped_model_path, shipped_morphology_path, task_config_path
 
 PRESETS = ("artifacts", "small")
 """Simulation presets the demo runs on: ``artifacts`` (the default: the ``small`` tract, same seed and
@@ -124,7 +128,7 @@ def build_repo(repo: Path, jobs: int, preset: str) -> str:
     """Step 1: the simulated repository (idempotent); returns the skymap name."""
     from ..sim.repo import build_sim_repo
 
-    _say(f"step 1/4: simulated repository '{preset}' at {repo} (existing patches are kept)")
+    _say(f"step 1/5: simulated repository '{preset}' at {repo} (existing patches are kept)")
     info = build_sim_repo(str(repo), preset=preset, jobs=jobs)
     _say(
         f"repository ready: {len(info.data_ids)} patches, bands {''.join(info.bands)}, "
@@ -139,22 +143,22 @@ def obtain_model(repo: Path, skymap: str, train: bool, collection: str, preset: 
         try:
             shipped = shipped_model_path()
         except FileNotFoundError as error:
-            _say(f"step 2/4: {error}; training a compact model on CPU instead")
+            _say(f"step 2/5: {error}; training a compact model on CPU instead")
         else:
             from ..core.model_package import ModelPackage
 
             package = ModelPackage.load(shipped)
             _say(
-                f"step 2/4: shipped model {shipped.name}: {package.name} {package.version}, "
+                f"step 2/5: shipped model {shipped.name}: {package.name} {package.version}, "
                 f"bands {''.join(package.bands)}, reproduced by bin/train-demo-model.sh"
             )
             _run([_bin("deepdisc-model"), "ingest", str(repo), str(shipped), "--name", package.name])
             return f"pretrained_models/{package.name}"
     trained = train_collection(preset)
     if _has(repo, "deepdisc_model", trained):
-        _say(f"step 2/4: reusing the model trained earlier in {trained}")
+        _say(f"step 2/5: reusing the model trained earlier in {trained}")
         return trained
-    _say("step 2/4: training a compact model with pipelines/DeepDiscTrain.yaml (short CPU schedule)")
+    _say("step 2/5: training a compact model with pipelines/DeepDiscTrain.yaml (short CPU schedule)")
     _run(
         [
             _bin("pipetask"),
@@ -182,14 +186,17 @@ def obtain_model(repo: Path, skymap: str, train: bool, collection: str, preset: 
 
 
 def detect_and_compare(repo: Path, skymap: str, inputs: list[str], jobs: int, preset: str) -> None:
-    """Step 3: detection and comparison with pipetask (skipped when the summary exists)."""
+    """Step 3: detection (with the morphology subtask) and comparison with pipetask (skipped when done)."""
     output = output_collection(preset)
     if _has(repo, "deepdisc_comparison_summary", output):
         _say(
-            f"step 3/4: detection and comparison already in {output}; delete the output folder to start over"
+            f"step 3/5: detection and comparison already in {output}; delete the output folder to start over"
         )
         return
-    _say("step 3/4: detection + comparison with pipelines/DeepDiscCompare.yaml")
+    _say(
+        "step 3/5: detection (with galaxy morphology, detect:doMorphology=True) + comparison with "
+        "pipelines/DeepDiscCompare.yaml"
+    )
     args = [
         _bin("pipetask"),
         "run",
@@ -201,6 +208,8 @@ def detect_and_compare(repo: Path, skymap: str, inputs: list[str], jobs: int, pr
         output,
         "-p",
         str(pipeline_path("DeepDiscCompare")),
+        "-c",
+        "detect:doMorphology=True",
         "-d",
         f"skymap='{skymap}'",
         "--register-dataset-types",
@@ -210,6 +219,86 @@ def detect_and_compare(repo: Path, skymap: str, inputs: list[str], jobs: int, pr
     if _has(repo, "object_deepdisc", output):
         args += ["--extend-run", "--skip-existing", "--clobber-outputs"]  # finish an interrupted run
     _run(args)
+
+
+MORPHOLOGY_PRESET = "morphology"
+MORPHOLOGY_TRACT = 3
+"""The labelled tract of the morphology step: the held-out tract of the ``morphology`` preset."""
+
+
+def ingest_morphology_model(repo: Path) -> tuple[str, str]:
+    """Step 2, second half: the shipped morphology classifier into ``pretrained_models/<name>``.
+
+    Returns
+    -------
+    collection, description : `str`
+        The collection and ``"<name> <version>"``.
+    """
+    from ..core.morphology import MorphologyPackage
+
+    path = shipped_morphology_path()
+    package = MorphologyPackage.load(path)
+    _say(
+        f"step 2/5: shipped morphology classifier {path.name}: {package.name} {package.version}, classes "
+        f"{' '.join(package.class_names)}, reproduced by bin/train-morphology-model.sh"
+    )
+    _run([_bin("deepdisc-model"), "ingest", str(repo), str(path), "--name", package.name])
+    return f"pretrained_models/{package.name}", f"{package.name} {package.version}"
+
+
+def morphology_step(
+    repo: Path, skymap: str, detection_model: str, morphology_model: str, jobs: int, preset: str, output: Path
+) -> dict:
+    """Step 4: the morphology classifier on a held-out tract with true Hubble types, and the stage's cost.
+
+    The tract (tract 3 of the ``morphology`` preset) is detected, then the standalone stage
+    (``DeepDiscMorphology.yaml``: ``labels`` and ``morphology``) runs on it; the demo tract's galaxies were
+    classified inside detection in step 3.
+
+    Returns
+    -------
+    summary : `dict`
+        ``report`` (`~.morphology_report.MorphologyReport` of the held-out tract); ``in_detect_cost``
+        (classification seconds inside detection over the rest of the detection quanta, demo tract);
+        ``standalone_cost`` (standalone morphology quanta over detection quanta, held-out tract);
+        ``n_demo`` (galaxies classified on the demo tract).
+    """
+    from ..sim.repo import build_sim_repo
+    from .morphology_report import morphology_report, quantum_wall_seconds, subtask_seconds
+
+    info = build_sim_repo(str(repo), preset=MORPHOLOGY_PRESET, tracts=[MORPHOLOGY_TRACT], jobs=jobs)
+    _say(
+        f"step 4/5: galaxy morphology on tract {MORPHOLOGY_TRACT} of the '{MORPHOLOGY_PRESET}' preset (true "
+        "Hubble types): detection, then pipelines/DeepDiscMorphology.yaml (labels, morphology)"
+    )
+    labelled_output = "u/demo/morphology-held-out"
+    where = f"skymap='{info.skymap}' AND tract={MORPHOLOGY_TRACT}"
+    # One input list for both runs: the second extends the output chain of the first.
+    inputs = ",".join([info.collection, detection_model, morphology_model])
+    common = ["-i", inputs, "-o", labelled_output, "--register-dataset-types", "-j", str(jobs), "-d", where]
+    if not _has(repo, "object_deepdisc_morphology", labelled_output):
+        pipelines = [
+            str(pipeline_path("DeepDisc")),
+            f"{pipeline_path('DeepDiscMorphology')}#labels,morphology",
+        ]
+        for pipeline in pipelines:
+            _run([_bin("pipetask"), "run", "-b", str(repo), "-p", pipeline, *common])
+    report = morphology_report(str(repo), [labelled_output, info.collection], where, output / "report")
+    demo_output, demo_where = output_collection(preset), f"skymap='{skymap}'"
+    with _butler(repo) as butler:
+        detect = quantum_wall_seconds(butler, "detect", [demo_output], demo_where)
+        classify = subtask_seconds(butler, "detect", "morphology", "seconds", [demo_output], demo_where)
+        held_out_detect = quantum_wall_seconds(butler, "detect", [labelled_output], where)
+        standalone = quantum_wall_seconds(butler, "morphology", [labelled_output], where)
+        n_demo = sum(len(butler.get(ref)) for ref in _refs(butler, "object_deepdisc_morphology", demo_output))
+    return {
+        "report": report,
+        "in_detect_cost": classify / (detect - classify) if detect > classify else float("nan"),
+        "classify_seconds": classify,
+        "detect_seconds": detect - classify,
+        "standalone_cost": standalone / held_out_detect if held_out_detect > 0 else float("nan"),
+        "n_demo": n_demo,
+    }
 
 
 def summary_table(summary: Table) -> Table:
@@ -268,10 +357,10 @@ def per_magnitude_table(summary: Table, edges: tuple[float, ...] = MAGNITUDE_EDG
     return rows
 
 
-def write_report(repo: Path, skymap: str, output: Path, preset: str) -> Table:
+def write_report(repo: Path, skymap: str, output: Path, preset: str, morphology: dict | None = None) -> Table:
     """Step 4: summary table (printed) and report.html with the plots."""
     collection = output_collection(preset)
-    _say("step 4/4: summary and report")
+    _say("step 5/5: summary and report")
     figures = output / "report"
     figures.mkdir(parents=True, exist_ok=True)
     with _butler(repo) as butler:
@@ -325,6 +414,39 @@ def write_report(repo: Path, skymap: str, output: Path, preset: str) -> Table:
         buffer = io.StringIO()
         part.write(buffer, format="ascii.html")
         rows_html += buffer.getvalue().split("<body>")[-1].split("</body>")[0]
+    if morphology is not None:
+        from .morphology_report import format_report
+
+        report = morphology["report"]
+        cost = (
+            f"Cost: on the demo tract, {morphology['n_demo']} galaxies were classified inside detection "
+            f"(detect:doMorphology=True) in {morphology['classify_seconds']:.1f} s, "
+            f"{100 * morphology['in_detect_cost']:.0f}% of the other "
+            f"{morphology['detect_seconds']:.1f} s of the detection quanta; the standalone stage, which "
+            f"reads the coadds again, took {100 * morphology['standalone_cost']:.0f}% of the detection "
+            "quanta's time on the held-out tract."
+        )
+        text = format_report(report)
+        print(
+            f"Galaxy morphology ({morphology['package']}) on the held-out tract {MORPHOLOGY_TRACT} of the "
+            f"'{MORPHOLOGY_PRESET}' preset, true Hubble types, i <= 22:"
+        )
+        print(text)
+        print(cost)
+        print()
+        rows_html += (
+            f"<h2>Galaxy morphology ({html.escape(morphology['package'])})</h2>"
+            f"<p>Held-out tract {MORPHOLOGY_TRACT} of the '{MORPHOLOGY_PRESET}' simulation preset, whose "
+            "galaxies have true Hubble types; galaxies with i &le; 22.</p>"
+            f"<pre>{html.escape(text)}</pre><p>{html.escape(cost)}</p>"
+        )
+        for key, title in (
+            ("confusion", "Morphology: confusion matrix"),
+            ("accuracy", "Morphology: accuracy against size and magnitude"),
+            ("cutouts", "Morphology: labelled cutouts"),
+        ):
+            if key in report.files:
+                images.append((title, report.files[key]))
     body = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>DeepDISC demo report</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto} img{max-width:100%}"
@@ -374,8 +496,13 @@ def main(argv: list[str] | None = None) -> int:
 
     collection = default_collection(args.preset)
     model_collection = obtain_model(repo, skymap, args.train, collection, args.preset)
-    detect_and_compare(repo, skymap, [collection, model_collection], args.jobs, args.preset)
-    write_report(repo, skymap, args.output.resolve(), args.preset)
+    morphology_model, morphology_package = ingest_morphology_model(repo)
+    detect_and_compare(repo, skymap, [collection, model_collection, morphology_model], args.jobs, args.preset)
+    morphology = morphology_step(
+        repo, skymap, model_collection, morphology_model, args.jobs, args.preset, args.output.resolve()
+    )
+    morphology["package"] = morphology_package
+    write_report(repo, skymap, args.output.resolve(), args.preset, morphology)
     _say("done: open " + str((args.output / "report.html").resolve()))
     return 0
 

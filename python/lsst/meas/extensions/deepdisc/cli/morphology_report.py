@@ -29,7 +29,14 @@ confusion matrix, accuracy against size and magnitude, and a gallery of labelled
 
 from __future__ import annotations
 
-__all__ = ["MorphologyReport", "format_report", "main", "morphology_report", "quantum_wall_seconds"]
+__all__ = [
+    "MorphologyReport",
+    "format_report",
+    "main",
+    "morphology_report",
+    "quantum_wall_seconds",
+    "subtask_seconds",
+]
 
 import argparse
 import json
@@ -77,6 +84,19 @@ def quantum_wall_seconds(butler, label: str, collections: Sequence[str], where: 
         total += (
             datetime.fromisoformat(quantum["endUtc"]) - datetime.fromisoformat(quantum["prepUtc"])
         ).total_seconds()
+    return total
+
+
+def subtask_seconds(
+    butler, label: str, subtask: str, key: str, collections: Sequence[str], where: str
+) -> float:
+    """Sum over quanta of a subtask's timing entry (``<label>_metadata``, ``<label>:<subtask>``, ``key``)."""
+    total = 0.0
+    for ref in butler.query_datasets(f"{label}_metadata", collections=list(collections), where=where):
+        metadata = butler.get(ref)
+        name = f"{label}:{subtask}"
+        if name in metadata.keys() and key in metadata[name].keys():
+            total += float(metadata[name][key])
     return total
 
 
