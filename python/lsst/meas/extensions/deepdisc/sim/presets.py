@@ -50,6 +50,9 @@ Presets:
 ``morphology``
     Galaxies with Hubble types and truth (`.morphology`) and 150 extra bright galaxies per patch: 4 tracts of
     2x2 patches of 1024 px in u g r i z y (two train, one validates, one held out), for the morphology stage.
+``morphology_foreign``
+    The ``morphology`` galaxies under 1.0 arcsec seeing, 1 mag shallower, one tract of its own seed: a scene
+    no morphology classifier trains on.
 ``benchmark``
     Full LSST-size patches, 4100 px (3900 inner + 100 border), 3x3 per tract, bands u g r i z y, with a
     training tract and a held-out tract (another sky position and its own seed).
@@ -440,6 +443,25 @@ PRESETS: dict[str, SimPreset] = {
         description="Morphology: 4 tracts of 2x2 patches of 1024 px in ugrizy whose galaxies have Hubble "
         "types (E, S0, Sab, Sc, Sdm, Im) with truth, plus 150 extra galaxies with 17.5 < i < 22 per patch; "
         "tracts 0-1 train, 2 validates, 3 is held out.",
+    ),
+    "morphology_foreign": SimPreset(
+        name="morphology_foreign",
+        bands=LSST_BANDS,
+        n_patches_x=2,
+        n_patches_y=2,
+        patch_inner_size=960,
+        patch_border=32,
+        tracts=(TractSpec(tract=0, ra=320.4, dec=-61.0, seed=7101, role="test"),),
+        bright_stars_per_patch=1,
+        psf_fwhm_scatter=0.12,
+        seeing_fwhm_arcsec=1.0,
+        depth_offset_mag=-1.0,
+        density_scatter=0.35,
+        no_data_fraction=0.25,
+        morphology=True,
+        bright_galaxies_per_patch=150,
+        description="Morphology test scene no classifier trains on: the morphology preset's galaxies under "
+        "1.0 arcsec seeing in every band, 1 mag shallower, with its own seed and varied source density.",
     ),
     "benchmark": SimPreset(
         name="benchmark",
