@@ -239,3 +239,40 @@ def test_detection_with_the_morphology_subtask_gives_the_same_table(
             assert list(in_detect["id"]) == list(standalone["id"])
             assert list(in_detect["morph_class"]) == list(standalone["morph_class"])
             np.testing.assert_allclose(in_detect["morph_prob_big"], standalone["morph_prob_big"], atol=1e-5)
+
+
+def test_detection_refuses_a_morphology_model_whose_bands_it_lacks(
+    morphology_run: TinyRepo, package_root: Path, tmp_path: Path
+) -> None:
+    from lsst.meas.extensions.deepdisc.core.morphology import CutoutConfig, build_classifier
+
+    classifier = {"architecture": "compact_cnn", "in_channels": 5, "num_classes": 2, "width": 8}
+    package = MorphologyPackage(
+        name="needs-z",
+        version="1",
+        classifier=classifier,
+        state_dict=build_classifier(classifier).state_dict(),
+        bands=["g", "r", "z"],
+        class_names=["small", "big"],
+        cutout=CutoutConfig(size=32),
+    )
+    path = package.save(tmp_path / "needs-z.zip")
+    _run(str(BIN / "deepdisc-model"), "ingest", morphology_run.root, str(path))
+    output = "u/test/morph_needs_z"
+    result = _pipetask(
+        morphology_run,
+        [morphology_run.collection, "pretrained_models/shipped", "pretrained_models/needs-z"],
+        output,
+        str(package_root / "pipelines" / "DeepDisc.yaml"),
+        "-c",
+        "detect:tileSize=256",
+        "-c",
+        "detect:tileOverlap=64",
+        "-c",
+        "detect:doMorphology=True",
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "needs band(s) ['z']" in result.stdout + result.stderr
+    with Butler.from_config(morphology_run.root) as butler:
+        assert not butler.query_datasets("object_deepdisc", collections=output, explain=False)

@@ -304,6 +304,16 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         # Model first: a model that cannot serve these data fails before any coadd is read.
         model_package: ModelPackage = butlerQC.get(inputRefs.model)
         bands = self.select_bands(model_package, [str(ref.dataId["band"]) for ref in inputRefs.coadds])
+        morphology_package = None
+        if self.config.doMorphology:
+            morphology_package = butlerQC.get(inputRefs.morphologyModel)
+            missing = [band for band in morphology_package.bands if band not in bands]
+            if missing:  # Before any pixel is read: no half-done quantum.
+                raise MissingBandError(
+                    f"doMorphology: the morphology model {morphology_package.name!r} needs band(s) "
+                    f"{missing}, but detection reads {bands} (coadds and detection model); set "
+                    "doMorphology=False"
+                )
         image = read_coadds(
             butlerQC, inputRefs.coadds, bands, self.config.coaddStorageClass, f"model {model_package.name!r}"
         )
@@ -332,7 +342,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             morphology = self.morphology.run(
                 galaxies,
                 image,
-                butlerQC.get(inputRefs.morphologyModel),
+                morphology_package,
                 num_threads=quantum_threads(self.config.numThreads, butlerQC.resources.num_cores),
             )
             butlerQC.put(to_arrow(morphology.morphology), outputRefs.morphology)
