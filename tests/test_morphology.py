@@ -322,3 +322,46 @@ def test_morphology_task_run_errors_and_empty_selection() -> None:
     assert result.morphology["morph_class"][0] in ("E", "S", "Irr")
     empty = task.run(galaxies[:0], None, _package())
     assert len(empty.morphology) == 0 and "morph_prob_E" in empty.morphology.colnames
+
+
+def test_absent_bands_are_zero_planes_and_band_dropout() -> None:
+    from lsst.meas.extensions.deepdisc.core.morphology import drop_bands
+
+    image = _image()
+    x0, y0 = image.xy0
+    image.image[:, 55:66, 45:56] += 500.0
+    spans = mask_to_spans(np.ones((11, 11), bool), xy0=(x0 + 45, y0 + 55))
+    centre = np.array([[x0 + 50.0, y0 + 60.0]])
+    config = CutoutConfig(size=32)
+    full, _ = make_cutouts(image, [spans], centre, config)
+    subset, _ = make_cutouts(image.select_bands(["g", "i"]), [spans], centre, config, bands=["g", "r", "i"])
+    assert subset.shape == full.shape
+    np.testing.assert_allclose(subset[0, [0, 2]], full[0, [0, 2]], rtol=1e-4, atol=1e-3)
+    assert not subset[0, 1].any()
+    np.testing.assert_array_equal(subset[0, 3:], full[0, 3:])
+    with pytest.raises(CutoutError, match="not classifier bands"):
+        make_cutouts(image, [spans], centre, config, bands=["g", "r"])
+    batch = torch.ones(64, 5, 4, 4)
+    dropped = drop_bands(batch, 3, 1.0, torch.Generator().manual_seed(0))
+    kept = dropped[:, :3].flatten(1).any(dim=1)
+    assert kept.all()  # never all bands
+    assert (dropped[:, :3].sum(dim=(2, 3)) == 0).any(dim=1).float().mean() > 0.5
+    assert torch.equal(dropped[:, 3:], batch[:, 3:])
+    assert torch.equal(drop_bands(batch, 3, 0.0, torch.Generator()), batch)
+
+
+def test_package_min_bands() -> None:
+    from lsst.meas.extensions.deepdisc.core.multiband import MissingBandError
+
+    strict = _package()
+    assert strict.usable_bands(["g", "r", "i", "z"]) == ["g", "r", "i"]
+    with pytest.raises(MissingBandError, match=r"needs band\(s\) \['r'\] \(all of its bands"):
+        strict.usable_bands(["g", "i"])
+    flexible = _package(min_bands=2)
+    assert MorphologyPackage.from_bytes(flexible.to_bytes()).min_bands == 2
+    assert flexible.usable_bands(["i", "g"]) == ["g", "i"]
+    with pytest.raises(MissingBandError, match="at least 2 of its bands"):
+        flexible.usable_bands(["i"])
+    with pytest.raises(ModelPackageError, match="min_bands"):
+        _package(min_bands=4)
+    assert "min_bands" not in strict.metadata_dict()

@@ -307,13 +307,12 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         morphology_package = None
         if self.config.doMorphology:
             morphology_package = butlerQC.get(inputRefs.morphologyModel)
-            missing = [band for band in morphology_package.bands if band not in bands]
-            if missing:  # Before any pixel is read: no half-done quantum.
+            try:  # Before any pixel is read: no half-done quantum.
+                self.morphology.select_bands(morphology_package, list(bands))
+            except MissingBandError as error:
                 raise MissingBandError(
-                    f"doMorphology: the morphology model {morphology_package.name!r} needs band(s) "
-                    f"{missing}, but detection reads {bands} (coadds and detection model); set "
-                    "doMorphology=False"
-                )
+                    f"doMorphology: {error} (detection reads {list(bands)}); set doMorphology=False"
+                ) from None
         image = read_coadds(
             butlerQC, inputRefs.coadds, bands, self.config.coaddStorageClass, f"model {model_package.name!r}"
         )

@@ -102,6 +102,12 @@ class DeepDiscMorphologyConfig(
     """Configuration of `DeepDiscMorphologyTask`."""
 
     coaddStorageClass = coadd_storage_class_field()
+    bands = pexConfig.ListField[str](
+        doc="Bands to give the classifier, a subset of its bands.  Empty: all of its bands the data have (a "
+        "classifier trained with band dropout, min_bands in its package, runs on fewer; absent bands are "
+        "zero planes).",
+        default=[],
+    )
     classes = pexConfig.ListField[str](
         doc="Detection classes (object_deepdisc class_name) to classify.", default=["galaxy"]
     )
@@ -154,10 +160,11 @@ class DeepDiscMorphologyTask(pipeBase.PipelineTask):
             # Nothing to classify: no coadd is read, the table is empty (with the full schema).
             result = self.run(catalog[selected], None, package)
         else:
+            available = [str(ref.dataId["band"]) for ref in inputRefs.coadds]
             image = read_coadds(
                 butlerQC,
                 inputRefs.coadds,
-                package.bands,
+                self.select_bands(package, available),
                 self.config.coaddStorageClass,
                 f"morphology model {package.name!r}",
             )
@@ -168,6 +175,24 @@ class DeepDiscMorphologyTask(pipeBase.PipelineTask):
                 num_threads=quantum_threads(self.config.numThreads, butlerQC.resources.num_cores),
             )
         butlerQC.put(to_arrow(result.morphology), outputRefs.morphology)
+
+    def select_bands(self, package: MorphologyPackage, available: list[str]) -> list[str]:
+        """Bands to read, in the classifier's order (``config.bands`` restricts them).
+
+        Raises
+        ------
+        MissingBandError
+            If the data (or ``config.bands``) cannot serve the classifier.
+        """
+        if self.config.bands:
+            unknown = [band for band in self.config.bands if band not in package.bands]
+            if unknown:
+                raise MissingBandError(
+                    f"config.bands {unknown} are not bands of the morphology model {package.name!r} "
+                    f"({package.bands})"
+                )
+            available = [band for band in available if band in self.config.bands]
+        return package.usable_bands(available)
 
     def catalog_columns(self) -> list[str]:
         """The ``object_deepdisc`` columns the selection and the cutouts read."""
@@ -241,15 +266,16 @@ class DeepDiscMorphologyTask(pipeBase.PipelineTask):
             return pipeBase.Struct(morphology=empty)
         if image is None:
             raise ValueError("galaxies to classify but no image")
-        missing = [band for band in package.bands if band not in image.bands]
-        if missing:
-            raise MissingBandError(
-                f"morphology model {package.name!r} needs band(s) {missing}; the image has "
-                f"{list(image.bands)}"
+        used = self.select_bands(package, list(image.bands))
+        if used != package.bands:
+            self.log.info(
+                "Classifying on bands %s of the model's %s (absent: zero planes).", used, package.bands
             )
-        image = image.select_bands(package.bands)
+        image = image.select_bands(used)
         invalid = image.invalid_pixels(list(self.config.invalidMaskPlanes)).any(axis=0)
-        cutouts, binning = catalog_cutouts(image, galaxies, package.cutout, invalid=invalid)
+        cutouts, binning = catalog_cutouts(
+            image, galaxies, package.cutout, invalid=invalid, bands=package.bands
+        )
         cut_seconds = time.perf_counter() - start
         device = select_device(self.config.device)
         threads = self.config.numThreads if num_threads is None else num_threads

@@ -167,6 +167,14 @@ class DeepDiscTrainMorphologyConfig(
         },
     )
     seed = pexConfig.Field[int](doc="Seed of the weights and the sampling.", default=0)
+    bandDropout = pexConfig.Field[float](
+        doc="Probability that a training cutout loses a random subset of its bands (at least one kept); "
+        "above 0 the package records minBands and classifies data with fewer bands.",
+        default=0.0,
+    )
+    minBands = pexConfig.Field[int](
+        doc="Fewest bands the package allows at inference when bandDropout > 0.", default=3
+    )
     device = device_field()
     numThreads = pexConfig.Field[int](doc="Torch CPU threads; 0: the quantum's cores.", default=0)
 
@@ -315,6 +323,7 @@ class DeepDiscTrainMorphologyTask(pipeBase.PipelineTask):
             learning_rate=config.learningRate,
             imbalance=config.imbalance,
             seed=config.seed,
+            band_dropout=config.bandDropout,
         )
         device = select_device(config.device)
         threads = config.numThreads if num_threads is None else num_threads
@@ -357,6 +366,7 @@ class DeepDiscTrainMorphologyTask(pipeBase.PipelineTask):
                 "max_magnitude": config.maxMagnitude,
             },
             metrics={f"validation_{k}": float(v) for k, v in evaluation.summary().items()},
+            min_bands=min(config.minBands, len(config.bands)) if config.bandDropout > 0 else None,
         )
         history_table = Table(
             rows=[tuple(entry.get(k, np.nan) for k in _HISTORY) for entry in history], names=_HISTORY

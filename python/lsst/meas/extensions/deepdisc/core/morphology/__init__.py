@@ -65,6 +65,7 @@ __all__ = [
     "class_index",
     "classify",
     "confusion_matrix",
+    "drop_bands",
     "evaluate_classification",
     "make_cutouts",
     "match_labels",
@@ -89,4 +90,4 @@ from ._metrics import (
 )
 from ._models import ARCHITECTURES, build_classifier, check_classifier_config
 from ._package import MORPHOLOGY_FORMAT_NAME, MorphologyPackage, class_index
-from ._training import ClassifierTrainingConfig, classify, train_classifier
+from ._training import ClassifierTrainingConfig, classify, drop_bands, train_classifier

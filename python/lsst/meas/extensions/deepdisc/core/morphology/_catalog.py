@@ -91,13 +91,20 @@ def select_galaxies(
 
 
 def catalog_cutouts(
-    image: MultibandImage, catalog: Table, config: CutoutConfig, invalid: np.ndarray | None = None
+    image: MultibandImage,
+    catalog: Table,
+    config: CutoutConfig,
+    invalid: np.ndarray | None = None,
+    bands: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`make_cutouts` for catalog rows: their footprints, centred on their centroids."""
+    """`make_cutouts` for catalog rows: their footprints, centred on their centroids.
+
+    ``bands`` are the classifier's bands (absent ones become zero planes), as in `make_cutouts`.
+    """
     _check_columns(catalog, _NEEDED)
     footprints = [unflatten_spans(flat) for flat in catalog["footprint"]]
     centres = np.column_stack([np.asarray(catalog["centroid_x"]), np.asarray(catalog["centroid_y"])])
-    return make_cutouts(image, footprints, centres, config, invalid=invalid)
+    return make_cutouts(image, footprints, centres, config, invalid=invalid, bands=bands)
 
 
 def morphology_columns(class_names: Sequence[str]) -> list[tuple[str, Any, Any, str]]:

@@ -130,13 +130,14 @@ def make_cutouts(
     config: CutoutConfig,
     invalid: np.ndarray | None = None,
     noise: np.ndarray | None = None,
+    bands: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut one input stack per object: HDR bands, the NO_DATA plane and the dilated object mask.
 
     Parameters
     ----------
     image : `MultibandImage`
-        The patch, bands in the classifier's order.
+        The patch.
     footprints : sequence of `numpy.ndarray`
         ``(N, 3)`` spans of each object (parent coordinates), from the detection catalog.
     centres : `numpy.ndarray`
@@ -146,14 +147,17 @@ def make_cutouts(
     invalid : `numpy.ndarray`, optional
         ``[H, W]`` pixels without data in some band (default: NO_DATA or non-finite in any band).
     noise : `numpy.ndarray`, optional
-        ``[C]`` per-band sky noise (default: `band_noise`).
+        ``[C]`` per-band sky noise of ``image``'s bands (default: `band_noise`).
+    bands : sequence of `str`, optional
+        The classifier's bands, in its order (default: ``image.bands``); a band ``image`` lacks gets a plane
+        of zeros (what a classifier trained with band dropout expects), the others must all be in ``bands``.
 
     Returns
     -------
     cutouts : `numpy.ndarray`
-        ``float32 [n, C + 2, size, size]``: ``asinh(flux / (softening noise_b))`` per band (0 where there
-        are no data or outside the patch), then the NO_DATA plane (1: no data, also outside the patch) and
-        the object mask (1 on the dilated footprint).
+        ``float32 [n, len(bands) + 2, size, size]``: ``asinh(flux / (softening noise_b))`` per band (0
+        where there are no data, outside the patch and for absent bands), then the NO_DATA plane (1: no
+        data, also outside the patch) and the object mask (1 on the dilated footprint).
     binning : `numpy.ndarray`
         ``int [n]`` block-averaging factor of each cutout.
 
@@ -165,7 +169,13 @@ def make_cutouts(
     centres = np.asarray(centres, dtype=float).reshape(-1, 2)
     if len(footprints) != len(centres):
         raise CutoutError(f"{len(footprints)} footprints for {len(centres)} centres")
-    n_bands = len(image.bands)
+    bands = list(image.bands) if bands is None else list(bands)
+    extra = [band for band in image.bands if band not in bands]
+    if extra:
+        raise CutoutError(f"image bands {extra} are not classifier bands {bands}; select the bands first")
+    # Plane of each image band in the output.
+    plane = np.array([bands.index(band) for band in image.bands], dtype=np.int64)
+    n_bands = len(bands)
     size = config.size
     if invalid is None:
         invalid = image.invalid_pixels().any(axis=0)
@@ -182,7 +192,8 @@ def make_cutouts(
     out = np.zeros((len(footprints), n_bands + 2, size, size), dtype=np.float32)
     height, width = image.shape
     px0, py0 = image.xy0
-    scale = (config.softening * noise).astype(np.float32)[:, None, None]
+    scale = np.ones((n_bands, 1, 1), dtype=np.float32)
+    scale[plane] = (config.softening * noise).astype(np.float32)[:, None, None]
     for index, spans in enumerate(footprints):
         factor = int(binning[index])
         side = size * factor
@@ -199,7 +210,7 @@ def make_cutouts(
             dy, dx = ay0 - (by0 - py0), ax0 - (bx0 - px0)
             patch_pixels = image.image[:, ay0:ay1, ax0:ax1]
             bad = invalid[ay0:ay1, ax0:ax1] | ~np.isfinite(patch_pixels).all(axis=0)
-            pixels[:, dy : dy + ay1 - ay0, dx : dx + ax1 - ax0] = np.where(bad, 0.0, patch_pixels)
+            pixels[plane, dy : dy + ay1 - ay0, dx : dx + ax1 - ax0] = np.where(bad, 0.0, patch_pixels)
             no_data[dy : dy + ay1 - ay0, dx : dx + ax1 - ax0] = bad
         mask = spans_to_mask(np.asarray(spans).reshape(-1, 3), (side, side), xy0=(bx0, by0), clip=True)
         if config.mask_dilation:

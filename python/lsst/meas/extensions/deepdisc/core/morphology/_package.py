@@ -52,6 +52,7 @@ from ..model_package._archive import (
     write_package,
     write_package_file,
 )
+from ..multiband import MissingBandError
 from ._cutouts import CutoutConfig, CutoutError
 from ._models import build_classifier, check_classifier_config
 
@@ -59,6 +60,7 @@ MORPHOLOGY_FORMAT_NAME = "deepdisc-morphology-package"
 """Manifest format name of morphology packages."""
 
 _FORMAT_VERSION = 1
+_OPTIONAL_KEYS = {"min_bands"}
 _METADATA_KEYS = {
     "name",
     "version",
@@ -101,6 +103,9 @@ class MorphologyPackage:
         Training data, configuration, time.
     metrics : `dict`
         Validation results recorded at training (top-k accuracies...).
+    min_bands : `int`, optional
+        Fewest of ``bands`` the classifier may run on (the others as zero planes), for a classifier trained
+        with band dropout; `None`: it needs all of them.
     """
 
     name: str
@@ -113,6 +118,7 @@ class MorphologyPackage:
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     package_version: str = __version__
+    min_bands: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "/" in self.name:
@@ -133,9 +139,34 @@ class MorphologyPackage:
                 f"the classifier has {self.classifier['num_classes']} outputs for {len(self.class_names)} "
                 "class names"
             )
+        if self.min_bands is not None and (
+            type(self.min_bands) is not int or not 1 <= self.min_bands <= len(self.bands)
+        ):
+            raise ModelPackageError(
+                f"min_bands must be an integer in [1, {len(self.bands)}], got {self.min_bands!r}"
+            )
         for what, value in (("provenance", self.provenance), ("metrics", self.metrics)):
             if not isinstance(value, dict):
                 raise ModelPackageError(f"{what} must be a mapping, got {type(value).__name__}")
+
+    def usable_bands(self, available: Sequence[str]) -> list[str]:
+        """The classifier's bands that ``available`` has, in its order.
+
+        Raises
+        ------
+        MissingBandError
+            If a band is missing and the classifier needs all of them, or fewer than ``min_bands`` remain.
+        """
+        present = [band for band in self.bands if band in available]
+        missing = [band for band in self.bands if band not in available]
+        needed = len(self.bands) if self.min_bands is None else self.min_bands
+        if len(present) < needed:
+            rule = "all of its bands" if self.min_bands is None else f"at least {self.min_bands} of its bands"
+            raise MissingBandError(
+                f"morphology model {self.name!r} needs band(s) {missing} ({rule} {self.bands}); the data "
+                f"have {list(available)}"
+            )
+        return present
 
     @property
     def channel_names(self) -> list[str]:
@@ -170,6 +201,7 @@ class MorphologyPackage:
             "provenance": dict(self.provenance),
             "metrics": dict(self.metrics),
             "package_version": self.package_version,
+            **({} if self.min_bands is None else {"min_bands": self.min_bands}),
         }
 
     def summary(self) -> str:
@@ -177,7 +209,8 @@ class MorphologyPackage:
         lines = [
             f"morphology package {self.name!r} version {self.version}",
             f"  classifier: {self.classifier}",
-            f"  bands: {' '.join(self.bands)} (+ no_data, object_mask)",
+            f"  bands: {' '.join(self.bands)} (+ no_data, object_mask)"
+            + ("" if self.min_bands is None else f"; runs on any {self.min_bands} or more of them"),
             f"  classes: {' '.join(self.class_names)}",
             f"  cutouts: {self.cutout.to_dict()}",
         ]
@@ -241,7 +274,7 @@ class MorphologyPackage:
         if not isinstance(metadata, dict):
             raise ModelPackageError(f"{METADATA_MEMBER} must be a mapping")
         missing = sorted(_METADATA_KEYS - set(metadata))
-        unknown = sorted(set(metadata) - _METADATA_KEYS)
+        unknown = sorted(set(metadata) - _METADATA_KEYS - _OPTIONAL_KEYS)
         if missing or unknown:
             raise ModelPackageError(f"{METADATA_MEMBER}: missing keys {missing}, unknown keys {unknown}")
         cutout = metadata["cutout"]
@@ -262,6 +295,7 @@ class MorphologyPackage:
             provenance=metadata["provenance"],
             metrics=metadata["metrics"],
             package_version=str(metadata["package_version"]),
+            min_bands=metadata.get("min_bands"),
         )
 
     def __eq__(self, other: object) -> bool:

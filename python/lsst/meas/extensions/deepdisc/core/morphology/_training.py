@@ -22,7 +22,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ClassifierTrainingConfig", "classify", "train_classifier"]
+__all__ = ["ClassifierTrainingConfig", "classify", "drop_bands", "train_classifier"]
 
 import logging
 import math
@@ -62,6 +62,10 @@ class ClassifierTrainingConfig:
         Cross-entropy label smoothing.
     seed : `int`
         Seed of the initial weights and the sampling.
+    band_dropout : `float`
+        Probability that a training cutout loses a random subset of its bands (at least one band is kept):
+        their planes become 0, as `make_cutouts` makes the planes of bands an image lacks, so that the
+        classifier also serves data with fewer bands.
     """
 
     epochs: int = 30
@@ -71,12 +75,15 @@ class ClassifierTrainingConfig:
     imbalance: str = "loss_weights"
     label_smoothing: float = 0.05
     seed: int = 0
+    band_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.imbalance not in ("none", "balanced_sampling", "loss_weights"):
             raise ValueError(
                 f"imbalance must be none, balanced_sampling or loss_weights, got {self.imbalance!r}"
             )
+        if not 0.0 <= self.band_dropout <= 1.0:
+            raise ValueError(f"band_dropout must be in [0, 1], got {self.band_dropout}")
         if self.epochs < 1 or self.batch_size < 1 or not self.learning_rate > 0:
             raise ValueError("epochs, batch_size and learning_rate must be positive")
 
@@ -91,6 +98,26 @@ def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         batch = batch.flip(-1)
     turns = int(torch.randint(0, 4, (1,), generator=generator).item())
     return torch.rot90(batch, turns, dims=(-2, -1)) if turns else batch
+
+
+def drop_bands(
+    batch: torch.Tensor, n_bands: int, probability: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Zero a random subset of the band planes (never all) of each cutout with ``probability``.
+
+    The planes after the first ``n_bands`` (no_data, object_mask) are kept.
+    """
+    if probability <= 0 or n_bands < 2:
+        return batch
+    size = batch.shape[0]
+    chosen = torch.rand(size, generator=generator) < probability
+    # Each band of a chosen cutout is dropped with probability 1/2, at least one band is kept.
+    dropped = (torch.rand(size, n_bands, generator=generator) < 0.5) & chosen[:, None]
+    keep_one = torch.randint(0, n_bands, (size,), generator=generator)
+    dropped[torch.arange(size), keep_one] = False
+    batch = batch.clone()
+    batch[:, :n_bands] *= (~dropped).to(batch.dtype)[:, :, None, None]
+    return batch
 
 
 def classify(
@@ -160,6 +187,7 @@ def train_classifier(
     log = log or _LOG
     labels = np.asarray(labels, dtype=np.int64)
     n_classes = int(classifier["num_classes"])
+    n_bands = int(classifier["in_channels"]) - 2
     if len(cutouts) != len(labels) or len(labels) == 0:
         raise ValueError(
             f"need as many labels as cutouts and at least one, got {len(cutouts)} and {len(labels)}"
@@ -206,7 +234,8 @@ def train_classifier(
         total_loss, correct, seen = 0.0, 0, 0
         for begin in range(0, len(order), config.batch_size):
             index = np.sort(order[begin : begin + config.batch_size])
-            batch = _augment(torch.from_numpy(cutouts[index]), generator).to(device)
+            batch = _augment(torch.from_numpy(cutouts[index]), generator)
+            batch = drop_bands(batch, n_bands, config.band_dropout, generator).to(device)
             target = torch.from_numpy(labels[index]).to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
