@@ -365,3 +365,18 @@ def test_package_min_bands() -> None:
     with pytest.raises(ModelPackageError, match="min_bands"):
         _package(min_bands=4)
     assert "min_bands" not in strict.metadata_dict()
+
+
+def test_cli_loads_either_kind_of_package_by_its_manifest(tmp_path) -> None:
+    from lsst.meas.extensions.deepdisc.cli.model import load_any_package
+    from lsst.meas.extensions.deepdisc.core.model_package import declared_format
+
+    path = _package().save(tmp_path / "morph.zip")
+    with path.open("rb") as stream:
+        assert declared_format(stream, str(path)) == "deepdisc-morphology-package"
+    assert isinstance(load_any_package(path), MorphologyPackage)
+    with pytest.raises(FileNotFoundError, match="no model package file"):
+        load_any_package(tmp_path / "missing.zip")
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    with pytest.raises(ModelPackageError, match="not a readable zip archive"):
+        load_any_package(tmp_path / "junk.zip")

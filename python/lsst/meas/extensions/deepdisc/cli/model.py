@@ -51,7 +51,7 @@ from typing import Any
 import yaml
 
 from ..core.checkpoints import compare_state_dicts, load_checkpoint_state_dict
-from ..core.model_package import PACKAGE_SUFFIXES, ModelPackage, ModelPackageError
+from ..core.model_package import PACKAGE_SUFFIXES, ModelPackage, ModelPackageError, declared_format
 from ..core.models import list_architectures
 from ..core.morphology import MORPHOLOGY_FORMAT_NAME, MorphologyPackage
 from ..core.scaling import SCALINGS, ScalingSpec
@@ -212,13 +212,12 @@ def _check_model(package: ModelPackage | MorphologyPackage) -> None:
 
 
 def load_any_package(path: Path) -> ModelPackage | MorphologyPackage:
-    """A detection package, or a morphology package when the manifest says so (same checks either way)."""
-    try:
-        return ModelPackage.load(path)
-    except ModelPackageError as error:
-        if f"format {MORPHOLOGY_FORMAT_NAME!r}" not in str(error):
-            raise
-    return MorphologyPackage.load(path)
+    """A detection package, or a morphology package when its manifest says so (same checks either way)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no model package file at {path}")
+    with path.open("rb") as stream:
+        kind = declared_format(stream, str(path))
+    return (MorphologyPackage if kind == MORPHOLOGY_FORMAT_NAME else ModelPackage).load(path)
 
 
 def _read_detectron2_config(path: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -65,6 +65,7 @@ __all__ = [
     "ModelPackage",
     "ModelPackageError",
     "PackageLimits",
+    "declared_format",
     "set_score_threshold",
 ]
 
@@ -80,5 +81,6 @@ from ._archive import (
     WEIGHTS_MEMBER,
     ModelPackageError,
     PackageLimits,
+    declared_format,
 )
 from ._package import BandMismatchError, ModelPackage, set_score_threshold

@@ -38,6 +38,7 @@ __all__ = [
     "WEIGHTS_MEMBER",
     "ModelPackageError",
     "PackageLimits",
+    "declared_format",
     "file_sha256",
     "package_members",
     "read_package",
@@ -52,7 +53,7 @@ import re
 import uuid
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -243,6 +244,30 @@ def read_package(
     ModelPackageError
         If the file is not a valid package (the message starts with ``source``).
     """
+    return _with_archive(stream, source, lambda archive: _read_members(archive, limits, format_name))
+
+
+def declared_format(stream: BinaryIO, source: str, limits: PackageLimits = DEFAULT_LIMITS) -> Any:
+    """The ``format`` the manifest of a package file declares (what kind of package it is).
+
+    The zip structure is checked as `read_package` checks it; only the manifest is decompressed.
+
+    Raises
+    ------
+    ModelPackageError
+        If the file is not a readable package archive.
+    """
+
+    def read_format(archive: zipfile.ZipFile) -> Any:
+        infos = _checked_infos(archive, limits)
+        manifest = _load_member_yaml(read_member(archive, infos[MANIFEST_MEMBER]), "manifest")
+        return manifest.get("format") if isinstance(manifest, dict) else None
+
+    return _with_archive(stream, source, read_format)
+
+
+def _with_archive(stream: BinaryIO, source: str, read: Callable[[zipfile.ZipFile], Any]) -> Any:
+    """``read(archive)`` on the zip file, its failures as `ModelPackageError` naming ``source``."""
     try:
         archive = zipfile.ZipFile(stream)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
@@ -252,7 +277,7 @@ def read_package(
         ) from None
     with archive:
         try:
-            return _read_members(archive, limits, format_name)
+            return read(archive)
         except ModelPackageError as exc:
             raise ModelPackageError(f"model package {source}: {exc}") from None
         except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError, RuntimeError) as exc:
