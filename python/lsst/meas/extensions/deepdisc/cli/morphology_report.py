@@ -138,7 +138,7 @@ def morphology_report(
     from lsst.daf.butler import Butler
 
     from ..butler.conversions import multiband_from_coadds
-    from ..core.morphology import catalog_cutouts
+    from ..core.morphology import CutoutConfig, catalog_cutouts, class_index
     from ..core.plots import (
         confusion_matrix_figure,
         figure_to_png_bytes,
@@ -172,10 +172,7 @@ def morphology_report(
             matched = matched[np.asarray(matched[magnitude_column], dtype=float) <= max_magnitude]
         known = np.isin(np.asarray(matched["label"]).astype(str), class_names)
         matched = matched[known]
-        lookup = {name: i for i, name in enumerate(class_names)}
-        truth = np.array(
-            [lookup[label] for label in np.asarray(matched["label"]).astype(str)], dtype=np.int64
-        )
+        truth = np.array(class_index(class_names, list(np.asarray(matched["label"]).astype(str))))
         probabilities = np.stack([np.asarray(matched[f"morph_prob_{name}"]) for name in class_names], axis=1)
         evaluation = evaluate_classification(
             probabilities,
@@ -221,18 +218,13 @@ def morphology_report(
             chosen.extend(rng.permutation(rows)[:per_class].tolist())
         if chosen:
             gallery = first[chosen]
-            data_id = {"skymap": None, "tract": int(first["tract"][0]), "patch": int(first["patch"][0])}
-            coadd_refs = [
-                ref
-                for ref in butler.query_datasets(
-                    "deep_coadd", where=f"{where} AND tract={data_id['tract']} AND patch={data_id['patch']}"
-                )
-            ]
+            tract, patch = int(first["tract"][0]), int(first["patch"][0])
+            coadd_refs = butler.query_datasets(
+                "deep_coadd", where=f"{where} AND tract={tract} AND patch={patch}"
+            )
             coadds = {str(ref.dataId["band"]): butler.get(ref) for ref in coadd_refs}
             bands = [b for b in "ugrizy" if b in coadds]
             image = multiband_from_coadds(coadds, bands)
-            from ..core.morphology import CutoutConfig
-
             cutouts, _ = catalog_cutouts(image, gallery, CutoutConfig())
             files["cutouts"] = output / "morphology_cutouts.png"
             files["cutouts"].write_bytes(

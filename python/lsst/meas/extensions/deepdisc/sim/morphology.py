@@ -63,6 +63,8 @@ import galsim
 import numpy as np
 from astropy.table import Table
 
+from .presets import LSST_BANDS
+
 MORPHOLOGY_CLASSES: tuple[str, ...] = ("E", "S0", "Sab", "Sc", "Sdm", "Im")
 """Simulated Hubble types, in Hubble-sequence order (the class index is the position here)."""
 
@@ -138,10 +140,9 @@ def assign_morphology(
     colours = offsets + rng.normal(0.0, colour_scatter, offsets.shape)
     knot_seed = rng.integers(1, 2**31 - 1, n)
 
-    bands = [name[4:] for name in sources.colnames if name.startswith("mag_")]
     mag_i = np.asarray(sources["mag_i"], dtype=float)
-    for column, band in enumerate(("u", "g", "r", "i", "z", "y")):
-        if band != "i" and band in bands:
+    for column, band in enumerate(LSST_BANDS):
+        if band != "i":
             sources[f"mag_{band}"] = np.where(galaxy, mag_i + colours[:, column], sources[f"mag_{band}"])
     sources["bulge_fraction"] = np.where(galaxy, bulge, sources["bulge_fraction"])
     sources["e1"] = np.where(galaxy, e[:, 0], sources["e1"])

@@ -319,6 +319,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         data_id = butlerQC.quantum.dataId
         patch_region, tract_region = patch_and_tract_regions(data_id)
         check_coadd_in_patch(image, patch_region, data_id)  # A coadd filed under the wrong patch: an error.
+        threads = quantum_threads(self.config.numThreads, butlerQC.resources.num_cores)
         result = self.run(
             image,
             model_package,
@@ -326,7 +327,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             patch=int(data_id["patch"]),
             patch_region=patch_region,
             tract_region=tract_region,
-            num_threads=quantum_threads(self.config.numThreads, butlerQC.resources.num_cores),
+            num_threads=threads,
         )
         butlerQC.put(to_arrow(result.catalog), outputRefs.catalog)
         if self.config.doWriteSourceCatalog:
@@ -338,12 +339,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         if self.config.doMorphology:
             catalog = result.catalog
             galaxies = catalog[self.morphology.select(catalog)]
-            morphology = self.morphology.run(
-                galaxies,
-                image,
-                morphology_package,
-                num_threads=quantum_threads(self.config.numThreads, butlerQC.resources.num_cores),
-            )
+            morphology = self.morphology.run(galaxies, image, morphology_package, num_threads=threads)
             butlerQC.put(to_arrow(morphology.morphology), outputRefs.morphology)
 
     def select_bands(self, model_package: ModelPackage, available: list[str]) -> list[str]:
