@@ -49,6 +49,7 @@ from lsst.meas.extensions.deepdisc.core.model_package import (
     PackageLimits,
 )
 from lsst.meas.extensions.deepdisc.core.scaling import ScalingSpec
+from lsst.meas.extensions.deepdisc.core.star_galaxy import StarGalaxyClassifier, feature_names
 
 BANDS = ("g", "r", "i")
 
@@ -727,3 +728,40 @@ def test_build_model_sets_the_score_threshold_lower_or_higher(
     assert thresholds(low) == {0.01} and thresholds(high) == {0.9}
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         package.build_model("cpu", score_threshold=2.0)
+
+
+# ----------------------------------------------------------------------- star-galaxy classifier ---
+
+
+def _star_galaxy(bands: tuple[str, ...] = ("g", "r")) -> StarGalaxyClassifier:
+    rng = np.random.default_rng(5)
+    n = len(feature_names(bands))
+    return StarGalaxyClassifier(
+        bands=bands,
+        mean=rng.normal(size=n),
+        scale=rng.uniform(0.5, 2.0, n),
+        networks=[
+            ([rng.normal(size=(n, 4)), rng.normal(size=(4, 1))], [rng.normal(size=4), rng.normal(size=1)])
+        ],
+        threshold=0.35,
+        provenance={"validation_star_f1_i<24": 0.93},
+    )
+
+
+def test_a_star_galaxy_classifier_travels_in_the_package_and_is_checked_against_the_model() -> None:
+    classifier = _star_galaxy()
+    package = _tiny_package(star_galaxy=classifier)
+    copy = ModelPackage.from_bytes(package.to_bytes())
+    assert copy == package
+    assert copy.star_galaxy.to_dict() == classifier.to_dict()
+    assert "star/galaxy    : PSF-matched classifier on g r, star threshold 0.35" in copy.summary()
+    assert _tiny_package().star_galaxy is None and "star/galaxy" not in _tiny_package().summary()
+    with pytest.raises(ModelPackageError, match=r"bands \['z'\] that the model does not have"):
+        _tiny_package(star_galaxy=_star_galaxy(("g", "z")))
+    other_classes = _tiny_package().model_config
+    other_classes["class_names"] = ["point", "extended"]
+    with pytest.raises(ModelPackageError, match="classes 'star' and 'galaxy'"):
+        _tiny_package(star_galaxy=classifier, class_names=("point", "extended"), model_config=other_classes)
+    broken = {**classifier.to_dict(), "mean": [0.0]}
+    with pytest.raises(ModelPackageError, match="star_galaxy: .*standardisation"):
+        _tiny_package(star_galaxy=broken)

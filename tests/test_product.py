@@ -26,7 +26,13 @@ def test_a_checkout_finds_its_own_tree_without_the_environment(no_product_dir) -
     assert dd.task_config_path("train_cpu_demo") == ROOT / "config" / "tasks" / "train_cpu_demo.py"
     assert dd.shipped_model_path() == ROOT / "models" / "deepdisc-compact-sim.zip"
     assert dd.shipped_morphology_path() == ROOT / "models" / "deepdisc-morphology-sim.zip"
-    assert dd.pipeline_names() == ["DeepDisc", "DeepDiscCompare", "DeepDiscMorphology", "DeepDiscTrain"]
+    assert dd.pipeline_names() == [
+        "DeepDisc",
+        "DeepDiscCompare",
+        "DeepDiscMorphology",
+        "DeepDiscStarGalaxy",
+        "DeepDiscTrain",
+    ]
 
 
 def test_the_comparison_pipeline_imports_detection_without_the_environment(no_product_dir) -> None:
@@ -69,5 +75,6 @@ def test_deepdisc_paths(no_product_dir, capsys: pytest.CaptureFixture[str]) -> N
     listing = capsys.readouterr().out
     assert "pipeline DeepDiscCompare" in listing and "shipped model" in listing
     assert paths.main(["--pipeline", "Nope"]) == 1
-    shipped = "shipped: ['DeepDisc', 'DeepDiscCompare', 'DeepDiscMorphology', 'DeepDiscTrain']"
+    names = ["DeepDisc", "DeepDiscCompare", "DeepDiscMorphology", "DeepDiscStarGalaxy", "DeepDiscTrain"]
+    shipped = f"shipped: {names}"
     assert shipped in capsys.readouterr().err

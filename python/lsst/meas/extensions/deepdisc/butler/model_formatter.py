@@ -34,6 +34,7 @@ from __future__ import annotations
 __all__ = [
     "MORPHOLOGY_DATASET_TYPE",
     "MORPHOLOGY_STORAGE_CLASS",
+    "STAR_GALAXY_DATASET_TYPE",
     "DeepDiscMorphologyFormatter",
     "MODEL_DATASET_TYPE",
     "MODEL_RUN_PREFIX",
@@ -68,6 +69,9 @@ MODEL_RUN_PREFIX = "pretrained_models"
 
 MORPHOLOGY_DATASET_TYPE = "deepdisc_morphology_model"
 """Dataset type name of morphology classifier packages."""
+
+STAR_GALAXY_DATASET_TYPE = "deepdisc_star_galaxy_classifier"
+"""Dataset type of a trained star-galaxy classifier (StructuredDataDict; ``StarGalaxyClassifier.to_dict``)."""
 
 MORPHOLOGY_STORAGE_CLASS = "DeepDiscMorphologyPackage"
 """Storage class of morphology classifier packages."""

@@ -29,6 +29,10 @@
     Verify a package and describe it (``--json`` for machines).
 ``deepdisc-model ingest``
     Put a package into a Butler repository as dataset ``deepdisc_model`` in ``pretrained_models/<name>``.
+``deepdisc-model export``
+    Write a package of a Butler collection (a training run) to a file.
+``deepdisc-model star-galaxy``
+    Write a new version of a detection package carrying a star-galaxy classifier (or without one).
 
 Run ``deepdisc-model <command> --help`` for the options; ``python -m lsst.meas.extensions.deepdisc.cli.model``
 works too.
@@ -54,7 +58,9 @@ from ..core.checkpoints import compare_state_dicts, load_checkpoint_state_dict
 from ..core.model_package import PACKAGE_SUFFIXES, ModelPackage, ModelPackageError, declared_format
 from ..core.models import list_architectures
 from ..core.morphology import MORPHOLOGY_FORMAT_NAME, MorphologyPackage
+from ..core.safe_yaml import load_yaml
 from ..core.scaling import SCALINGS, ScalingSpec
+from ..core.star_galaxy import StarGalaxyClassifier, StarGalaxyError
 
 PROGRAM = "deepdisc-model"
 
@@ -191,6 +197,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--morphology", action="store_true", help="export the deepdisc_morphology_model of the collection"
     )
     export.set_defaults(handler=_export)
+
+    star_galaxy = commands.add_parser(
+        "star-galaxy",
+        help="put a trained star-galaxy classifier into a detection package (a new version)",
+        description="Write a copy of a detection package that carries a star-galaxy classifier "
+        "(pipelines/DeepDiscStarGalaxy.yaml trains one), from a Butler collection or a YAML file.",
+    )
+    star_galaxy.add_argument("package", type=Path, metavar="PKG.zip", help="the detection package")
+    origin = star_galaxy.add_mutually_exclusive_group(required=True)
+    origin.add_argument(
+        "--collection", help="collection holding deepdisc_star_galaxy_classifier (with --repo)"
+    )
+    origin.add_argument("--classifier", type=Path, metavar="FILE.yaml", help="a classifier as YAML")
+    origin.add_argument("--remove", action="store_true", help="write the package without a classifier")
+    star_galaxy.add_argument("--repo", help="Butler repository of --collection")
+    star_galaxy.add_argument("--version", required=True, help="version of the package written")
+    star_galaxy.add_argument("--output", type=Path, required=True, metavar="PKG.zip")
+    star_galaxy.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    star_galaxy.set_defaults(handler=_star_galaxy)
     return parser
 
 
@@ -408,6 +433,61 @@ def _export(args: argparse.Namespace, argv: Sequence[str]) -> int:
     package.save(args.output)
     size = args.output.stat().st_size / 2**20
     print(f"wrote {args.output} ({size:.1f} MiB): {package.name!r} version {package.version}")
+    return 0
+
+
+def _read_classifier(args: argparse.Namespace) -> StarGalaxyClassifier | None:
+    """The classifier that ``star-galaxy`` puts into the package (`None` for ``--remove``)."""
+    if args.remove:
+        return None
+    if args.classifier is not None:
+        if not args.classifier.is_file():
+            raise CommandError(f"no classifier file at {args.classifier}")
+        data = load_yaml(args.classifier.read_bytes())
+    else:
+        if not args.repo:
+            raise CommandError("--collection needs --repo")
+        from ..butler.config_path import ensure_butler_config_path
+        from ..butler.model_formatter import STAR_GALAXY_DATASET_TYPE
+
+        ensure_butler_config_path()
+        from lsst.daf.butler import Butler
+
+        with Butler.from_config(args.repo) as butler:
+            refs = list(
+                butler.query_datasets(STAR_GALAXY_DATASET_TYPE, collections=args.collection, explain=False)
+            )
+            if not refs:
+                raise CommandError(f"no {STAR_GALAXY_DATASET_TYPE} dataset in collection {args.collection!r}")
+            data = butler.get(refs[0])
+    try:
+        return StarGalaxyClassifier.from_dict(data)
+    except StarGalaxyError as exc:
+        raise ModelPackageError(f"star-galaxy classifier: {exc}") from None
+
+
+def _star_galaxy(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.output.exists() and not args.force:
+        raise CommandError(f"{args.output} exists; pass --force to overwrite it")
+    package = ModelPackage.load(args.package)
+    classifier = _read_classifier(args)
+    provenance = dict(package.provenance)
+    if classifier is not None:
+        provenance["star_galaxy_from"] = str(args.classifier or f"{args.repo} {args.collection}")
+    else:
+        provenance.pop("star_galaxy_from", None)
+    updated = dataclasses.replace(
+        package, version=args.version, star_galaxy=classifier, provenance=provenance
+    )
+    if args.force and args.output.exists():
+        args.output.unlink()
+    updated.save(args.output)
+    if classifier is None:
+        what = "without a star-galaxy classifier"
+    else:
+        bands = " ".join(classifier.bands)
+        what = f"with a star-galaxy classifier on {bands} (threshold {classifier.threshold:g})"
+    print(f"wrote {args.output}: {package.name!r} version {args.version} {what}")
     return 0
 
 

@@ -62,6 +62,7 @@ from ..core.inference import (
 )
 from ..core.model_package import ModelPackage
 from ..core.multiband import MissingBandError, MultibandImage
+from ..core.star_galaxy import apply_star_galaxy, measured_bands
 from ..core.threads import quantum_threads, torch_cpu_settings
 from .coadd_inputs import (
     coadd_input_connection,
@@ -234,6 +235,18 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
         default=None,
         optional=True,
     )
+    doStarGalaxy = pexConfig.Field[bool](
+        doc="Set the class of star and galaxy rows from the package's star-galaxy classifier (PSF-matched "
+        "excess, colours and the network's log-odds; core.star_galaxy) when the package has one and the "
+        "patch has its bands; off: the network's class.  star_galaxy_prob is NaN where it is not run.",
+        default=True,
+    )
+    starGalaxyThreshold = pexConfig.Field[float](
+        doc="Star-probability threshold of the star-galaxy classifier; None: the package's (chosen on "
+        "validation when it was trained).",
+        default=None,
+        optional=True,
+    )
     doMorphology = pexConfig.Field[bool](
         doc="Also classify the bright galaxies into Hubble types (the morphology subtask) on the coadds "
         "already in memory, and write object_deepdisc_morphology: the cheap way to run the morphology "
@@ -251,6 +264,10 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
     def validate(self) -> None:
         super().validate()
         check_device(self)
+        if self.starGalaxyThreshold is not None and not 0.0 < self.starGalaxyThreshold < 1.0:
+            raise pexConfig.FieldValidationError(
+                DeepDiscDetectConfig.starGalaxyThreshold, self, "starGalaxyThreshold must be in (0, 1)"
+            )
         if self.tileOverlap >= self.tileSize:
             raise pexConfig.FieldValidationError(
                 DeepDiscDetectConfig.tileOverlap, self, "tileOverlap must be smaller than tileSize"
@@ -437,6 +454,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             detections = Detections.empty(len(model_package.class_names))
             catalog = build_catalog(detections, image, **catalog_kwargs)
             self.flag_primary(catalog, patch_region, tract_region)
+            self.classify_stars(catalog, model_package)
             self._record(catalog, start, device="none", inference_seconds=0.0)
             return pipeBase.Struct(
                 catalog=catalog, detections=detections, artifactMask=build_artifact_mask(catalog)
@@ -486,6 +504,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         # The catalog measures the unscaled image (the network's input is freed by now).
         catalog = build_catalog(detections, image, **catalog_kwargs)
         self.flag_primary(catalog, patch_region, tract_region)
+        self.classify_stars(catalog, model_package)
         self._record(catalog, start, device=str(device), inference_seconds=inference_seconds)
         return pipeBase.Struct(
             catalog=catalog, detections=detections, artifactMask=build_artifact_mask(catalog)
@@ -625,6 +644,41 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             inside_region(patch_region, ra, dec),
             inside_region(tract_region, ra, dec),
             source="patch and tract regions of the data ID",
+        )
+
+    def classify_stars(self, catalog: Table, model_package: ModelPackage) -> None:
+        """Apply the package's star-galaxy classifier to ``catalog`` (in place) when configured and possible.
+
+        Skipped, with a log line, when the package has none, ``doStarGalaxy`` is off, or the catalog lacks
+        PSF photometry in one of the classifier's bands (band subsets, coadds without a PSF FWHM): the
+        network's classes stay.
+        """
+        classifier = model_package.star_galaxy
+        self.metadata["star_galaxy_applied"] = False
+        if classifier is None or not self.config.doStarGalaxy:
+            return
+        measured = measured_bands(catalog)
+        missing = [band for band in classifier.bands if band not in measured]
+        if missing:
+            self.log.warning(
+                "Star-galaxy classifier skipped: no PSF photometry in band(s) %s (absent coadds or no PSF "
+                "FWHM); classes are the network's.",
+                missing,
+            )
+            return
+        result = apply_star_galaxy(
+            catalog, classifier, model_package.class_names, threshold=self.config.starGalaxyThreshold
+        )
+        catalog.meta["star_galaxy"] = {"threshold": result.threshold, "changed": result.changed}
+        self.metadata["star_galaxy_applied"] = True
+        self.metadata["star_galaxy_changed"] = result.changed
+        self.log.info(
+            "Star-galaxy classifier: %d stars among %d sources (threshold %.3g); %d classes changed from the "
+            "network's.",
+            result.stars,
+            result.classified,
+            result.threshold,
+            result.changed,
         )
 
     def _record(self, catalog: Table, start: float, device: str, inference_seconds: float) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "BuildMorphologyLabelsConfig",
     "BuildMorphologyLabelsConnections",
     "BuildMorphologyLabelsTask",
+    "REFERENCE_DIMENSIONS",
 ]
 
 import dataclasses
@@ -53,7 +54,7 @@ import lsst.pipe.base.connectionTypes as cT
 from ..butler.tables import to_arrow
 from ..core.morphology import match_labels, select_galaxies
 
-_REFERENCE_DIMENSIONS = {
+REFERENCE_DIMENSIONS = {  # referenceDimensions -> the labelled catalog's dataset dimensions
     "patch": ("tract", "patch", "skymap"),
     "tract": ("tract", "skymap"),
     "none": (),
@@ -88,7 +89,7 @@ class BuildMorphologyLabelsConnections(
 
     def __init__(self, *, config: BuildMorphologyLabelsConfig) -> None:
         super().__init__(config=config)
-        dimensions = _REFERENCE_DIMENSIONS[config.referenceDimensions]
+        dimensions = REFERENCE_DIMENSIONS[config.referenceDimensions]
         if set(self.reference.dimensions) != set(dimensions):
             self.reference = dataclasses.replace(self.reference, dimensions=dimensions)
 

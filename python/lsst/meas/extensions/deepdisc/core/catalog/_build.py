@@ -37,6 +37,7 @@ from scipy.sparse.csgraph import connected_components
 from ..footprints import flatten_spans
 from ..ids import IdPacker
 from ..multiband import MultibandImage
+from ..star_galaxy import psf_photometry
 from ._artifact_mask import _gather, _plain
 from ._columns import APPORTION_RULE, catalog_columns, is_artifact_class
 
@@ -489,11 +490,17 @@ def build_catalog(
     for k, name in enumerate(class_names):
         values[f"prob_{name}"] = detections.class_probs[:, k]
     values["detection_snr"] = detection_snr(footprint_flux, footprint_var)
+    photometry = psf_photometry(image, centroid_x, centroid_y, invalid_planes=invalid_planes)
+    values["star_galaxy_prob"] = np.full(n, np.nan)
     with np.errstate(invalid="ignore"):
         for b, band in enumerate(image.bands):
             values[f"{band}_footprintFlux"] = footprint_flux[b]
             values[f"{band}_footprintFluxErr"] = np.sqrt(footprint_var[b])
             values[f"{band}_apportionedFlux"] = apportioned[b]
+            values[f"{band}_psfFlux"] = photometry.flux[:, b]
+            values[f"{band}_psfFluxErr"] = photometry.flux_err[:, b]
+            values[f"{band}_psfExcess"] = photometry.excess[:, b]
+            values[f"{band}_psfExcessErr"] = photometry.excess_err[:, b]
 
     table = Table()
     for name, dtype, unit, description in catalog_columns(image.bands, class_names):

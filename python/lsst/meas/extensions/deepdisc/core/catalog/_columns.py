@@ -128,8 +128,32 @@ def catalog_columns(bands: Sequence[str], class_names: Sequence[str]) -> list[tu
                 FLUX_UNIT,
                 f"{band} footprint flux with pixels shared with overlapping sources apportioned by weight",
             ),
+            (
+                f"{band}_psfFlux",
+                np.float64,
+                FLUX_UNIT,
+                f"{band} flux of a Gaussian PSF of the band's FWHM fitted at the refined centroid (linear, "
+                "NO_DATA pixels left out); NaN without a PSF FWHM or with under half the PSF on valid pixels",
+            ),
+            (f"{band}_psfFluxErr", np.float64, FLUX_UNIT, f"Uncertainty of {band}_psfFlux"),
+            (
+                f"{band}_psfExcess",
+                np.float64,
+                FLUX_UNIT,
+                f"{band} flux of a twice-wider Gaussian filter (normalised to a point source) minus "
+                f"{band}_psfFlux: near zero for a point source, larger for extended light",
+            ),
+            (f"{band}_psfExcessErr", np.float64, FLUX_UNIT, f"Uncertainty of {band}_psfExcess"),
         ]
     columns += [
+        (
+            "star_galaxy_prob",
+            np.float32,
+            u.dimensionless_unscaled,
+            "Star probability of the package's star-galaxy classifier (PSF-matched excess, colours, the "
+            "network's log-odds); class_id/class_name of star and galaxy rows follow it; NaN where it was "
+            "not run (artifact rows, a package without one, missing bands)",
+        ),
         (
             "detection_snr",
             np.float32,

@@ -89,6 +89,19 @@ def package_summary(package: ModelPackage) -> str:
                 )
             ]
         ),
+        *(
+            []
+            if package.star_galaxy is None
+            else [
+                f"  star/galaxy    : PSF-matched classifier on {' '.join(package.star_galaxy.bands)}, "
+                f"star threshold {package.star_galaxy.threshold:g}"
+                + "".join(
+                    f", {key} {value}"
+                    for key, value in package.star_galaxy.provenance.items()
+                    if key.startswith("validation_star_f1")
+                )
+            ]
+        ),
         f"  weights        : {weights['tensors']} tensors, {weights['values']:,} values, "
         f"{weights['bytes'] / 2**20:.1f} MiB ({dtypes})",
         f"  format         : {FORMAT_NAME} v{package.format_version}, written by "

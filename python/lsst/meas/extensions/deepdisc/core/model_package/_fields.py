@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..star_galaxy import StarGalaxyClassifier, StarGalaxyError
 from ._archive import ModelPackageError
 
 
@@ -150,3 +151,28 @@ def _checked_band_count_thresholds(
             raise ModelPackageError(f"band_count_thresholds[{count}] must be in [0, 1], got {threshold!r}")
         checked[count] = float(threshold)
     return checked
+
+
+def _checked_star_galaxy(
+    classifier: Any, bands: tuple[str, ...], class_names: tuple[str, ...]
+) -> StarGalaxyClassifier | None:
+    """The package's star-galaxy classifier (read from its plain-data form), checked against the model."""
+    if classifier is None:
+        return None
+    try:
+        if isinstance(classifier, Mapping):
+            classifier = StarGalaxyClassifier.from_dict(classifier)
+    except StarGalaxyError as exc:
+        raise ModelPackageError(f"star_galaxy: {exc}") from None
+    if not isinstance(classifier, StarGalaxyClassifier):
+        raise ModelPackageError(
+            f"star_galaxy must be a StarGalaxyClassifier, got {type(classifier).__name__}"
+        )
+    if "star" not in class_names or "galaxy" not in class_names:
+        raise ModelPackageError(
+            f"star_galaxy needs a model with classes 'star' and 'galaxy', not {class_names}"
+        )
+    extra = [band for band in classifier.bands if band not in bands]
+    if extra:
+        raise ModelPackageError(f"star_galaxy reads bands {extra} that the model does not have ({bands})")
+    return classifier

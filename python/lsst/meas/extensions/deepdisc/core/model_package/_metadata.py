@@ -52,6 +52,7 @@ _OPTIONAL_METADATA_KEYS = (
     "band_count_thresholds",
     "artifact_binning",
     "artifact_score_threshold",
+    "star_galaxy",
 )
 
 
@@ -82,6 +83,7 @@ def package_metadata(package: ModelPackage) -> dict[str, Any]:
             if package.artifact_score_threshold is None
             else {"artifact_score_threshold": package.artifact_score_threshold}
         ),
+        **({} if package.star_galaxy is None else {"star_galaxy": package.star_galaxy.to_dict()}),
     }
 
 

@@ -38,6 +38,7 @@ import torch
 
 from ...version import __version__
 from ..scaling import ScalingSpec
+from ..star_galaxy import StarGalaxyClassifier
 from ._archive import (
     DEFAULT_LIMITS,
     FORMAT_VERSION,
@@ -57,6 +58,7 @@ from ._display import describe_package, package_summary
 from ._fields import (
     _checked_band_count_thresholds,
     _checked_min_bands,
+    _checked_star_galaxy,
     _float_tuple,
     _string_tuple,
     _tensors_identical,
@@ -142,6 +144,12 @@ class ModelPackage:
         those classes.  `None`: artifacts are found on the unbinned patch only.
     artifact_score_threshold : `float` or `None`
         Score threshold of that binned artifact pass (`None`: the sources' operating point).
+    star_galaxy : `~..star_galaxy.StarGalaxyClassifier` or `None`
+        The second-stage star-galaxy classifier (PSF-matched measurements, colours and the network's
+        log-odds), trained on this network's detections; the detection task sets the class of star and
+        galaxy rows from it.  Its bands must be the package's; the model must have ``star`` and ``galaxy``
+        classes.  Stored as plain numbers in the metadata; a mapping is read with
+        `StarGalaxyClassifier.from_dict`.
     package_version : `str`
         Version of meas_extensions_deepdisc that created the package.
     format_version : `int`
@@ -164,6 +172,7 @@ class ModelPackage:
     band_count_thresholds: dict[int, float] | None = None
     artifact_binning: int | None = None
     artifact_score_threshold: float | None = None
+    star_galaxy: StarGalaxyClassifier | None = None
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -218,6 +227,7 @@ class ModelPackage:
             if self.artifact_binning is None:
                 raise ModelPackageError("artifact_score_threshold needs artifact_binning (the binned pass)")
             self.artifact_score_threshold = float(value)
+        self.star_galaxy = _checked_star_galaxy(self.star_galaxy, self.bands, self.class_names)
         if not isinstance(self.state_dict, Mapping) or not self.state_dict:
             raise ModelPackageError("state_dict must be a non-empty mapping of names to tensors")
         for key, tensor in self.state_dict.items():
@@ -634,6 +644,7 @@ class ModelPackage:
             band_count_thresholds=metadata.get("band_count_thresholds"),
             artifact_binning=metadata.get("artifact_binning"),
             artifact_score_threshold=metadata.get("artifact_score_threshold"),
+            star_galaxy=metadata.get("star_galaxy"),
             package_version=metadata["package_version"],
             format_version=metadata["format_version"],
         )

@@ -1,0 +1,122 @@
+# This file is part of meas_extensions_deepdisc.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+"""The star-galaxy classifier applied to a detection catalog."""
+
+from __future__ import annotations
+
+__all__ = ["StarGalaxyResult", "apply_star_galaxy", "catalog_features", "measured_bands"]
+
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.table import Table
+
+from ._classifier import StarGalaxyClassifier, StarGalaxyError, star_galaxy_features
+
+_STAR, _GALAXY = "star", "galaxy"
+
+
+def measured_bands(catalog: Table) -> list[str]:
+    """Bands with PSF photometry in a catalog: a ``<band>_psfFlux`` column with at least one finite value.
+
+    In catalog column order.  A band whose coadd had no PSF FWHM has the column, but only NaN.
+    """
+    suffix = "_psfFlux"
+    return [
+        name[: -len(suffix)]
+        for name in catalog.colnames
+        if name.endswith(suffix) and (len(catalog) == 0 or np.isfinite(np.asarray(catalog[name])).any())
+    ]
+
+
+def catalog_features(catalog: Table, bands: tuple[str, ...] | list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's rows of a catalog (star or galaxy class) and their `star_galaxy_features`.
+
+    Neighbour distances are measured among those rows (artifacts are no neighbours).
+
+    Returns
+    -------
+    eligible : `numpy.ndarray`
+        Boolean ``[N]``: the rows classified.
+    features : `numpy.ndarray`
+        ``[eligible.sum(), F]``.
+    """
+    eligible = np.isin(np.asarray(catalog["class_name"], dtype=str), [_STAR, _GALAXY])
+    columns = {name: np.asarray(catalog[name])[eligible] for name in catalog.colnames if name != "footprint"}
+    return eligible, star_galaxy_features(columns, bands)
+
+
+@dataclass(frozen=True)
+class StarGalaxyResult:
+    """What `apply_star_galaxy` did: rows classified, stars called, classes changed, threshold used."""
+
+    classified: int
+    stars: int
+    changed: int
+    threshold: float
+
+
+def apply_star_galaxy(
+    catalog: Table,
+    classifier: StarGalaxyClassifier,
+    class_names: list[str] | tuple[str, ...],
+    threshold: float | None = None,
+) -> StarGalaxyResult:
+    """Set ``star_galaxy_prob`` and the class of a catalog's star and galaxy rows from the classifier.
+
+    Rows the network called an artifact keep their class and get NaN.  ``class_id``/``class_name`` of the
+    other rows become ``star`` where the probability reaches the threshold, else ``galaxy``; the network's
+    own ``prob_<class>`` columns are left as they are.
+
+    Parameters
+    ----------
+    catalog : `astropy.table.Table`
+        A detection catalog with the PSF photometry columns of the classifier's bands (modified in place).
+    classifier : `StarGalaxyClassifier`
+        The trained classifier.
+    class_names : sequence of `str`
+        The model's classes in class-id order; must include ``star`` and ``galaxy``.
+    threshold : `float`, optional
+        Star-probability threshold (default: the classifier's, chosen on validation).
+
+    Raises
+    ------
+    StarGalaxyError
+        If the model has no star and galaxy classes or the catalog lacks an input column.
+    """
+    names = list(class_names)
+    if _STAR not in names or _GALAXY not in names:
+        raise StarGalaxyError(f"the star-galaxy classifier needs classes 'star' and 'galaxy', not {names}")
+    threshold = classifier.threshold if threshold is None else float(threshold)
+    eligible, features = catalog_features(catalog, classifier.bands)
+    probability = np.full(len(catalog), np.nan, dtype=np.float32)
+    stars = changed = 0
+    if eligible.any():
+        prob = classifier.predict(features)
+        probability[eligible] = prob
+        is_star = prob >= threshold
+        new_ids = np.where(is_star, names.index(_STAR), names.index(_GALAXY))
+        changed = int(np.sum(new_ids != np.asarray(catalog["class_id"])[eligible]))
+        stars = int(is_star.sum())
+        catalog["class_id"][eligible] = new_ids
+        catalog["class_name"][eligible] = np.asarray(names)[new_ids]
+    catalog["star_galaxy_prob"][:] = probability
+    return StarGalaxyResult(int(eligible.sum()), stars, changed, threshold)

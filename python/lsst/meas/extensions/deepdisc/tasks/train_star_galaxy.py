@@ -1,0 +1,440 @@
+# This file is part of meas_extensions_deepdisc.
+#
+# Developed for the LSST Data Management System.
+# This product includes software developed by the LSST Project
+# (https://www.lsst.org).
+# See the COPYRIGHT file at the top-level directory of this distribution
+# for details of code ownership.
+#
+# This program is free software: you can redistribute it and/or modify
+# it under the terms of the GNU General Public License as published by
+# the Free Software Foundation, either version 3 of the License, or
+# (at your option) any later version.
+#
+# This program is distributed in the hope that it will be useful,
+# but WITHOUT ANY WARRANTY; without even the implied warranty of
+# MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+# GNU General Public License for more details.
+#
+# You should have received a copy of the GNU General Public License
+# along with this program.  If not, see <https://www.gnu.org/licenses/>.
+"""DeepDiscTrainStarGalaxyTask: train the star-galaxy classifier on a model's detections and labelled stars.
+
+One quantum over every patch the query selects.  Input: the ``object_deepdisc`` catalogs that a detection
+model wrote (they carry the PSF photometry the classifier reads) and a labelled catalog with positions and a
+star flag (``truth_patch`` in simulated repositories; in a real one, a catalog of spectroscopic or
+space-based classifications put into the Butler).  The task matches the labels to the primary star and
+galaxy rows one to one, fits `..core.star_galaxy.fit_star_galaxy` (an ensemble of small networks) on the
+patches outside ``validationTracts``, chooses the star threshold with the best star F1 over out-of-fold
+predictions of the training objects brighter than ``thresholdMaxMag`` (``thresholdFolds`` folds of patches),
+reports the validation patches at that threshold, and writes the classifier
+(``deepdisc_star_galaxy_classifier``, plain data) and its metrics per magnitude bin next to the detection
+network's.  ``deepdisc-model star-galaxy``
+puts the classifier into the model package, whose detection task then uses it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DeepDiscTrainStarGalaxyConfig",
+    "DeepDiscTrainStarGalaxyConnections",
+    "DeepDiscTrainStarGalaxyTask",
+]
+
+import dataclasses
+from typing import override
+
+import numpy as np
+from astropy.table import Table, vstack
+
+import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
+import lsst.pipe.base.connectionTypes as cT
+
+from ..butler.model_formatter import STAR_GALAXY_DATASET_TYPE
+from ..core.morphology import match_labels
+from ..core.star_galaxy import (
+    StarGalaxyClassifier,
+    best_f1_threshold,
+    catalog_features,
+    fit_star_galaxy,
+    measured_bands,
+    star_f1,
+)
+from ..core.threads import quantum_threads, torch_cpu_settings
+from .morphology_labels import REFERENCE_DIMENSIONS
+
+_PATCH_DIMENSIONS = ("tract", "patch", "skymap")
+
+
+def _unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    ra, dec = np.radians(ra), np.radians(dec)
+    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
+
+
+def _near(
+    ra: np.ndarray, dec: np.ndarray, reference: Table, config: DeepDiscTrainStarGalaxyConfig
+) -> np.ndarray:
+    """Reference rows within the catalog's footprint on the sky (plus the match radius).
+
+    A survey-wide or tract-wide reference spans more sky than one tangent plane can hold.
+    """
+    ref = _unit_vectors(
+        np.asarray(reference[config.raColumn], dtype=float),
+        np.asarray(reference[config.decColumn], dtype=float),
+    )
+    points = _unit_vectors(ra, dec)
+    if len(points) == 0:
+        return np.zeros(len(ref), dtype=bool)
+    centre = points.mean(axis=0)
+    centre /= np.linalg.norm(centre)
+    radius = np.arccos(np.clip(points @ centre, -1.0, 1.0)).max() + np.radians(config.matchRadius / 3600.0)
+    return np.arccos(np.clip(ref @ centre, -1.0, 1.0)) <= radius
+
+
+class DeepDiscTrainStarGalaxyConnections(
+    pipeBase.PipelineTaskConnections,
+    dimensions=(),
+    defaultTemplates={"referenceName": "truth_patch"},
+):
+    """Connections of `DeepDiscTrainStarGalaxyTask`."""
+
+    catalogs = cT.Input(
+        doc="Detections of the model the classifier is trained for (with PSF photometry).",
+        name="object_deepdisc",
+        storageClass="ArrowAstropy",
+        dimensions=_PATCH_DIMENSIONS,
+        multiple=True,
+    )
+    references = cT.Input(
+        doc="Labelled catalog(s): sky positions and a star flag (truth_patch in simulated repositories).",
+        name="{referenceName}",
+        storageClass="ArrowAstropy",
+        dimensions=_PATCH_DIMENSIONS,
+        multiple=True,
+    )
+    classifier = cT.Output(
+        doc="The trained star-galaxy classifier as plain data (deepdisc-model star-galaxy adds it to a "
+        "model package).",
+        name=STAR_GALAXY_DATASET_TYPE,
+        storageClass="StructuredDataDict",
+        dimensions=(),
+    )
+    metrics = cT.Output(
+        doc="Star and galaxy F1 of the classifier and of the detection network per split and magnitude bin.",
+        name="deepdisc_star_galaxy_metrics",
+        storageClass="ArrowAstropy",
+        dimensions=(),
+    )
+
+    def __init__(self, *, config: DeepDiscTrainStarGalaxyConfig) -> None:
+        super().__init__(config=config)
+        dimensions = REFERENCE_DIMENSIONS[config.referenceDimensions]
+        if set(self.references.dimensions) != set(dimensions):
+            self.references = dataclasses.replace(self.references, dimensions=dimensions)
+
+
+class DeepDiscTrainStarGalaxyConfig(
+    pipeBase.PipelineTaskConfig, pipelineConnections=DeepDiscTrainStarGalaxyConnections
+):
+    """Configuration of `DeepDiscTrainStarGalaxyTask`."""
+
+    referenceDimensions = pexConfig.ChoiceField[str](
+        doc="Dimensions of the labelled catalog dataset.",
+        default="patch",
+        allowed={
+            "patch": "one table per (tract, patch), as truth_patch",
+            "tract": "one table per tract",
+            "none": "one table for the whole repository",
+        },
+    )
+    raColumn = pexConfig.Field[str](doc="Reference right ascension column (degrees).", default="ra")
+    decColumn = pexConfig.Field[str](doc="Reference declination column (degrees).", default="dec")
+    starColumn = pexConfig.Field[str](doc="Reference column, true for stars.", default="is_star")
+    magColumn = pexConfig.Field[str](doc="Reference magnitude column (the bins).", default="mag_i")
+    matchRadius = pexConfig.Field[float](doc="Largest label-detection separation (arcsec).", default=0.6)
+    maxMag = pexConfig.Field[float](doc="Objects fainter than this are not trained on.", default=25.0)
+    thresholdMaxMag = pexConfig.Field[float](
+        doc="The star threshold maximises the star F1 of validation objects brighter than this.", default=24.0
+    )
+    magBins = pexConfig.ListField[float](
+        doc="Magnitude bin edges of the metrics table.", default=[16.0, 22.0, 23.0, 24.0, 25.0]
+    )
+    bands = pexConfig.ListField[str](
+        doc="Bands whose PSF photometry the classifier reads; empty: every band the catalogs measured.",
+        default=[],
+    )
+    validationTracts = pexConfig.ListField[int](
+        doc="Tracts held out to choose the threshold and report; empty: every 5th object by id.", default=[]
+    )
+    hiddenLayers = pexConfig.ListField[int](doc="Widths of the hidden layers.", default=[32, 32])
+    ensembleSize = pexConfig.Field[int](
+        doc="Networks averaged (each from its own initial weights).", default=3
+    )
+    thresholdFolds = pexConfig.Field[int](
+        doc="Folds of training patches whose out-of-fold predictions choose the star threshold; below 2: "
+        "the validation objects choose it.",
+        default=4,
+    )
+    epochs = pexConfig.Field[int](doc="Full-batch Adam epochs.", default=600)
+    learningRate = pexConfig.Field[float](doc="Adam learning rate.", default=0.01)
+    weightDecay = pexConfig.Field[float](doc="Adam weight decay.", default=1e-3)
+    starWeight = pexConfig.Field[float](doc="Loss weight of stars relative to galaxies.", default=1.0)
+    seed = pexConfig.Field[int](doc="Seed of the initial weights.", default=0)
+    numThreads = pexConfig.Field[int](
+        doc="Torch CPU threads; 0: the quantum's cores (pipetask --cores-per-quantum).", default=0
+    )
+
+    @override
+    def validate(self) -> None:
+        super().validate()
+        if not self.matchRadius > 0:
+            raise pexConfig.FieldValidationError(
+                DeepDiscTrainStarGalaxyConfig.matchRadius, self, "matchRadius must be positive"
+            )
+        if list(self.magBins) != sorted(self.magBins) or len(self.magBins) < 2:
+            raise pexConfig.FieldValidationError(
+                DeepDiscTrainStarGalaxyConfig.magBins, self, "magBins must be at least two increasing edges"
+            )
+        if not self.hiddenLayers or min(self.hiddenLayers) < 1 or self.epochs < 1 or self.ensembleSize < 1:
+            raise pexConfig.FieldValidationError(
+                DeepDiscTrainStarGalaxyConfig.hiddenLayers,
+                self,
+                "hiddenLayers, epochs and ensembleSize must be positive",
+            )
+
+
+class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
+    """Train the star-galaxy classifier of a detection model."""
+
+    ConfigClass = DeepDiscTrainStarGalaxyConfig
+    _DefaultName = "trainStarGalaxy"
+    config: DeepDiscTrainStarGalaxyConfig
+
+    def labelled_rows(self, catalog: Table, reference: Table, bands: list[str]) -> Table:
+        """The primary star and galaxy rows of one catalog that match a labelled object, with features.
+
+        Returns a table with ``features`` (one row per object), ``is_star``, ``mag``, ``network_star``,
+        ``id``.
+        """
+        config = self.config
+        eligible, features = catalog_features(catalog, bands)
+        primary = np.asarray(catalog["detect_isPrimary"], dtype=bool)[eligible]
+        rows = catalog[eligible][primary]
+        ra, dec = np.asarray(rows["coord_ra"], dtype=float), np.asarray(rows["coord_dec"], dtype=float)
+        reference = reference[_near(ra, dec, reference, config)]
+        match = match_labels(
+            ra,
+            dec,
+            np.asarray(reference[config.raColumn], dtype=float),
+            np.asarray(reference[config.decColumn], dtype=float),
+            config.matchRadius,
+        )
+        out = Table()
+        out["features"] = features[primary][match.detection]
+        out["is_star"] = np.asarray(reference[config.starColumn], dtype=bool)[match.label]
+        out["mag"] = np.asarray(reference[config.magColumn], dtype=float)[match.label]
+        out["network_star"] = np.asarray(rows["class_name"], dtype=str)[match.detection] == "star"
+        out["id"] = np.asarray(rows["id"], dtype=np.int64)[match.detection]
+        return out
+
+    def run(self, catalogs: list[tuple[int, Table]], reference: Table) -> pipeBase.Struct:
+        """Fit the classifier and measure it.
+
+        Parameters
+        ----------
+        catalogs : `list` [`tuple` [`int`, `astropy.table.Table`]]
+            ``(tract, object_deepdisc)`` of every patch.
+        reference : `astropy.table.Table`
+            The labelled objects of all patches (positions, star flag, magnitude).
+
+        Returns
+        -------
+        result : `lsst.pipe.base.Struct`
+            ``classifier`` (`dict`, plain data) and ``metrics`` (`astropy.table.Table`).
+
+        Raises
+        ------
+        KeyError
+            If the reference lacks a configured column.
+        RuntimeError
+            If either split has no labelled star.
+        """
+        config = self.config
+        missing = [
+            name
+            for name in (config.raColumn, config.decColumn, config.starColumn, config.magColumn)
+            if name not in reference.colnames
+        ]
+        if missing:
+            raise KeyError(
+                f"the reference catalog lacks column(s) {missing}; it has {reference.colnames} "
+                "(set raColumn, decColumn, starColumn, magColumn)"
+            )
+        bands = list(config.bands) or measured_bands(catalogs[0][1])
+        if not bands:
+            raise RuntimeError("the catalogs have no PSF photometry (no <band>_psfFlux with values)")
+        parts = []
+        for index, (tract, catalog) in enumerate(catalogs):
+            part = self.labelled_rows(catalog, reference, bands)
+            if config.validationTracts:
+                part["validation"] = np.full(len(part), tract in set(config.validationTracts))
+            else:
+                part["validation"] = np.asarray(part["id"]) % 5 == 0
+            part["patch_index"] = np.full(len(part), index)
+            parts.append(part)
+        table = vstack(parts)
+        features = np.asarray(table["features"], dtype=float)
+        is_star = np.asarray(table["is_star"], dtype=bool)
+        mag = np.asarray(table["mag"], dtype=float)
+        validation = np.asarray(table["validation"], dtype=bool)
+        train = ~validation & (mag < config.maxMag)
+        for name, split in (("training", train), ("validation", validation)):
+            if not is_star[split].any():
+                raise RuntimeError(
+                    f"no labelled star among the {int(split.sum())} {name} objects: the classifier cannot be "
+                    "trained and judged (check validationTracts, maxMag and the reference's starColumn)"
+                )
+        self.log.info(
+            "Training on %d objects (%d stars) of %d patches; %d validation objects (%d stars).",
+            int(train.sum()),
+            int(is_star[train].sum()),
+            len(catalogs),
+            int(validation.sum()),
+            int(is_star[validation].sum()),
+        )
+        threshold_rows, threshold_probability = self.threshold_sample(
+            features, is_star, mag, train, validation, np.asarray(table["patch_index"]), bands
+        )
+        classifier = self.fit(features[train], is_star[train], bands)
+        probability = classifier.predict(features)
+        classifier.threshold, threshold_f1 = best_f1_threshold(threshold_probability, is_star[threshold_rows])
+        judged = validation & (mag < config.thresholdMaxMag)
+        f1 = star_f1(is_star[judged], probability[judged] >= classifier.threshold)
+        network_f1 = star_f1(is_star[judged], np.asarray(table["network_star"])[judged])
+        limit = f"i<{config.thresholdMaxMag:g}"
+        classifier.provenance.update(
+            {
+                "threshold_from": f"{config.thresholdFolds}-fold out-of-fold training predictions"
+                if config.thresholdFolds >= 2
+                else "validation objects",
+                f"threshold_star_f1_{limit}": round(threshold_f1, 4),
+                f"validation_star_f1_{limit}": round(f1, 4),
+                f"validation_network_star_f1_{limit}": round(network_f1, 4),
+                "n_validation": int(validation.sum()),
+                "n_validation_stars": int(is_star[validation].sum()),
+                "max_mag": config.maxMag,
+                "patches": len(catalogs),
+            }
+        )
+        self.log.info(
+            "Star threshold %.3f (star F1 %.3f where chosen): validation star F1 %.3f for %s (the network's "
+            "classes: %.3f).",
+            classifier.threshold,
+            threshold_f1,
+            f1,
+            limit,
+            network_f1,
+        )
+        metrics = self.metrics_table(is_star, probability >= classifier.threshold, table, mag, validation)
+        return pipeBase.Struct(classifier=classifier.to_dict(), metrics=metrics)
+
+    def fit(self, features: np.ndarray, is_star: np.ndarray, bands: list[str]) -> StarGalaxyClassifier:
+        """`fit_star_galaxy` with the configured network and schedule."""
+        config = self.config
+        return fit_star_galaxy(
+            features,
+            is_star,
+            bands,
+            hidden=tuple(config.hiddenLayers),
+            ensemble=config.ensembleSize,
+            epochs=config.epochs,
+            learning_rate=config.learningRate,
+            weight_decay=config.weightDecay,
+            star_weight=config.starWeight,
+            seed=config.seed,
+        )
+
+    def threshold_sample(
+        self,
+        features: np.ndarray,
+        is_star: np.ndarray,
+        mag: np.ndarray,
+        train: np.ndarray,
+        validation: np.ndarray,
+        patch_index: np.ndarray,
+        bands: list[str],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The objects the star threshold is chosen on and their star probabilities.
+
+        With ``thresholdFolds >= 2``: every training object brighter than ``thresholdMaxMag``, each
+        predicted by a classifier fitted on the other folds of patches (several times the validation
+        tract's stars, so the threshold is not set by a handful of them).  Otherwise the validation objects,
+        predicted by a classifier fitted on all training objects.
+        """
+        config = self.config
+        bright = mag < config.thresholdMaxMag
+        if config.thresholdFolds < 2:
+            rows = validation & bright
+            return rows, self.fit(features[train], is_star[train], bands).predict(features[rows])
+        patches = np.unique(patch_index[train])
+        fold_of_patch = {patch: i % config.thresholdFolds for i, patch in enumerate(patches)}
+        fold = np.array([fold_of_patch.get(p, -1) for p in patch_index])
+        probability = np.full(len(features), np.nan)
+        for k in range(config.thresholdFolds):
+            fit_rows, predict_rows = train & (fold != k), train & (fold == k) & bright
+            if not predict_rows.any() or not is_star[fit_rows].any():
+                continue
+            probability[predict_rows] = self.fit(features[fit_rows], is_star[fit_rows], bands).predict(
+                features[predict_rows]
+            )
+        rows = np.isfinite(probability)
+        self.log.info(
+            "Threshold chosen on %d out-of-fold training objects (%d stars, %d folds of patches).",
+            int(rows.sum()),
+            int(is_star[rows].sum()),
+            config.thresholdFolds,
+        )
+        return rows, probability[rows]
+
+    def metrics_table(
+        self, is_star: np.ndarray, called: np.ndarray, table: Table, mag: np.ndarray, validation: np.ndarray
+    ) -> Table:
+        """Star and galaxy F1 of the classifier and of the network, per split and magnitude bin."""
+        edges = list(self.config.magBins)
+        network = np.asarray(table["network_star"], dtype=bool)
+        rows = []
+        bins = [(edges[0], self.config.thresholdMaxMag)] + list(zip(edges[:-1], edges[1:]))
+        for split, selected in (("training", ~validation), ("validation", validation)):
+            for low, high in bins:
+                m = selected & (mag >= low) & (mag < high)
+                rows.append(
+                    {
+                        "split": split,
+                        "mag_min": low,
+                        "mag_max": high,
+                        "n_stars": int(is_star[m].sum()),
+                        "n_galaxies": int((~is_star[m]).sum()),
+                        "star_f1": star_f1(is_star[m], called[m]),
+                        "galaxy_f1": star_f1(~is_star[m], ~called[m]),
+                        "network_star_f1": star_f1(is_star[m], network[m]),
+                        "network_galaxy_f1": star_f1(~is_star[m], ~network[m]),
+                    }
+                )
+        return Table(rows=rows)
+
+    @override
+    def runQuantum(
+        self,
+        butlerQC: pipeBase.QuantumContext,
+        inputRefs: pipeBase.InputQuantizedConnection,
+        outputRefs: pipeBase.OutputQuantizedConnection,
+    ) -> None:
+        catalogs: list[tuple[int, Table]] = []
+        for ref in sorted(inputRefs.catalogs, key=lambda r: (r.dataId["tract"], r.dataId["patch"])):
+            catalogs.append((int(ref.dataId["tract"]), butlerQC.get(ref)))
+        reference = vstack([butlerQC.get(ref) for ref in inputRefs.references], metadata_conflicts="silent")
+        threads = quantum_threads(self.config.numThreads, butlerQC.resources.num_cores)
+        with torch_cpu_settings(threads, log=self.log):
+            outputs = self.run(catalogs, reference)
+        butlerQC.put(outputs, outputRefs)
