@@ -733,7 +733,7 @@ def test_build_model_sets_the_score_threshold_lower_or_higher(
 # ----------------------------------------------------------------------- star-galaxy classifier ---
 
 
-def _star_galaxy(bands: tuple[str, ...] = ("g", "r")) -> StarGalaxyClassifier:
+def _star_galaxy(bands: tuple[str, ...] = ("g", "r"), min_bands: int | None = None) -> StarGalaxyClassifier:
     rng = np.random.default_rng(5)
     n = len(feature_names(bands))
     return StarGalaxyClassifier(
@@ -744,6 +744,7 @@ def _star_galaxy(bands: tuple[str, ...] = ("g", "r")) -> StarGalaxyClassifier:
             ([rng.normal(size=(n, 4)), rng.normal(size=(4, 1))], [rng.normal(size=4), rng.normal(size=1)])
         ],
         threshold=0.35,
+        min_bands=min_bands,
         provenance={"validation_star_f1_i<24": 0.93},
     )
 
@@ -753,7 +754,7 @@ def test_a_star_galaxy_classifier_travels_in_the_package_and_is_checked_against_
     package = _tiny_package(star_galaxy=classifier)
     copy = ModelPackage.from_bytes(package.to_bytes())
     assert copy == package
-    assert copy.star_galaxy.to_dict() == classifier.to_dict()
+    assert [c.to_dict() for c in copy.star_galaxy] == [classifier.to_dict()]
     assert "star/galaxy    : PSF-matched classifier on g r, star threshold 0.35" in copy.summary()
     assert _tiny_package().star_galaxy is None and "star/galaxy" not in _tiny_package().summary()
     with pytest.raises(ModelPackageError, match=r"bands \['z'\] that the model does not have"):
@@ -763,5 +764,15 @@ def test_a_star_galaxy_classifier_travels_in_the_package_and_is_checked_against_
     with pytest.raises(ModelPackageError, match="classes 'star' and 'galaxy'"):
         _tiny_package(star_galaxy=classifier, class_names=("point", "extended"), model_config=other_classes)
     broken = {**classifier.to_dict(), "mean": [0.0]}
-    with pytest.raises(ModelPackageError, match="star_galaxy: .*standardisation"):
+    with pytest.raises(ModelPackageError, match=r"star_galaxy\[0\]: .*standardisation"):
         _tiny_package(star_galaxy=broken)
+
+
+def test_the_first_star_galaxy_classifier_the_measured_bands_allow_is_used() -> None:
+    full, subsets = _star_galaxy(("g", "r", "i")), _star_galaxy(("g", "r", "i"), min_bands=2)
+    package = ModelPackage.from_bytes(_tiny_package(star_galaxy=[full, subsets]).to_bytes())
+    assert package.star_galaxy_for(["g", "r", "i"]).min_bands == 3
+    assert package.star_galaxy_for(["r", "i"]).min_bands == 2
+    assert package.star_galaxy_for(["i"]) is None
+    assert "on g r i (any 2+), star threshold 0.35" in package.summary()
+    assert _tiny_package().star_galaxy_for(["g", "r", "i"]) is None

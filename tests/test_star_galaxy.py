@@ -206,3 +206,32 @@ def test_the_catalog_step_sets_classes_of_sources_only() -> None:
     assert measured_bands(catalog) == ["g"]
     with pytest.raises(StarGalaxyError, match="'star' and 'galaxy'"):
         apply_star_galaxy(catalog, classifier, ["point", "extended", "artifact_ghost"])
+
+
+def test_a_classifier_with_min_bands_runs_on_a_subset_and_refuses_fewer() -> None:
+    rng = np.random.default_rng(6)
+    columns, is_star = _columns(rng, 300)
+    features = star_galaxy_features(columns, ("g", "r"))
+    classifier = fit_star_galaxy(features, is_star, ("g", "r"), hidden=(8,), epochs=200, ensemble=1)
+    # Without r: its columns are ignored (and may be absent), its colour is missing, the sums use g.
+    del columns["r_psfExcess"]
+    only_g = star_galaxy_features(columns, ("g", "r"), absent=["r"])
+    assert np.isnan(only_g[:, -1]).all() and np.isfinite(only_g[:, 0]).all()
+    assert np.median(np.abs(only_g[:, 0] - features[:, 0])) < 0.02  # g alone: the same excess fraction
+    with pytest.raises(StarGalaxyError, match="none of the star-galaxy classifier's bands"):
+        star_galaxy_features(columns, ("g", "r"), absent=["g", "r"])
+    catalog = Table(columns)
+    catalog["r_psfExcess"] = np.nan
+    catalog["r_psfFlux"] = np.nan
+    catalog["class_id"] = np.ones(300, dtype=np.int32)
+    catalog["class_name"] = np.full(300, "galaxy")
+    catalog["star_galaxy_prob"] = np.full(300, np.nan, dtype=np.float32)
+    with pytest.raises(StarGalaxyError, match=r"needs PSF photometry in 2 of its bands \['g', 'r'\]"):
+        apply_star_galaxy(catalog, classifier, ["star", "galaxy"])
+    classifier.min_bands = 1
+    result = apply_star_galaxy(
+        catalog, StarGalaxyClassifier.from_dict(classifier.to_dict()), ["star", "galaxy"]
+    )
+    assert result.classified == 300 and np.isfinite(catalog["star_galaxy_prob"]).all()
+    with pytest.raises(StarGalaxyError, match="min_bands must be in"):
+        StarGalaxyClassifier.from_dict({**classifier.to_dict(), "min_bands": 3})

@@ -116,13 +116,14 @@ def test_training_writes_a_classifier_and_metrics_that_the_package_then_carries(
     assert metrics["n_stars"].sum() > 0 and metrics["n_galaxies"].sum() > 0
     package = ModelPackage.load(star_galaxy_run)
     assert package.version == "test-sg"
-    assert package.star_galaxy.to_dict() == classifier.to_dict()
+    assert [c.to_dict() for c in package.star_galaxy] == [classifier.to_dict()]
 
 
 def test_detection_classes_follow_the_packaged_classifier(tiny_repo: TinyRepo, star_galaxy_run: Path) -> None:
     network = vstack(_catalogs(tiny_repo, TRAIN))
     refined = vstack(_catalogs(tiny_repo, DETECT))
-    threshold = ModelPackage.load(star_galaxy_run).star_galaxy.threshold
+    (classifier,) = ModelPackage.load(star_galaxy_run).star_galaxy
+    threshold = classifier.threshold
     # Same detections and network outputs; only the star and galaxy classes may differ.
     assert np.array_equal(network["id"], refined["id"])
     assert np.array_equal(network["prob_star"], refined["prob_star"])

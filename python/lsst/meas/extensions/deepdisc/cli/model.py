@@ -207,9 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     star_galaxy.add_argument("package", type=Path, metavar="PKG.zip", help="the detection package")
     origin = star_galaxy.add_mutually_exclusive_group(required=True)
     origin.add_argument(
-        "--collection", help="collection holding deepdisc_star_galaxy_classifier (with --repo)"
+        "--collection",
+        nargs="+",
+        help="collections holding deepdisc_star_galaxy_classifier (with --repo), in order of preference",
     )
-    origin.add_argument("--classifier", type=Path, metavar="FILE.yaml", help="a classifier as YAML")
+    origin.add_argument(
+        "--classifier",
+        type=Path,
+        nargs="+",
+        metavar="FILE.yaml",
+        help="classifiers as YAML, in order of preference",
+    )
     origin.add_argument("--remove", action="store_true", help="write the package without a classifier")
     star_galaxy.add_argument("--repo", help="Butler repository of --collection")
     star_galaxy.add_argument("--version", required=True, help="version of the package written")
@@ -436,14 +444,16 @@ def _export(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def _read_classifier(args: argparse.Namespace) -> StarGalaxyClassifier | None:
-    """The classifier that ``star-galaxy`` puts into the package (`None` for ``--remove``)."""
+def _read_classifiers(args: argparse.Namespace) -> list[StarGalaxyClassifier]:
+    """The classifiers that ``star-galaxy`` puts into the package, in order (none for ``--remove``)."""
     if args.remove:
-        return None
+        return []
+    data = []
     if args.classifier is not None:
-        if not args.classifier.is_file():
-            raise CommandError(f"no classifier file at {args.classifier}")
-        data = load_yaml(args.classifier.read_bytes())
+        for path in args.classifier:
+            if not path.is_file():
+                raise CommandError(f"no classifier file at {path}")
+            data.append((str(path), load_yaml(path.read_bytes())))
     else:
         if not args.repo:
             raise CommandError("--collection needs --repo")
@@ -454,39 +464,49 @@ def _read_classifier(args: argparse.Namespace) -> StarGalaxyClassifier | None:
         from lsst.daf.butler import Butler
 
         with Butler.from_config(args.repo) as butler:
-            refs = list(
-                butler.query_datasets(STAR_GALAXY_DATASET_TYPE, collections=args.collection, explain=False)
-            )
-            if not refs:
-                raise CommandError(f"no {STAR_GALAXY_DATASET_TYPE} dataset in collection {args.collection!r}")
-            data = butler.get(refs[0])
-    try:
-        return StarGalaxyClassifier.from_dict(data)
-    except StarGalaxyError as exc:
-        raise ModelPackageError(f"star-galaxy classifier: {exc}") from None
+            for collection in args.collection:
+                refs = list(
+                    butler.query_datasets(STAR_GALAXY_DATASET_TYPE, collections=collection, explain=False)
+                )
+                if not refs:
+                    raise CommandError(f"no {STAR_GALAXY_DATASET_TYPE} dataset in collection {collection!r}")
+                data.append((collection, butler.get(refs[0])))
+    classifiers = []
+    for origin, item in data:
+        try:
+            classifiers.append(StarGalaxyClassifier.from_dict(item))
+        except StarGalaxyError as exc:
+            raise ModelPackageError(f"star-galaxy classifier from {origin}: {exc}") from None
+    return classifiers
 
 
 def _star_galaxy(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.output.exists() and not args.force:
         raise CommandError(f"{args.output} exists; pass --force to overwrite it")
     package = ModelPackage.load(args.package)
-    classifier = _read_classifier(args)
+    classifiers = _read_classifiers(args)
     provenance = dict(package.provenance)
-    if classifier is not None:
-        provenance["star_galaxy_from"] = str(args.classifier or f"{args.repo} {args.collection}")
+    if classifiers:
+        origins = (
+            [str(p) for p in args.classifier]
+            if args.classifier
+            else [f"{args.repo} {c}" for c in args.collection]
+        )
+        provenance["star_galaxy_from"] = origins
     else:
         provenance.pop("star_galaxy_from", None)
     updated = dataclasses.replace(
-        package, version=args.version, star_galaxy=classifier, provenance=provenance
+        package, version=args.version, star_galaxy=tuple(classifiers) or None, provenance=provenance
     )
     if args.force and args.output.exists():
         args.output.unlink()
     updated.save(args.output)
-    if classifier is None:
+    if not classifiers:
         what = "without a star-galaxy classifier"
     else:
-        bands = " ".join(classifier.bands)
-        what = f"with a star-galaxy classifier on {bands} (threshold {classifier.threshold:g})"
+        what = "with star-galaxy classifier(s) " + "; ".join(
+            f"on {' '.join(c.bands)} (any {c.min_bands}, threshold {c.threshold:g})" for c in classifiers
+        )
     print(f"wrote {args.output}: {package.name!r} version {args.version} {what}")
     return 0
 

@@ -649,23 +649,30 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
     def classify_stars(self, catalog: Table, model_package: ModelPackage) -> None:
         """Apply the package's star-galaxy classifier to ``catalog`` (in place) when configured and possible.
 
-        Skipped, with a log line, when the package has none, ``doStarGalaxy`` is off, or the catalog lacks
-        PSF photometry in one of the classifier's bands (band subsets, coadds without a PSF FWHM): the
-        network's classes stay.
+        The package's first classifier that the measured bands allow (`ModelPackage.star_galaxy_for`).
+        Skipped, with a log line, when the package has none, ``doStarGalaxy`` is off, or no classifier has
+        PSF photometry in enough of its bands (band subsets, coadds without a PSF FWHM): the network's
+        classes stay.
         """
-        classifier = model_package.star_galaxy
         self.metadata["star_galaxy_applied"] = False
-        if classifier is None or not self.config.doStarGalaxy:
+        if not model_package.star_galaxy or not self.config.doStarGalaxy:
             return
         measured = measured_bands(catalog)
-        missing = [band for band in classifier.bands if band not in measured]
-        if missing:
+        classifier = model_package.star_galaxy_for(measured)
+        if classifier is None:
             self.log.warning(
-                "Star-galaxy classifier skipped: no PSF photometry in band(s) %s (absent coadds or no PSF "
-                "FWHM); classes are the network's.",
-                missing,
+                "Star-galaxy classifier skipped: the package's need PSF photometry in %s of bands %s, and "
+                "this catalog has it in %s (absent coadds or no PSF FWHM); classes are the network's.",
+                [c.min_bands for c in model_package.star_galaxy],
+                [list(c.bands) for c in model_package.star_galaxy],
+                measured,
             )
             return
+        missing = [band for band in classifier.bands if band not in measured]
+        if missing:
+            self.log.info(
+                "Star-galaxy classifier (any %d bands) runs without %s.", classifier.min_bands, missing
+            )
         result = apply_star_galaxy(
             catalog, classifier, model_package.class_names, threshold=self.config.starGalaxyThreshold
         )

@@ -38,10 +38,8 @@ __all__ = [
     "BuildMorphologyLabelsConfig",
     "BuildMorphologyLabelsConnections",
     "BuildMorphologyLabelsTask",
-    "REFERENCE_DIMENSIONS",
 ]
 
-import dataclasses
 from typing import override
 
 import numpy as np
@@ -53,12 +51,7 @@ import lsst.pipe.base.connectionTypes as cT
 
 from ..butler.tables import to_arrow
 from ..core.morphology import match_labels, select_galaxies
-
-REFERENCE_DIMENSIONS = {  # referenceDimensions -> the labelled catalog's dataset dimensions
-    "patch": ("tract", "patch", "skymap"),
-    "tract": ("tract", "skymap"),
-    "none": (),
-}
+from .reference_inputs import reference_dimensions_field, use_reference_dimensions
 
 
 class BuildMorphologyLabelsConnections(
@@ -89,9 +82,7 @@ class BuildMorphologyLabelsConnections(
 
     def __init__(self, *, config: BuildMorphologyLabelsConfig) -> None:
         super().__init__(config=config)
-        dimensions = REFERENCE_DIMENSIONS[config.referenceDimensions]
-        if set(self.reference.dimensions) != set(dimensions):
-            self.reference = dataclasses.replace(self.reference, dimensions=dimensions)
+        self.reference = use_reference_dimensions(self.reference, config.referenceDimensions)
 
 
 class BuildMorphologyLabelsConfig(
@@ -99,15 +90,7 @@ class BuildMorphologyLabelsConfig(
 ):
     """Configuration of `BuildMorphologyLabelsTask`."""
 
-    referenceDimensions = pexConfig.ChoiceField[str](
-        doc="Dimensions of the reference catalog dataset.",
-        default="patch",
-        allowed={
-            "patch": "one table per (tract, patch), as truth_patch",
-            "tract": "one table per tract",
-            "none": "one table for the whole repository (a survey-wide labelled catalog)",
-        },
-    )
+    referenceDimensions = reference_dimensions_field()
     raColumn = pexConfig.Field[str](doc="Reference right ascension column (degrees).", default="ra")
     decColumn = pexConfig.Field[str](doc="Reference declination column (degrees).", default="dec")
     classColumn = pexConfig.Field[str](doc="Reference class column.", default="morph_type")

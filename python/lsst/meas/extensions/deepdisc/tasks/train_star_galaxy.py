@@ -41,7 +41,6 @@ __all__ = [
     "DeepDiscTrainStarGalaxyTask",
 ]
 
-import dataclasses
 from typing import override
 
 import numpy as np
@@ -62,7 +61,7 @@ from ..core.star_galaxy import (
     star_f1,
 )
 from ..core.threads import quantum_threads, torch_cpu_settings
-from .morphology_labels import REFERENCE_DIMENSIONS
+from .reference_inputs import reference_dimensions_field, use_reference_dimensions
 
 _PATCH_DIMENSIONS = ("tract", "patch", "skymap")
 
@@ -129,9 +128,7 @@ class DeepDiscTrainStarGalaxyConnections(
 
     def __init__(self, *, config: DeepDiscTrainStarGalaxyConfig) -> None:
         super().__init__(config=config)
-        dimensions = REFERENCE_DIMENSIONS[config.referenceDimensions]
-        if set(self.references.dimensions) != set(dimensions):
-            self.references = dataclasses.replace(self.references, dimensions=dimensions)
+        self.references = use_reference_dimensions(self.references, config.referenceDimensions)
 
 
 class DeepDiscTrainStarGalaxyConfig(
@@ -139,15 +136,7 @@ class DeepDiscTrainStarGalaxyConfig(
 ):
     """Configuration of `DeepDiscTrainStarGalaxyTask`."""
 
-    referenceDimensions = pexConfig.ChoiceField[str](
-        doc="Dimensions of the labelled catalog dataset.",
-        default="patch",
-        allowed={
-            "patch": "one table per (tract, patch), as truth_patch",
-            "tract": "one table per tract",
-            "none": "one table for the whole repository",
-        },
-    )
+    referenceDimensions = reference_dimensions_field()
     raColumn = pexConfig.Field[str](doc="Reference right ascension column (degrees).", default="ra")
     decColumn = pexConfig.Field[str](doc="Reference declination column (degrees).", default="dec")
     starColumn = pexConfig.Field[str](doc="Reference column, true for stars.", default="is_star")
@@ -166,6 +155,14 @@ class DeepDiscTrainStarGalaxyConfig(
     )
     validationTracts = pexConfig.ListField[int](
         doc="Tracts held out to choose the threshold and report; empty: every 5th object by id.", default=[]
+    )
+    minBands = pexConfig.Field[int](
+        doc="The fewest of its bands the classifier may run on: each training patch is also used with "
+        "bandSubsetCopies random subsets of minBands or more of its bands; 0: all bands, no subsets.",
+        default=3,
+    )
+    bandSubsetCopies = pexConfig.Field[int](
+        doc="Band-subset copies of each training patch (with minBands).", default=2
     )
     hiddenLayers = pexConfig.ListField[int](doc="Widths of the hidden layers.", default=[32, 32])
     ensembleSize = pexConfig.Field[int](
@@ -192,6 +189,10 @@ class DeepDiscTrainStarGalaxyConfig(
             raise pexConfig.FieldValidationError(
                 DeepDiscTrainStarGalaxyConfig.matchRadius, self, "matchRadius must be positive"
             )
+        if self.minBands < 0 or self.bandSubsetCopies < 0:
+            raise pexConfig.FieldValidationError(
+                DeepDiscTrainStarGalaxyConfig.minBands, self, "minBands and bandSubsetCopies must be >= 0"
+            )
         if list(self.magBins) != sorted(self.magBins) or len(self.magBins) < 2:
             raise pexConfig.FieldValidationError(
                 DeepDiscTrainStarGalaxyConfig.magBins, self, "magBins must be at least two increasing edges"
@@ -211,14 +212,16 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
     _DefaultName = "trainStarGalaxy"
     config: DeepDiscTrainStarGalaxyConfig
 
-    def labelled_rows(self, catalog: Table, reference: Table, bands: list[str]) -> Table:
+    def labelled_rows(
+        self, catalog: Table, reference: Table, bands: list[str], absent: list[str] | None = None
+    ) -> Table:
         """The primary star and galaxy rows of one catalog that match a labelled object, with features.
 
-        Returns a table with ``features`` (one row per object), ``is_star``, ``mag``, ``network_star``,
-        ``id``.
+        ``absent`` bands are treated as unmeasured (`catalog_features`).  Returns a table with ``features``
+        (one row per object), ``is_star``, ``mag``, ``network_star``, ``id``.
         """
         config = self.config
-        eligible, features = catalog_features(catalog, bands)
+        eligible, features = catalog_features(catalog, bands, absent)
         primary = np.asarray(catalog["detect_isPrimary"], dtype=bool)[eligible]
         rows = catalog[eligible][primary]
         ra, dec = np.asarray(rows["coord_ra"], dtype=float), np.asarray(rows["coord_dec"], dtype=float)
@@ -274,20 +277,33 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
         bands = list(config.bands) or measured_bands(catalogs[0][1])
         if not bands:
             raise RuntimeError("the catalogs have no PSF photometry (no <band>_psfFlux with values)")
+        min_bands = config.minBands or len(bands)
         parts = []
         for index, (tract, catalog) in enumerate(catalogs):
             part = self.labelled_rows(catalog, reference, bands)
-            if config.validationTracts:
-                part["validation"] = np.full(len(part), tract in set(config.validationTracts))
-            else:
-                part["validation"] = np.asarray(part["id"]) % 5 == 0
+            validation_tract = tract in set(config.validationTracts)
+            part["validation"] = self.is_validation(part, validation_tract)
+            part["augmented"] = np.zeros(len(part), dtype=bool)
             part["patch_index"] = np.full(len(part), index)
             parts.append(part)
+            if min_bands >= len(bands) or validation_tract:
+                continue
+            # Training copies of the patch with only some of the bands, as a user with fewer coadds has them.
+            rng = np.random.default_rng([config.seed, index])
+            for _ in range(config.bandSubsetCopies):
+                kept = rng.choice(bands, size=int(rng.integers(min_bands, len(bands))), replace=False)
+                copy = self.labelled_rows(catalog, reference, bands, [b for b in bands if b not in kept])
+                copy = copy[~self.is_validation(copy, False)]
+                copy["validation"] = np.zeros(len(copy), dtype=bool)
+                copy["augmented"] = np.ones(len(copy), dtype=bool)
+                copy["patch_index"] = np.full(len(copy), index)
+                parts.append(copy)
         table = vstack(parts)
         features = np.asarray(table["features"], dtype=float)
         is_star = np.asarray(table["is_star"], dtype=bool)
         mag = np.asarray(table["mag"], dtype=float)
         validation = np.asarray(table["validation"], dtype=bool)
+        augmented = np.asarray(table["augmented"], dtype=bool)
         train = ~validation & (mag < config.maxMag)
         for name, split in (("training", train), ("validation", validation)):
             if not is_star[split].any():
@@ -296,17 +312,20 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
                     "trained and judged (check validationTracts, maxMag and the reference's starColumn)"
                 )
         self.log.info(
-            "Training on %d objects (%d stars) of %d patches; %d validation objects (%d stars).",
+            "Training on %d objects (%d stars) of %d patches (%d of them copies with fewer bands); "
+            "%d validation objects (%d stars).",
             int(train.sum()),
             int(is_star[train].sum()),
             len(catalogs),
+            int((train & augmented).sum()),
             int(validation.sum()),
             int(is_star[validation].sum()),
         )
         threshold_rows, threshold_probability = self.threshold_sample(
-            features, is_star, mag, train, validation, np.asarray(table["patch_index"]), bands
+            features, is_star, mag, train, validation, augmented, np.asarray(table["patch_index"]), bands
         )
         classifier = self.fit(features[train], is_star[train], bands)
+        classifier.min_bands = min_bands
         probability = classifier.predict(features)
         classifier.threshold, threshold_f1 = best_f1_threshold(threshold_probability, is_star[threshold_rows])
         judged = validation & (mag < config.thresholdMaxMag)
@@ -336,8 +355,21 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
             limit,
             network_f1,
         )
-        metrics = self.metrics_table(is_star, probability >= classifier.threshold, table, mag, validation)
+        original = ~augmented
+        metrics = self.metrics_table(
+            is_star[original],
+            (probability >= classifier.threshold)[original],
+            table[original],
+            mag[original],
+            validation[original],
+        )
         return pipeBase.Struct(classifier=classifier.to_dict(), metrics=metrics)
+
+    def is_validation(self, rows: Table, validation_tract: bool) -> np.ndarray:
+        """Which labelled rows validate: all of a validation tract's, else every 5th by id without tracts."""
+        if self.config.validationTracts:
+            return np.full(len(rows), validation_tract)
+        return np.asarray(rows["id"]) % 5 == 0
 
     def fit(self, features: np.ndarray, is_star: np.ndarray, bands: list[str]) -> StarGalaxyClassifier:
         """`fit_star_galaxy` with the configured network and schedule."""
@@ -362,18 +394,19 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
         mag: np.ndarray,
         train: np.ndarray,
         validation: np.ndarray,
+        augmented: np.ndarray,
         patch_index: np.ndarray,
         bands: list[str],
     ) -> tuple[np.ndarray, np.ndarray]:
         """The objects the star threshold is chosen on and their star probabilities.
 
-        With ``thresholdFolds >= 2``: every training object brighter than ``thresholdMaxMag``, each
-        predicted by a classifier fitted on the other folds of patches (several times the validation
-        tract's stars, so the threshold is not set by a handful of them).  Otherwise the validation objects,
-        predicted by a classifier fitted on all training objects.
+        With ``thresholdFolds >= 2``: every training object brighter than ``thresholdMaxMag`` (with all its
+        bands), each predicted by a classifier fitted on the other folds of patches (several times the
+        validation tract's stars, so the threshold is not set by a handful of them).  Otherwise the validation
+        objects, predicted by a classifier fitted on all training objects.
         """
         config = self.config
-        bright = mag < config.thresholdMaxMag
+        bright = (mag < config.thresholdMaxMag) & ~augmented
         if config.thresholdFolds < 2:
             rows = validation & bright
             return rows, self.fit(features[train], is_star[train], bands).predict(features[rows])

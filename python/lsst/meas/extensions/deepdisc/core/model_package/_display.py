@@ -89,19 +89,17 @@ def package_summary(package: ModelPackage) -> str:
                 )
             ]
         ),
-        *(
-            []
-            if package.star_galaxy is None
-            else [
-                f"  star/galaxy    : PSF-matched classifier on {' '.join(package.star_galaxy.bands)}, "
-                f"star threshold {package.star_galaxy.threshold:g}"
-                + "".join(
-                    f", {key} {value}"
-                    for key, value in package.star_galaxy.provenance.items()
-                    if key.startswith("validation_star_f1")
-                )
-            ]
-        ),
+        *[
+            f"  star/galaxy    : PSF-matched classifier on {' '.join(classifier.bands)}"
+            + ("" if classifier.min_bands == len(classifier.bands) else f" (any {classifier.min_bands}+)")
+            + f", star threshold {classifier.threshold:g}"
+            + "".join(
+                f", {key} {value}"
+                for key, value in classifier.provenance.items()
+                if key.startswith("validation_star_f1")
+            )
+            for classifier in package.star_galaxy or ()
+        ],
         f"  weights        : {weights['tensors']} tensors, {weights['values']:,} values, "
         f"{weights['bytes'] / 2**20:.1f} MiB ({dtypes})",
         f"  format         : {FORMAT_NAME} v{package.format_version}, written by "

@@ -154,25 +154,38 @@ def _checked_band_count_thresholds(
 
 
 def _checked_star_galaxy(
-    classifier: Any, bands: tuple[str, ...], class_names: tuple[str, ...]
-) -> StarGalaxyClassifier | None:
-    """The package's star-galaxy classifier (read from its plain-data form), checked against the model."""
-    if classifier is None:
+    classifiers: Any, bands: tuple[str, ...], class_names: tuple[str, ...]
+) -> tuple[StarGalaxyClassifier, ...] | None:
+    """The package's star-galaxy classifiers (read from plain data), checked against the model.
+
+    A single classifier is accepted for one; the order is kept (the detection task uses the first whose
+    bands it has).
+    """
+    if classifiers is None:
         return None
-    try:
-        if isinstance(classifier, Mapping):
-            classifier = StarGalaxyClassifier.from_dict(classifier)
-    except StarGalaxyError as exc:
-        raise ModelPackageError(f"star_galaxy: {exc}") from None
-    if not isinstance(classifier, StarGalaxyClassifier):
-        raise ModelPackageError(
-            f"star_galaxy must be a StarGalaxyClassifier, got {type(classifier).__name__}"
-        )
+    if isinstance(classifiers, StarGalaxyClassifier | Mapping):
+        classifiers = [classifiers]
+    if not isinstance(classifiers, Sequence) or isinstance(classifiers, str) or not classifiers:
+        raise ModelPackageError("star_galaxy must be a non-empty list of star-galaxy classifiers")
+    checked = []
+    for index, classifier in enumerate(classifiers):
+        try:
+            if isinstance(classifier, Mapping):
+                classifier = StarGalaxyClassifier.from_dict(classifier)
+        except StarGalaxyError as exc:
+            raise ModelPackageError(f"star_galaxy[{index}]: {exc}") from None
+        if not isinstance(classifier, StarGalaxyClassifier):
+            raise ModelPackageError(
+                f"star_galaxy[{index}] must be a StarGalaxyClassifier, got {type(classifier).__name__}"
+            )
+        extra = [band for band in classifier.bands if band not in bands]
+        if extra:
+            raise ModelPackageError(
+                f"star_galaxy[{index}] reads bands {extra} that the model does not have ({bands})"
+            )
+        checked.append(classifier)
     if "star" not in class_names or "galaxy" not in class_names:
         raise ModelPackageError(
             f"star_galaxy needs a model with classes 'star' and 'galaxy', not {class_names}"
         )
-    extra = [band for band in classifier.bands if band not in bands]
-    if extra:
-        raise ModelPackageError(f"star_galaxy reads bands {extra} that the model does not have ({bands})")
-    return classifier
+    return tuple(checked)

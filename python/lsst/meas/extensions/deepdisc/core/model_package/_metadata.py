@@ -83,7 +83,11 @@ def package_metadata(package: ModelPackage) -> dict[str, Any]:
             if package.artifact_score_threshold is None
             else {"artifact_score_threshold": package.artifact_score_threshold}
         ),
-        **({} if package.star_galaxy is None else {"star_galaxy": package.star_galaxy.to_dict()}),
+        **(
+            {}
+            if package.star_galaxy is None
+            else {"star_galaxy": [classifier.to_dict() for classifier in package.star_galaxy]}
+        ),
     }
 
 

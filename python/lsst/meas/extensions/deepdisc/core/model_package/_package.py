@@ -144,12 +144,13 @@ class ModelPackage:
         those classes.  `None`: artifacts are found on the unbinned patch only.
     artifact_score_threshold : `float` or `None`
         Score threshold of that binned artifact pass (`None`: the sources' operating point).
-    star_galaxy : `~..star_galaxy.StarGalaxyClassifier` or `None`
-        The second-stage star-galaxy classifier (PSF-matched measurements, colours and the network's
-        log-odds), trained on this network's detections; the detection task sets the class of star and
-        galaxy rows from it.  Its bands must be the package's; the model must have ``star`` and ``galaxy``
-        classes.  Stored as plain numbers in the metadata; a mapping is read with
-        `StarGalaxyClassifier.from_dict`.
+    star_galaxy : `tuple` [`~..star_galaxy.StarGalaxyClassifier`, ...] or `None`
+        Second-stage star-galaxy classifiers (PSF-matched measurements, colours and the network's log-odds),
+        trained on this network's detections, in order of preference (e.g. one for all bands, then one
+        trained on band subsets); the detection task uses the first that `star_galaxy_for` the measured
+        bands gives and sets the class of star and galaxy rows from it.  Their bands must be among the
+        package's; the model must have ``star`` and ``galaxy`` classes.  Stored as plain numbers in the
+        metadata; mappings are read with `StarGalaxyClassifier.from_dict`.
     package_version : `str`
         Version of meas_extensions_deepdisc that created the package.
     format_version : `int`
@@ -172,7 +173,7 @@ class ModelPackage:
     band_count_thresholds: dict[int, float] | None = None
     artifact_binning: int | None = None
     artifact_score_threshold: float | None = None
-    star_galaxy: StarGalaxyClassifier | None = None
+    star_galaxy: tuple[StarGalaxyClassifier, ...] | None = None
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -248,6 +249,13 @@ class ModelPackage:
     def band_availability(self) -> bool:
         """Whether the model runs on a subset of its bands (trained with band dropout)."""
         return bool(self.model_config.get("band_availability", False))
+
+    def star_galaxy_for(self, measured: Sequence[str]) -> StarGalaxyClassifier | None:
+        """The first star-galaxy classifier with at least its ``min_bands`` of its bands in ``measured``."""
+        for classifier in self.star_galaxy or ():
+            if sum(band in measured for band in classifier.bands) >= classifier.min_bands:
+                return classifier
+        return None
 
     def score_threshold_for(self, n_bands: int) -> float | None:
         """The operating point for data with ``n_bands`` of the model's bands (`score_threshold` if none)."""

@@ -47,10 +47,13 @@ def measured_bands(catalog: Table) -> list[str]:
     ]
 
 
-def catalog_features(catalog: Table, bands: tuple[str, ...] | list[str]) -> tuple[np.ndarray, np.ndarray]:
+def catalog_features(
+    catalog: Table, bands: tuple[str, ...] | list[str], absent: tuple[str, ...] | list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The classifier's rows of a catalog (star or galaxy class) and their `star_galaxy_features`.
 
-    Neighbour distances are measured among those rows (artifacts are no neighbours).
+    Neighbour distances are measured among those rows (artifacts are no neighbours).  ``absent`` (default:
+    the classifier's bands that the catalog did not measure, `measured_bands`) are treated as missing.
 
     Returns
     -------
@@ -61,7 +64,10 @@ def catalog_features(catalog: Table, bands: tuple[str, ...] | list[str]) -> tupl
     """
     eligible = np.isin(np.asarray(catalog["class_name"], dtype=str), [_STAR, _GALAXY])
     columns = {name: np.asarray(catalog[name])[eligible] for name in catalog.colnames if name != "footprint"}
-    return eligible, star_galaxy_features(columns, bands)
+    if absent is None:
+        measured = set(measured_bands(catalog))
+        absent = [band for band in bands if band not in measured]
+    return eligible, star_galaxy_features(columns, bands, absent)
 
 
 @dataclass(frozen=True)
@@ -100,12 +106,20 @@ def apply_star_galaxy(
     Raises
     ------
     StarGalaxyError
-        If the model has no star and galaxy classes or the catalog lacks an input column.
+        If the model has no star and galaxy classes, the catalog lacks an input column, or it measured
+        fewer of the classifier's bands than its ``min_bands``.
     """
     names = list(class_names)
     if _STAR not in names or _GALAXY not in names:
         raise StarGalaxyError(f"the star-galaxy classifier needs classes 'star' and 'galaxy', not {names}")
     threshold = classifier.threshold if threshold is None else float(threshold)
+    measured = set(measured_bands(catalog))
+    present = [band for band in classifier.bands if band in measured]
+    if len(present) < classifier.min_bands:
+        raise StarGalaxyError(
+            f"the star-galaxy classifier needs PSF photometry in {classifier.min_bands} of its bands "
+            f"{list(classifier.bands)}; the catalog has it in {present}"
+        )
     eligible, features = catalog_features(catalog, classifier.bands)
     probability = np.full(len(catalog), np.nan, dtype=np.float32)
     stars = changed = 0

@@ -104,7 +104,9 @@ def _asinh_mag(flux: np.ndarray, softening: np.ndarray) -> np.ndarray:
     return -2.5 / math.log(10.0) * np.arcsinh(flux / (2.0 * softening))
 
 
-def star_galaxy_features(columns: Mapping[str, Any], bands: Sequence[str]) -> np.ndarray:
+def star_galaxy_features(
+    columns: Mapping[str, Any], bands: Sequence[str], absent: Sequence[str] = ()
+) -> np.ndarray:
     """The ``[N, F]`` feature matrix of detection-catalog rows (`feature_names` order).
 
     Parameters
@@ -115,6 +117,9 @@ def star_galaxy_features(columns: Mapping[str, Any], bands: Sequence[str]) -> np
         ``centroid_x``, ``centroid_y``, ``footprint_area``.
     bands : sequence of `str`
         The classifier's bands, in its order.
+    absent : sequence of `str`
+        Bands without measurements (their columns, if any, are ignored): their colours are missing and the
+        sums run over the other bands.
 
     Returns
     -------
@@ -126,16 +131,31 @@ def star_galaxy_features(columns: Mapping[str, Any], bands: Sequence[str]) -> np
     StarGalaxyError
         If a needed column is missing.
     """
+    present = [band for band in bands if band not in set(absent)]
+    if not present:
+        raise StarGalaxyError(f"none of the star-galaxy classifier's bands {list(bands)} is measured")
     needed = [
-        f"{band}_{name}" for band in bands for name in ("psfFlux", "psfFluxErr", "psfExcess", "psfExcessErr")
+        f"{band}_{name}"
+        for band in present
+        for name in ("psfFlux", "psfFluxErr", "psfExcess", "psfExcessErr")
     ]
     needed += ["prob_star", "prob_galaxy", "flag_saturated", "centroid_x", "centroid_y", "footprint_area"]
     missing = [name for name in needed if name not in columns]
     if missing:
         raise StarGalaxyError(f"the catalog lacks the star-galaxy classifier's input columns {missing}")
 
+    n_rows = len(columns["prob_star"])
+
     def stack(name: str) -> np.ndarray:
-        return np.stack([np.asarray(columns[f"{band}_{name}"], dtype=np.float64) for band in bands], axis=1)
+        return np.stack(
+            [
+                np.asarray(columns[f"{band}_{name}"], dtype=np.float64)
+                if band in present
+                else np.full(n_rows, np.nan)
+                for band in bands
+            ],
+            axis=1,
+        )
 
     flux, flux_err, excess, excess_err = (
         stack(n) for n in ("psfFlux", "psfFluxErr", "psfExcess", "psfExcessErr")
@@ -213,6 +233,8 @@ class StarGalaxyClassifier:
         one output (the star log-odds).  The star probability is the mean over the networks.
     threshold : `float`
         Star probability at or above which a source is called a star.
+    min_bands : `int` or `None`
+        The fewest of its bands it may run on (trained with band subsets); `None`: all of them.
     provenance : `dict`
         Free-form record of the training data and validation metrics.
     """
@@ -222,6 +244,7 @@ class StarGalaxyClassifier:
     scale: np.ndarray
     networks: list[Network]
     threshold: float = 0.5
+    min_bands: int | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -246,6 +269,13 @@ class StarGalaxyClassifier:
         if not 0.0 < threshold < 1.0:
             raise StarGalaxyError(f"star-galaxy threshold must be in (0, 1), got {threshold}")
         self.threshold = threshold
+        if self.min_bands is None:
+            self.min_bands = len(self.bands)
+        if isinstance(self.min_bands, bool) or not isinstance(self.min_bands, int | np.integer):
+            raise StarGalaxyError(f"min_bands must be an integer, got {self.min_bands!r}")
+        if not 1 <= self.min_bands <= len(self.bands):
+            raise StarGalaxyError(f"min_bands must be in [1, {len(self.bands)}], got {self.min_bands}")
+        self.min_bands = int(self.min_bands)
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -283,6 +313,7 @@ class StarGalaxyClassifier:
                 for weights, biases in self.networks
             ],
             "threshold": self.threshold,
+            "min_bands": self.min_bands,
             "provenance": dict(self.provenance),
         }
 
@@ -315,6 +346,7 @@ class StarGalaxyClassifier:
                     for network in data["networks"]
                 ],
                 threshold=data.get("threshold", 0.5),
+                min_bands=data.get("min_bands"),
                 provenance=dict(data.get("provenance") or {}),
             )
         except (KeyError, TypeError, ValueError) as err:
