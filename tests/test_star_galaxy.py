@@ -235,3 +235,29 @@ def test_a_classifier_with_min_bands_runs_on_a_subset_and_refuses_fewer() -> Non
     assert result.classified == 300 and np.isfinite(catalog["star_galaxy_prob"]).all()
     with pytest.raises(StarGalaxyError, match="min_bands must be in"):
         StarGalaxyClassifier.from_dict({**classifier.to_dict(), "min_bands": 3})
+
+
+def test_the_figure_shows_both_panels() -> None:
+    from lsst.meas.extensions.deepdisc.core.plots import star_galaxy_figure
+
+    rng = np.random.default_rng(7)
+    is_star = rng.random(200) < 0.2
+    metrics = Table(
+        {
+            "mag_min": [16.0, 16.0, 22.0],
+            "mag_max": [24.0, 22.0, 24.0],
+            "star_f1": [0.9, 1.0, 0.8],
+            "network_star_f1": [0.6, 0.9, 0.1],
+            "n_stars": [10, 6, 4],
+        }
+    )
+    figure = star_galaxy_figure(
+        np.where(is_star, 0.05, 0.3),
+        rng.uniform(18, 25, 200),
+        is_star,
+        is_star ^ (rng.random(200) < 0.05),
+        metrics,
+    )
+    left, right = figure.axes
+    assert left.get_ylabel().startswith("PSF excess") and right.get_ylabel() == "star F1"
+    assert len(right.lines) == 2 and len(right.lines[0].get_xdata()) == 2  # the per-bin rows only

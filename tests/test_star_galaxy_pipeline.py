@@ -108,11 +108,13 @@ def test_training_writes_a_classifier_and_metrics_that_the_package_then_carries(
     with Butler.from_config(tiny_repo.root) as butler:
         data = butler.get("deepdisc_star_galaxy_classifier", collections=TRAIN)
         metrics = butler.get("deepdisc_star_galaxy_metrics", collections=TRAIN)
+        plot = butler.getURI("deepdisc_star_galaxy_plot", collections=TRAIN).read()
     classifier = StarGalaxyClassifier.from_dict(data)
     assert classifier.bands == tiny_repo.bands  # the catalogs' bands by default
     assert len(classifier.networks) == 2
     assert [w.shape[1] for w in classifier.networks[0][0]] == [8, 1]
     assert set(metrics["split"]) == {"training", "validation"}
+    assert plot.startswith(b"\x89PNG")  # the excess-magnitude figure (Plot datasets are read as files)
     assert metrics["n_stars"].sum() > 0 and metrics["n_galaxies"].sum() > 0
     package = ModelPackage.load(star_galaxy_run)
     assert package.version == "test-sg"

@@ -52,7 +52,9 @@ import lsst.pipe.base.connectionTypes as cT
 
 from ..butler.model_formatter import STAR_GALAXY_DATASET_TYPE
 from ..core.morphology import match_labels
+from ..core.plots import star_galaxy_figure
 from ..core.star_galaxy import (
+    FEATURE_NAMES_BASE,
     StarGalaxyClassifier,
     best_f1_threshold,
     catalog_features,
@@ -123,6 +125,12 @@ class DeepDiscTrainStarGalaxyConnections(
         doc="Star and galaxy F1 of the classifier and of the detection network per split and magnitude bin.",
         name="deepdisc_star_galaxy_metrics",
         storageClass="ArrowAstropy",
+        dimensions=(),
+    )
+    plot = cT.Output(
+        doc="Validation objects' PSF excess against magnitude (misclassified circled) and star F1 per bin.",
+        name="deepdisc_star_galaxy_plot",
+        storageClass="Plot",
         dimensions=(),
     )
 
@@ -254,7 +262,8 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
         Returns
         -------
         result : `lsst.pipe.base.Struct`
-            ``classifier`` (`dict`, plain data) and ``metrics`` (`astropy.table.Table`).
+            ``classifier`` (`dict`, plain data), ``metrics`` (`astropy.table.Table`) and ``plot``
+            (`matplotlib.figure.Figure`).
 
         Raises
         ------
@@ -363,7 +372,16 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
             mag[original],
             validation[original],
         )
-        return pipeBase.Struct(classifier=classifier.to_dict(), metrics=metrics)
+        shown = validation & ~augmented
+        plot = star_galaxy_figure(
+            features[shown, FEATURE_NAMES_BASE.index("psf_excess_fraction")],
+            mag[shown],
+            is_star[shown],
+            probability[shown] >= classifier.threshold,
+            metrics[np.asarray(metrics["split"]) == "validation"],
+            title=f"star-galaxy classifier on the validation objects (threshold {classifier.threshold:g})",
+        )
+        return pipeBase.Struct(classifier=classifier.to_dict(), metrics=metrics, plot=plot)
 
     def is_validation(self, rows: Table, validation_tract: bool) -> np.ndarray:
         """Which labelled rows validate: all of a validation tract's, else every 5th by id without tracts."""

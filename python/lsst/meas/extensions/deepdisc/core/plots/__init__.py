@@ -31,7 +31,7 @@ figures of different tracts can be compared at a glance.
 
 `training_history_figure` draws the loss and validation curves of a training run (`.training`).
 `confusion_matrix_figure`, `morphology_accuracy_figure` and `morphology_cutouts_figure` show the morphology
-stage (`.morphology`).
+stage (`.morphology`); `star_galaxy_figure` the star-galaxy stage (`.star_galaxy`).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ __all__ = [
     "morphology_cutouts_figure",
     "overlay_figure",
     "plot_training_history",
+    "star_galaxy_figure",
     "training_history_figure",
 ]
 
@@ -75,3 +76,4 @@ from ._metrics import (
     precision_recall_figure,
 )
 from ._morphology import confusion_matrix_figure, morphology_accuracy_figure, morphology_cutouts_figure
+from ._star_galaxy import star_galaxy_figure
