@@ -263,6 +263,11 @@ def test_label_matching_is_one_to_one_and_nearest_first() -> None:
         match.distance, [0.2 * np.cos(np.radians(1.0)), 0.1 * np.cos(np.radians(1.0))], rtol=1e-3
     )
     assert len(match_labels(det_ra, det_dec, lab_ra[:0], lab_dec[:0], 1.0).detection) == 0
+    # A survey-wide catalog reaching the other side of the sky: those labels are left out, not an error, and
+    # the indices still point into the full label arrays.
+    far = match_labels(det_ra, det_dec, np.r_[190.0, lab_ra], np.r_[-1.0, lab_dec], radius_arcsec=0.6)
+    assert far.detection.tolist() == [0, 1] and far.label.tolist() == [2, 3]
+    assert len(match_labels(det_ra, det_dec, np.array([190.0]), np.array([-1.0]), 0.6).detection) == 0
 
 
 def _catalog() -> Table:

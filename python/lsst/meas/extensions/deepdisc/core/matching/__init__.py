@@ -60,9 +60,10 @@ __all__ = [
     "match_deepdisc",
     "optimal_assignment",
     "pair_intersection_areas",
+    "cos_separation",
     "sky_to_tangent_plane",
 ]
 
 from ._match import DeepDiscMatch, MatchResult, match_catalogs, match_deepdisc
 from ._overlaps import bbox_iou_pairs, bbox_overlap_pairs, optimal_assignment, pair_intersection_areas
-from ._sources import BBOX_COLUMNS, SourceArrays, sky_to_tangent_plane
+from ._sources import BBOX_COLUMNS, SourceArrays, cos_separation, sky_to_tangent_plane

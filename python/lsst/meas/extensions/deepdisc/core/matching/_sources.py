@@ -23,7 +23,7 @@
 
 from __future__ import annotations
 
-__all__ = ["SourceArrays", "sky_to_tangent_plane"]
+__all__ = ["SourceArrays", "cos_separation", "sky_to_tangent_plane"]
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,6 +77,16 @@ def _bbox_from_spans(spans: Sequence[np.ndarray]) -> np.ndarray:
     return boxes
 
 
+def cos_separation(ra: np.ndarray, dec: np.ndarray, ra0: float, dec0: float) -> np.ndarray:
+    """Cosine of the angular separation of sky positions from ``(ra0, dec0)`` (all in degrees).
+
+    Positive for the hemisphere around ``(ra0, dec0)``: the positions `sky_to_tangent_plane` can project.
+    """
+    ra_rad, dec_rad = np.radians(np.asarray(ra, dtype=float)), np.radians(np.asarray(dec, dtype=float))
+    ra0_rad, dec0_rad = np.radians(ra0), np.radians(dec0)
+    return np.sin(dec0_rad) * np.sin(dec_rad) + np.cos(dec0_rad) * np.cos(dec_rad) * np.cos(ra_rad - ra0_rad)
+
+
 def sky_to_tangent_plane(
     ra: np.ndarray, dec: np.ndarray, ra0: float, dec0: float, pixel_scale_arcsec: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +113,7 @@ def sky_to_tangent_plane(
         raise ValueError(f"pixel_scale_arcsec must be positive, got {pixel_scale_arcsec}")
     ra_rad, dec_rad = np.radians(np.asarray(ra, dtype=float)), np.radians(np.asarray(dec, dtype=float))
     ra0_rad, dec0_rad = np.radians(ra0), np.radians(dec0)
-    cos_c = np.sin(dec0_rad) * np.sin(dec_rad) + np.cos(dec0_rad) * np.cos(dec_rad) * np.cos(ra_rad - ra0_rad)
+    cos_c = cos_separation(ra, dec, ra0, dec0)
     if np.any(cos_c <= 0):
         raise ValueError("positions more than 90 degrees from the tangent point cannot be projected")
     xi = np.cos(dec_rad) * np.sin(ra_rad - ra0_rad) / cos_c

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ..matching import sky_to_tangent_plane
+from ..matching import cos_separation, sky_to_tangent_plane
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,15 @@ def match_labels(
     if len(detection_ra) == 0 or len(label_ra) == 0:
         return empty
     ra0, dec0 = float(np.median(detection_ra)), float(np.median(detection_dec))
+    # A survey-wide labelled catalog reaches beyond the tangent plane's hemisphere; those labels are far from
+    # every detection anyway.
+    label_index = np.flatnonzero(cos_separation(label_ra, label_dec, ra0, dec0) > 0)
+    if label_index.size == 0:
+        return empty
     dx, dy = sky_to_tangent_plane(detection_ra, detection_dec, ra0, dec0, 1.0)
-    lx, ly = sky_to_tangent_plane(label_ra, label_dec, ra0, dec0, 1.0)
+    lx, ly = sky_to_tangent_plane(
+        np.asarray(label_ra)[label_index], np.asarray(label_dec)[label_index], ra0, dec0, 1.0
+    )
     pairs = cKDTree(np.column_stack([lx, ly])).query_ball_point(np.column_stack([dx, dy]), r=radius_arcsec)
     det_index = np.repeat(np.arange(len(pairs)), [len(p) for p in pairs])
     if det_index.size == 0:
@@ -89,4 +96,4 @@ def match_labels(
         used_lab.add(lab)
         chosen.append(k)
     chosen = np.asarray(sorted(chosen, key=lambda k: det_index[k]), dtype=np.int64)
-    return LabelMatch(det_index[chosen], lab_index[chosen], distance[chosen])
+    return LabelMatch(det_index[chosen], label_index[lab_index[chosen]], distance[chosen])
