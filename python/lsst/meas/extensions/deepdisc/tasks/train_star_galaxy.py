@@ -68,31 +68,6 @@ from .reference_inputs import reference_dimensions_field, use_reference_dimensio
 _PATCH_DIMENSIONS = ("tract", "patch", "skymap")
 
 
-def _unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
-    ra, dec = np.radians(ra), np.radians(dec)
-    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
-
-
-def _near(
-    ra: np.ndarray, dec: np.ndarray, reference: Table, config: DeepDiscTrainStarGalaxyConfig
-) -> np.ndarray:
-    """Reference rows within the catalog's footprint on the sky (plus the match radius).
-
-    A survey-wide or tract-wide reference spans more sky than one tangent plane can hold.
-    """
-    ref = _unit_vectors(
-        np.asarray(reference[config.raColumn], dtype=float),
-        np.asarray(reference[config.decColumn], dtype=float),
-    )
-    points = _unit_vectors(ra, dec)
-    if len(points) == 0:
-        return np.zeros(len(ref), dtype=bool)
-    centre = points.mean(axis=0)
-    centre /= np.linalg.norm(centre)
-    radius = np.arccos(np.clip(points @ centre, -1.0, 1.0)).max() + np.radians(config.matchRadius / 3600.0)
-    return np.arccos(np.clip(ref @ centre, -1.0, 1.0)) <= radius
-
-
 class DeepDiscTrainStarGalaxyConnections(
     pipeBase.PipelineTaskConnections,
     dimensions=(),
@@ -232,11 +207,9 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
         eligible, features = catalog_features(catalog, bands, absent)
         primary = np.asarray(catalog["detect_isPrimary"], dtype=bool)[eligible]
         rows = catalog[eligible][primary]
-        ra, dec = np.asarray(rows["coord_ra"], dtype=float), np.asarray(rows["coord_dec"], dtype=float)
-        reference = reference[_near(ra, dec, reference, config)]
         match = match_labels(
-            ra,
-            dec,
+            np.asarray(rows["coord_ra"], dtype=float),
+            np.asarray(rows["coord_dec"], dtype=float),
             np.asarray(reference[config.raColumn], dtype=float),
             np.asarray(reference[config.decColumn], dtype=float),
             config.matchRadius,
@@ -330,12 +303,20 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
             int(validation.sum()),
             int(is_star[validation].sum()),
         )
-        threshold_rows, threshold_probability = self.threshold_sample(
-            features, is_star, mag, train, validation, augmented, np.asarray(table["patch_index"]), bands
-        )
         classifier = self.fit(features[train], is_star[train], bands)
         classifier.min_bands = min_bands
         probability = classifier.predict(features)
+        threshold_rows, threshold_probability = self.threshold_sample(
+            features,
+            is_star,
+            mag,
+            train,
+            validation,
+            augmented,
+            np.asarray(table["patch_index"]),
+            bands,
+            probability,
+        )
         classifier.threshold, threshold_f1 = best_f1_threshold(threshold_probability, is_star[threshold_rows])
         judged = validation & (mag < config.thresholdMaxMag)
         f1 = star_f1(is_star[judged], probability[judged] >= classifier.threshold)
@@ -415,38 +396,39 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
         augmented: np.ndarray,
         patch_index: np.ndarray,
         bands: list[str],
+        probability: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The objects the star threshold is chosen on and their star probabilities.
 
         With ``thresholdFolds >= 2``: every training object brighter than ``thresholdMaxMag`` (with all its
         bands), each predicted by a classifier fitted on the other folds of patches (several times the
         validation tract's stars, so the threshold is not set by a handful of them).  Otherwise the validation
-        objects, predicted by a classifier fitted on all training objects.
+        objects with ``probability``, the predictions of the classifier fitted on all training objects.
         """
         config = self.config
         bright = (mag < config.thresholdMaxMag) & ~augmented
         if config.thresholdFolds < 2:
             rows = validation & bright
-            return rows, self.fit(features[train], is_star[train], bands).predict(features[rows])
+            return rows, probability[rows]
         patches = np.unique(patch_index[train])
         fold_of_patch = {patch: i % config.thresholdFolds for i, patch in enumerate(patches)}
         fold = np.array([fold_of_patch.get(p, -1) for p in patch_index])
-        probability = np.full(len(features), np.nan)
+        out_of_fold = np.full(len(features), np.nan)
         for k in range(config.thresholdFolds):
             fit_rows, predict_rows = train & (fold != k), train & (fold == k) & bright
             if not predict_rows.any() or not is_star[fit_rows].any():
                 continue
-            probability[predict_rows] = self.fit(features[fit_rows], is_star[fit_rows], bands).predict(
+            out_of_fold[predict_rows] = self.fit(features[fit_rows], is_star[fit_rows], bands).predict(
                 features[predict_rows]
             )
-        rows = np.isfinite(probability)
+        rows = np.isfinite(out_of_fold)
         self.log.info(
             "Threshold chosen on %d out-of-fold training objects (%d stars, %d folds of patches).",
             int(rows.sum()),
             int(is_star[rows].sum()),
             config.thresholdFolds,
         )
-        return rows, probability[rows]
+        return rows, out_of_fold[rows]
 
     def metrics_table(
         self, is_star: np.ndarray, called: np.ndarray, table: Table, mag: np.ndarray, validation: np.ndarray
