@@ -252,10 +252,7 @@ class ModelPackage:
 
     def star_galaxy_for(self, measured: Sequence[str]) -> StarGalaxyClassifier | None:
         """The first star-galaxy classifier with at least its ``min_bands`` of its bands in ``measured``."""
-        for classifier in self.star_galaxy or ():
-            if sum(band in measured for band in classifier.bands) >= classifier.min_bands:
-                return classifier
-        return None
+        return next((c for c in self.star_galaxy or () if c.runs_on(measured)), None)
 
     def score_threshold_for(self, n_bands: int) -> float | None:
         """The operating point for data with ``n_bands`` of the model's bands (`score_threshold` if none)."""

@@ -113,14 +113,15 @@ def apply_star_galaxy(
     if _STAR not in names or _GALAXY not in names:
         raise StarGalaxyError(f"the star-galaxy classifier needs classes 'star' and 'galaxy', not {names}")
     threshold = classifier.threshold if threshold is None else float(threshold)
-    measured = set(measured_bands(catalog))
-    present = [band for band in classifier.bands if band in measured]
-    if len(present) < classifier.min_bands:
+    measured = measured_bands(catalog)
+    absent = [band for band in classifier.bands if band not in measured]
+    if not classifier.runs_on(measured):
+        present = [band for band in classifier.bands if band in measured]
         raise StarGalaxyError(
             f"the star-galaxy classifier needs PSF photometry in {classifier.min_bands} of its bands "
             f"{list(classifier.bands)}; the catalog has it in {present}"
         )
-    eligible, features = catalog_features(catalog, classifier.bands)
+    eligible, features = catalog_features(catalog, classifier.bands, absent)
     probability = np.full(len(catalog), np.nan, dtype=np.float32)
     stars = changed = 0
     if eligible.any():

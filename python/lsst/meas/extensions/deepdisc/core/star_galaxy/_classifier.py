@@ -277,6 +277,10 @@ class StarGalaxyClassifier:
             raise StarGalaxyError(f"min_bands must be in [1, {len(self.bands)}], got {self.min_bands}")
         self.min_bands = int(self.min_bands)
 
+    def runs_on(self, measured: Sequence[str]) -> bool:
+        """Whether at least ``min_bands`` of its bands are among the ``measured`` ones."""
+        return sum(band in measured for band in self.bands) >= self.min_bands
+
     @property
     def feature_names(self) -> tuple[str, ...]:
         """Names of the input features, in order."""
