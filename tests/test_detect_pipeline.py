@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,56 +11,38 @@ from lsst.daf.butler import Butler
 
 from lsst.meas.extensions.deepdisc.core.footprints import spans_to_mask, unflatten_spans
 
+from pipetask_helpers import BIN, pipetask, run
 from sim_fixtures import TinyRepo
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("tiny_repo_pipetask")]
 
-BIN = Path(sys.executable).parent
 MODEL_NAME = "tiny-random-detect"
 OUTPUT = "u/test/deepdisc_detect"
-
-
-def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
-    return result
+TIMEOUT = 600  # seconds per command
 
 
 def _pipetask(
     repo: TinyRepo, package_root: Path, *extra: str, check: bool = True
 ) -> subprocess.CompletedProcess:
-    return _run(
-        str(BIN / "pipetask"),
-        "run",
-        "-b",
-        repo.root,
-        "-i",
-        f"{repo.collection},pretrained_models/{MODEL_NAME}",
-        "-o",
+    return pipetask(
+        repo,
+        [repo.collection, f"pretrained_models/{MODEL_NAME}"],
         OUTPUT,
-        "-p",
         str(package_root / "pipelines" / "DeepDisc.yaml"),
-        "-d",
-        f"skymap='{repo.skymap}'",
         "-c",
         "detect:tileSize=256",
         "-c",
         "detect:tileOverlap=64",
-        "-j",
-        "1",
-        "--register-dataset-types",
         *extra,
         check=check,
+        timeout=TIMEOUT,
     )
 
 
 @pytest.fixture(scope="module")
 def detected(tiny_repo: TinyRepo, package_root: Path, tmp_path_factory) -> TinyRepo:
     package = tmp_path_factory.mktemp("model") / "tiny.zip"
-    _run(
+    run(
         str(BIN / "deepdisc-model"),
         "create",
         "--architecture",
@@ -78,15 +58,30 @@ def detected(tiny_repo: TinyRepo, package_root: Path, tmp_path_factory) -> TinyR
         MODEL_NAME,
         "--output",
         str(package),
+        timeout=TIMEOUT,
     )
-    _run(str(BIN / "deepdisc-model"), "ingest", tiny_repo.root, str(package), "--name", MODEL_NAME)
+    run(
+        str(BIN / "deepdisc-model"),
+        "ingest",
+        tiny_repo.root,
+        str(package),
+        "--name",
+        MODEL_NAME,
+        timeout=TIMEOUT,
+    )
     _pipetask(tiny_repo, package_root)
     return tiny_repo
 
 
 def test_every_patch_has_a_catalog(detected: TinyRepo) -> None:
-    listing = _run(
-        str(BIN / "butler"), "query-datasets", detected.root, "object_deepdisc", "--collections", OUTPUT
+    listing = run(
+        str(BIN / "butler"),
+        "query-datasets",
+        detected.root,
+        "object_deepdisc",
+        "--collections",
+        OUTPUT,
+        timeout=TIMEOUT,
     ).stdout
     for data_id in detected.data_ids:
         assert f"{data_id['patch']}" in listing

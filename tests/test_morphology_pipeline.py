@@ -29,9 +29,6 @@ against the detection catalog.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,52 +40,21 @@ from lsst.meas.extensions.deepdisc.butler.tables import to_arrow
 from lsst.meas.extensions.deepdisc.core.morphology import MorphologyPackage
 from lsst.meas.extensions.deepdisc.core.photometry import njy_to_mag
 
+from pipetask_helpers import BIN, pipetask, run
 from sim_fixtures import TinyRepo
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("tiny_repo_pipetask")]
 
-BIN = Path(sys.executable).parent
 DETECT = "u/test/morph_detect"
 LABELS_RUN = "refcat/morphology"
 TRAIN = "u/test/morph_train"
 CLASSIFY = "u/test/morph_classify"
 
 
-def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, capture_output=True, text=True, env=os.environ.copy(), timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def _pipetask(repo: TinyRepo, inputs: list[str], output: str, pipeline: str, *extra: str, check: bool = True):
-    return _run(
-        str(BIN / "pipetask"),
-        "run",
-        "-b",
-        repo.root,
-        "-i",
-        ",".join(inputs),
-        "-o",
-        output,
-        "-p",
-        pipeline,
-        "-d",
-        f"skymap='{repo.skymap}'",
-        "-j",
-        "1",
-        "--register-dataset-types",
-        *extra,
-        check=check,
-    )
-
-
 @pytest.fixture(scope="module")
 def morphology_run(tiny_repo: TinyRepo, package_root: Path) -> TinyRepo:
     pipelines = package_root / "pipelines"
-    _run(
+    run(
         str(BIN / "deepdisc-model"),
         "ingest",
         tiny_repo.root,
@@ -96,7 +62,7 @@ def morphology_run(tiny_repo: TinyRepo, package_root: Path) -> TinyRepo:
         "--name",
         "shipped",
     )
-    _pipetask(
+    pipetask(
         tiny_repo,
         [tiny_repo.collection, "pretrained_models/shipped"],
         DETECT,
@@ -150,14 +116,14 @@ def morphology_run(tiny_repo: TinyRepo, package_root: Path) -> TinyRepo:
         "-c",
         "train:packageName=tiny-morphology",
     ]
-    _pipetask(
+    pipetask(
         tiny_repo,
         [DETECT, LABELS_RUN, tiny_repo.collection],
         TRAIN,
         f"{pipelines / 'DeepDiscMorphology.yaml'}#training",
         *common,
     )
-    _pipetask(
+    pipetask(
         tiny_repo,
         [TRAIN, DETECT, tiny_repo.collection],
         CLASSIFY,
@@ -218,7 +184,7 @@ def test_detection_with_the_morphology_subtask_gives_the_same_table(
     morphology_run: TinyRepo, package_root: Path
 ) -> None:
     output = "u/test/morph_in_detect"
-    _pipetask(
+    pipetask(
         morphology_run,
         [TRAIN, morphology_run.collection, "pretrained_models/shipped"],
         output,
@@ -257,9 +223,9 @@ def test_detection_refuses_a_morphology_model_whose_bands_it_lacks(
         cutout=CutoutConfig(size=32),
     )
     path = package.save(tmp_path / "needs-z.zip")
-    _run(str(BIN / "deepdisc-model"), "ingest", morphology_run.root, str(path))
+    run(str(BIN / "deepdisc-model"), "ingest", morphology_run.root, str(path))
     output = "u/test/morph_needs_z"
-    result = _pipetask(
+    result = pipetask(
         morphology_run,
         [morphology_run.collection, "pretrained_models/shipped", "pretrained_models/needs-z"],
         output,

@@ -9,9 +9,6 @@ the classes of star and galaxy rows from it.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,31 +20,15 @@ from lsst.meas.extensions.deepdisc.butler.tables import to_arrow
 from lsst.meas.extensions.deepdisc.core.model_package import ModelPackage
 from lsst.meas.extensions.deepdisc.core.star_galaxy import StarGalaxyClassifier
 
+from pipetask_helpers import BIN, pipetask, run
 from sim_fixtures import TinyRepo
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("tiny_repo_pipetask")]
 
-BIN = Path(sys.executable).parent
 TRAIN = "u/test/star_galaxy_train"
 DETECT = "u/test/star_galaxy_detect"
 REFERENCE_RUN = "refcat/stars"
 TILES = ["-c", "detect:tileSize=256", "-c", "detect:tileOverlap=64"]
-
-
-def _run(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, capture_output=True, text=True, env=os.environ.copy(), timeout=900)
-    if result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def _pipetask(repo: TinyRepo, inputs: list[str], output: str, pipeline: str, *extra: str) -> None:
-    _run(
-        str(BIN / "pipetask"), "run", "-b", repo.root, "-i", ",".join(inputs), "-o", output, "-p", pipeline,
-        "-d", f"skymap='{repo.skymap}'", "-j", "1", "--register-dataset-types", *extra,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +36,7 @@ def star_galaxy_run(
     tiny_repo: TinyRepo, package_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     shipped = package_root / "models" / "deepdisc-compact-sim.zip"
-    _run(str(BIN / "deepdisc-model"), "ingest", tiny_repo.root, str(shipped), "--name", "shipped")
+    run(str(BIN / "deepdisc-model"), "ingest", tiny_repo.root, str(shipped), "--name", "shipped")
     with Butler.from_config(tiny_repo.root, writeable=True) as butler:
         truth = vstack(
             [butler.get("truth_patch", d, collections=tiny_repo.collection) for d in tiny_repo.data_ids]
@@ -70,7 +51,7 @@ def star_galaxy_run(
         butler.registry.registerDatasetType(dataset_type)
         butler.collections.register(REFERENCE_RUN, CollectionType.RUN)
         butler.put(to_arrow(reference), dataset_type, run=REFERENCE_RUN)
-    _pipetask(
+    pipetask(
         tiny_repo,
         [tiny_repo.collection, REFERENCE_RUN, "pretrained_models/shipped"],
         TRAIN,
@@ -82,12 +63,12 @@ def star_galaxy_run(
         *("-c", "train:raColumn=ra_deg", "-c", "train:decColumn=dec_deg"),
     )
     package = tmp_path_factory.mktemp("star_galaxy") / "with-classifier.zip"
-    _run(
+    run(
         str(BIN / "deepdisc-model"), "star-galaxy", str(shipped), "--repo", tiny_repo.root,
         "--collection", TRAIN, "--version", "test-sg", "--output", str(package),
     )  # fmt: skip
-    _run(str(BIN / "deepdisc-model"), "ingest", tiny_repo.root, str(package), "--name", "with-classifier")
-    _pipetask(
+    run(str(BIN / "deepdisc-model"), "ingest", tiny_repo.root, str(package), "--name", "with-classifier")
+    pipetask(
         tiny_repo,
         [tiny_repo.collection, "pretrained_models/with-classifier"],
         DETECT,
