@@ -49,7 +49,12 @@ from lsst.meas.extensions.deepdisc.core.model_package import (
     PackageLimits,
 )
 from lsst.meas.extensions.deepdisc.core.scaling import ScalingSpec
-from lsst.meas.extensions.deepdisc.core.star_galaxy import StarGalaxyClassifier, feature_names
+from lsst.meas.extensions.deepdisc.core.star_galaxy import (
+    ReliabilityClassifier,
+    StarGalaxyClassifier,
+    feature_names,
+    reliability_feature_names,
+)
 
 BANDS = ("g", "r", "i")
 
@@ -776,3 +781,41 @@ def test_the_first_star_galaxy_classifier_the_measured_bands_allow_is_used() -> 
     assert package.star_galaxy_for(["i"]) is None
     assert "on g r i (any 2+), star threshold 0.35" in package.summary()
     assert _tiny_package().star_galaxy_for(["g", "r", "i"]) is None
+
+
+def _reliability(bands: tuple[str, ...] = ("g", "r"), min_bands: int | None = None) -> ReliabilityClassifier:
+    star_galaxy = _star_galaxy(bands, min_bands)
+    n = len(reliability_feature_names(bands))
+    rng = np.random.default_rng(6)
+    return ReliabilityClassifier(
+        bands=bands,
+        mean=rng.normal(size=n),
+        scale=rng.uniform(0.5, 2.0, n),
+        networks=[([rng.normal(size=(n, 1))], [rng.normal(size=1)])],
+        threshold=0.8,
+        min_bands=star_galaxy.min_bands,
+        network_threshold=0.25,
+        provenance={"validation_purity": 0.985},
+    )
+
+
+def test_reliability_classifiers_travel_in_the_package_and_are_checked_against_the_model() -> None:
+    full, subsets = _reliability(("g", "r", "i")), _reliability(("g", "r", "i"), min_bands=2)
+    package = _tiny_package(reliability=[full, subsets], star_galaxy=_star_galaxy(("g", "r", "i")))
+    copy = ModelPackage.from_bytes(package.to_bytes())
+    assert copy == package
+    assert [c.to_dict() for c in copy.reliability] == [full.to_dict(), subsets.to_dict()]
+    assert copy.reliability_for(["g", "r", "i"]).min_bands == 3
+    assert copy.reliability_for(["g", "i"]).min_bands == 2
+    assert copy.reliability_for(["i"]) is None
+    assert (
+        "reliability    : PSF-matched classifier on g r i of detections scoring >= 0.25, keeps reliability "
+        ">= 0.8, validation_purity 0.985" in copy.summary()
+    )
+    assert _tiny_package().reliability is None and "reliability" not in _tiny_package().summary()
+    with pytest.raises(ModelPackageError, match=r"reliability\[0\] reads bands \['z'\]"):
+        _tiny_package(reliability=_reliability(("g", "z")))
+    with pytest.raises(ModelPackageError, match=r"reliability\[0\] must be a ReliabilityClassifier"):
+        _tiny_package(reliability=[_star_galaxy()])
+    with pytest.raises(ModelPackageError, match=r"star_galaxy\[0\]: not a star-galaxy classifier"):
+        _tiny_package(star_galaxy=[full.to_dict()])

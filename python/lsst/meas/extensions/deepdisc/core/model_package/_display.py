@@ -100,6 +100,23 @@ def package_summary(package: ModelPackage) -> str:
             )
             for classifier in package.star_galaxy or ()
         ],
+        *[
+            f"  reliability    : PSF-matched classifier on {' '.join(classifier.bands)}"
+            + ("" if classifier.min_bands == len(classifier.bands) else f" (any {classifier.min_bands}+)")
+            + f" of detections scoring >= {classifier.network_threshold:g}, keeps reliability >= "
+            + f"{classifier.threshold:g}"
+            + (
+                ""
+                if classifier.trust_score is None
+                else f" or score >= {classifier.trust_score:g} at S/N >= {classifier.trust_snr:g}"
+            )
+            + "".join(
+                f", {key} {value}"
+                for key, value in classifier.provenance.items()
+                if key.startswith("validation_")
+            )
+            for classifier in package.reliability or ()
+        ],
         f"  weights        : {weights['tensors']} tensors, {weights['values']:,} values, "
         f"{weights['bytes'] / 2**20:.1f} MiB ({dtypes})",
         f"  format         : {FORMAT_NAME} v{package.format_version}, written by "

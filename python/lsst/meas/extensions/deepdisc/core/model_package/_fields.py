@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..star_galaxy import StarGalaxyClassifier, StarGalaxyError
+from ..star_galaxy import EnsembleClassifier, StarGalaxyError
 from ._archive import ModelPackageError
 
 
@@ -153,39 +153,41 @@ def _checked_band_count_thresholds(
     return checked
 
 
-def _checked_star_galaxy(
-    classifiers: Any, bands: tuple[str, ...], class_names: tuple[str, ...]
-) -> tuple[StarGalaxyClassifier, ...] | None:
-    """The package's star-galaxy classifiers (read from plain data), checked against the model.
+def _checked_classifiers(
+    classifiers: Any,
+    kind: type[EnsembleClassifier],
+    key: str,
+    bands: tuple[str, ...],
+    class_names: tuple[str, ...],
+) -> tuple[Any, ...] | None:
+    """A package's second-stage classifiers of one ``kind`` (read from plain data), checked against the model.
 
-    A single classifier is accepted for one; the order is kept (the detection task uses the first whose
-    bands it has).
+    ``key`` is the package field (``star_galaxy``, ``reliability``).  A single classifier is accepted for
+    one; the order is kept (the detection task uses the first whose bands it has).
     """
     if classifiers is None:
         return None
-    if isinstance(classifiers, StarGalaxyClassifier | Mapping):
+    if isinstance(classifiers, kind | Mapping):
         classifiers = [classifiers]
     if not isinstance(classifiers, Sequence) or isinstance(classifiers, str) or not classifiers:
-        raise ModelPackageError("star_galaxy must be a non-empty list of star-galaxy classifiers")
+        raise ModelPackageError(f"{key} must be a non-empty list of {kind.WHAT}s")
     checked = []
     for index, classifier in enumerate(classifiers):
         try:
             if isinstance(classifier, Mapping):
-                classifier = StarGalaxyClassifier.from_dict(classifier)
+                classifier = kind.from_dict(classifier)
         except StarGalaxyError as exc:
-            raise ModelPackageError(f"star_galaxy[{index}]: {exc}") from None
-        if not isinstance(classifier, StarGalaxyClassifier):
+            raise ModelPackageError(f"{key}[{index}]: {exc}") from None
+        if type(classifier) is not kind:
             raise ModelPackageError(
-                f"star_galaxy[{index}] must be a StarGalaxyClassifier, got {type(classifier).__name__}"
+                f"{key}[{index}] must be a {kind.__name__}, got {type(classifier).__name__}"
             )
         extra = [band for band in classifier.bands if band not in bands]
         if extra:
             raise ModelPackageError(
-                f"star_galaxy[{index}] reads bands {extra} that the model does not have ({bands})"
+                f"{key}[{index}] reads bands {extra} that the model does not have ({bands})"
             )
         checked.append(classifier)
     if "star" not in class_names or "galaxy" not in class_names:
-        raise ModelPackageError(
-            f"star_galaxy needs a model with classes 'star' and 'galaxy', not {class_names}"
-        )
+        raise ModelPackageError(f"{key} needs a model with classes 'star' and 'galaxy', not {class_names}")
     return tuple(checked)

@@ -53,6 +53,7 @@ _OPTIONAL_METADATA_KEYS = (
     "artifact_binning",
     "artifact_score_threshold",
     "star_galaxy",
+    "reliability",
 )
 
 
@@ -87,6 +88,11 @@ def package_metadata(package: ModelPackage) -> dict[str, Any]:
             {}
             if package.star_galaxy is None
             else {"star_galaxy": [classifier.to_dict() for classifier in package.star_galaxy]}
+        ),
+        **(
+            {}
+            if package.reliability is None
+            else {"reliability": [classifier.to_dict() for classifier in package.reliability]}
         ),
     }
 

@@ -38,7 +38,7 @@ import torch
 
 from ...version import __version__
 from ..scaling import ScalingSpec
-from ..star_galaxy import StarGalaxyClassifier
+from ..star_galaxy import ReliabilityClassifier, StarGalaxyClassifier
 from ._archive import (
     DEFAULT_LIMITS,
     FORMAT_VERSION,
@@ -57,8 +57,8 @@ from ._consistency import check_config_agrees, check_config_safety, check_model_
 from ._display import describe_package, package_summary
 from ._fields import (
     _checked_band_count_thresholds,
+    _checked_classifiers,
     _checked_min_bands,
-    _checked_star_galaxy,
     _float_tuple,
     _string_tuple,
     _tensors_identical,
@@ -151,6 +151,11 @@ class ModelPackage:
         bands gives and sets the class of star and galaxy rows from it.  Their bands must be among the
         package's; the model must have ``star`` and ``galaxy`` classes.  Stored as plain numbers in the
         metadata; mappings are read with `StarGalaxyClassifier.from_dict`.
+    reliability : `tuple` [`~..star_galaxy.ReliabilityClassifier`, ...] or `None`
+        Second-stage reliability classifiers (is a detection a real source?), in order of preference like
+        ``star_galaxy`` (`reliability_for`); the detection task runs the network at the classifier's
+        ``network_threshold`` instead of ``score_threshold`` and keeps the star and galaxy detections whose
+        reliability reaches the classifier's threshold.
     package_version : `str`
         Version of meas_extensions_deepdisc that created the package.
     format_version : `int`
@@ -174,6 +179,7 @@ class ModelPackage:
     artifact_binning: int | None = None
     artifact_score_threshold: float | None = None
     star_galaxy: tuple[StarGalaxyClassifier, ...] | None = None
+    reliability: tuple[ReliabilityClassifier, ...] | None = None
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -228,7 +234,12 @@ class ModelPackage:
             if self.artifact_binning is None:
                 raise ModelPackageError("artifact_score_threshold needs artifact_binning (the binned pass)")
             self.artifact_score_threshold = float(value)
-        self.star_galaxy = _checked_star_galaxy(self.star_galaxy, self.bands, self.class_names)
+        self.star_galaxy = _checked_classifiers(
+            self.star_galaxy, StarGalaxyClassifier, "star_galaxy", self.bands, self.class_names
+        )
+        self.reliability = _checked_classifiers(
+            self.reliability, ReliabilityClassifier, "reliability", self.bands, self.class_names
+        )
         if not isinstance(self.state_dict, Mapping) or not self.state_dict:
             raise ModelPackageError("state_dict must be a non-empty mapping of names to tensors")
         for key, tensor in self.state_dict.items():
@@ -253,6 +264,10 @@ class ModelPackage:
     def star_galaxy_for(self, measured: Sequence[str]) -> StarGalaxyClassifier | None:
         """The first star-galaxy classifier with at least its ``min_bands`` of its bands in ``measured``."""
         return next((c for c in self.star_galaxy or () if c.runs_on(measured)), None)
+
+    def reliability_for(self, measured: Sequence[str]) -> ReliabilityClassifier | None:
+        """The first reliability classifier with at least its ``min_bands`` of its bands in ``measured``."""
+        return next((c for c in self.reliability or () if c.runs_on(measured)), None)
 
     def score_threshold_for(self, n_bands: int) -> float | None:
         """The operating point for data with ``n_bands`` of the model's bands (`score_threshold` if none)."""
@@ -650,6 +665,7 @@ class ModelPackage:
             artifact_binning=metadata.get("artifact_binning"),
             artifact_score_threshold=metadata.get("artifact_score_threshold"),
             star_galaxy=metadata.get("star_galaxy"),
+            reliability=metadata.get("reliability"),
             package_version=metadata["package_version"],
             format_version=metadata["format_version"],
         )

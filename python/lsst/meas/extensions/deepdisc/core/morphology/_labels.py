@@ -47,11 +47,14 @@ def match_labels(
     label_ra: np.ndarray,
     label_dec: np.ndarray,
     radius_arcsec: float,
+    priority: np.ndarray | None = None,
 ) -> LabelMatch:
     """Pair every labelled object with the nearest detection within ``radius_arcsec``, one to one.
 
     Pairs are taken closest first, so a detection between two labelled objects goes to the nearer one and
-    the other stays unmatched; it never carries two labels.
+    the other stays unmatched; it never carries two labels.  With ``priority`` (one value per detection,
+    e.g. its score), detections are served in decreasing priority, each its nearest free label: of two
+    detections of one object the higher-priority one gets it, the other is a duplicate.
 
     Parameters
     ----------
@@ -59,6 +62,8 @@ def match_labels(
         Positions (degrees).
     radius_arcsec : `float`
         Largest separation of a match.
+    priority : `numpy.ndarray`, optional
+        Per-detection priority (higher first); default: closest pairs first.
 
     Returns
     -------
@@ -88,7 +93,11 @@ def match_labels(
     distance = np.hypot(dx[det_index] - lx[lab_index], dy[det_index] - ly[lab_index])
     used_det, used_lab = set(), set()
     chosen = []
-    for k in np.argsort(distance, kind="stable"):
+    if priority is None:
+        order = np.argsort(distance, kind="stable")
+    else:
+        order = np.lexsort((distance, -np.asarray(priority, dtype=np.float64)[det_index]))
+    for k in order:
         d, lab = int(det_index[k]), int(lab_index[k])
         if d in used_det or lab in used_lab:
             continue

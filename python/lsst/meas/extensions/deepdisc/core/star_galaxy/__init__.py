@@ -34,15 +34,31 @@ Pure core (numpy, torch for fitting only; no Butler).  Modules:
 ``_classifier``
     `star_galaxy_features`, `StarGalaxyClassifier` (plain arrays, safe YAML), `fit_star_galaxy`,
     `best_f1_threshold`, `star_f1`.
+``_reliability``
+    `reliability_features`, `ReliabilityClassifier` (is a detection a real source?), `fit_reliability`,
+    `purity_threshold`.
 ``_catalog``
-    `catalog_features` (the classifier's rows and inputs of a detection catalog), `measured_bands`,
-    `apply_star_galaxy`.
+    `catalog_features` (a classifier's rows and inputs of a detection catalog), `measured_bands`,
+    `apply_star_galaxy`, `judge_reliability`.
+
+Both classifiers are `EnsembleClassifier` s (`fit_ensemble`): the same small networks, stored the same way.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "FEATURE_NAMES_BASE",
+    "RELIABILITY_EXTRA_FEATURES",
+    "EnsembleClassifier",
+    "ReliabilityClassifier",
+    "ReliabilityError",
+    "ReliabilityResult",
+    "fit_ensemble",
+    "fit_reliability",
+    "judge_reliability",
+    "purity_threshold",
+    "reliability_feature_names",
+    "reliability_features",
     "MAX_SHIFT_PIXELS",
     "WIDE_FACTOR",
     "PsfPhotometry",
@@ -61,15 +77,33 @@ __all__ = [
     "star_galaxy_features",
 ]
 
-from ._catalog import StarGalaxyResult, apply_star_galaxy, catalog_features, measured_bands
+from ._catalog import (
+    ReliabilityResult,
+    StarGalaxyResult,
+    apply_star_galaxy,
+    catalog_features,
+    judge_reliability,
+    measured_bands,
+)
 from ._classifier import (
     FEATURE_NAMES_BASE,
+    EnsembleClassifier,
     StarGalaxyClassifier,
     StarGalaxyError,
     best_f1_threshold,
     feature_names,
+    fit_ensemble,
     fit_star_galaxy,
     star_f1,
     star_galaxy_features,
 )
 from ._psf_photometry import MAX_SHIFT_PIXELS, WIDE_FACTOR, PsfPhotometry, band_psf_sigmas, psf_photometry
+from ._reliability import (
+    RELIABILITY_EXTRA_FEATURES,
+    ReliabilityClassifier,
+    ReliabilityError,
+    fit_reliability,
+    purity_threshold,
+    reliability_feature_names,
+    reliability_features,
+)

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.table import Table
 
-from ._classifier import StarGalaxyClassifier, StarGalaxyError, star_galaxy_features
+from ._classifier import EnsembleClassifier, StarGalaxyClassifier, StarGalaxyError, star_galaxy_features
+from ._reliability import ReliabilityClassifier, ReliabilityError, reliability_features
 
 _STAR, _GALAXY = "star", "galaxy"
 
@@ -48,12 +49,17 @@ def measured_bands(catalog: Table) -> list[str]:
 
 
 def catalog_features(
-    catalog: Table, bands: tuple[str, ...] | list[str], absent: tuple[str, ...] | list[str] | None = None
+    catalog: Table,
+    bands: tuple[str, ...] | list[str],
+    absent: tuple[str, ...] | list[str] | None = None,
+    kind: type[EnsembleClassifier] = StarGalaxyClassifier,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The classifier's rows of a catalog (star or galaxy class) and their `star_galaxy_features`.
+    """A classifier's rows of a catalog (star or galaxy class) and their features.
 
     Neighbour distances are measured among those rows (artifacts are no neighbours).  ``absent`` (default:
     the classifier's bands that the catalog did not measure, `measured_bands`) are treated as missing.
+    ``kind``: `StarGalaxyClassifier` (`star_galaxy_features`) or `ReliabilityClassifier`
+    (`reliability_features`).
 
     Returns
     -------
@@ -67,7 +73,8 @@ def catalog_features(
     if absent is None:
         measured = set(measured_bands(catalog))
         absent = [band for band in bands if band not in measured]
-    return eligible, star_galaxy_features(columns, bands, absent)
+    features = reliability_features if issubclass(kind, ReliabilityClassifier) else star_galaxy_features
+    return eligible, features(columns, bands, absent)
 
 
 @dataclass(frozen=True)
@@ -135,3 +142,63 @@ def apply_star_galaxy(
         catalog["class_name"][eligible] = np.asarray(names)[new_ids]
     catalog["star_galaxy_prob"][:] = probability
     return StarGalaxyResult(int(eligible.sum()), stars, changed, threshold)
+
+
+@dataclass(frozen=True)
+class ReliabilityResult:
+    """What `judge_reliability` found.
+
+    ``reliability``: per catalog row (NaN where not judged); ``keep``: rows to keep (unjudged rows and those
+    reaching ``threshold``); ``judged``, ``dropped``: counts.
+    """
+
+    reliability: np.ndarray
+    keep: np.ndarray
+    threshold: float
+    judged: int
+    dropped: int
+
+
+def judge_reliability(
+    catalog: Table, classifier: ReliabilityClassifier, threshold: float | None = None
+) -> ReliabilityResult:
+    """The reliability of a catalog's star and galaxy rows and the rows to keep (the catalog is unchanged).
+
+    A star or galaxy row is kept when its reliability reaches the threshold or the network trusts it
+    (`ReliabilityClassifier.trusted`).
+
+    Parameters
+    ----------
+    catalog : `astropy.table.Table`
+        A detection catalog with the classifier's input columns (`reliability_features`).
+    classifier : `ReliabilityClassifier`
+        The trained classifier.
+    threshold : `float`, optional
+        Reliability a row needs to be kept (default: the classifier's).
+
+    Raises
+    ------
+    ReliabilityError
+        If the catalog lacks an input column or measured fewer of the classifier's bands than its
+        ``min_bands``.
+    """
+    threshold = classifier.threshold if threshold is None else float(threshold)
+    measured = measured_bands(catalog)
+    if not classifier.runs_on(measured):
+        present = [band for band in classifier.bands if band in measured]
+        raise ReliabilityError(
+            f"the reliability classifier needs PSF photometry in {classifier.min_bands} of its bands "
+            f"{list(classifier.bands)}; the catalog has it in {present}"
+        )
+    absent = [band for band in classifier.bands if band not in measured]
+    eligible, features = catalog_features(catalog, classifier.bands, absent, ReliabilityClassifier)
+    reliability = np.full(len(catalog), np.nan, dtype=np.float32)
+    keep = np.ones(len(catalog), dtype=bool)
+    if eligible.any():
+        probability = classifier.predict(features)
+        reliability[eligible] = probability
+        trusted = classifier.trusted(
+            np.asarray(catalog["score"])[eligible], np.asarray(catalog["detection_snr"])[eligible]
+        )
+        keep[eligible] = (probability >= threshold) | trusted
+    return ReliabilityResult(reliability, keep, threshold, int(eligible.sum()), int((~keep).sum()))

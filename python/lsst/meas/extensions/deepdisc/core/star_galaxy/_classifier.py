@@ -53,11 +53,13 @@ from __future__ import annotations
 
 __all__ = [
     "FEATURE_NAMES_BASE",
+    "EnsembleClassifier",
     "Network",
     "StarGalaxyClassifier",
     "StarGalaxyError",
     "best_f1_threshold",
     "feature_names",
+    "fit_ensemble",
     "fit_star_galaxy",
     "star_f1",
     "star_galaxy_features",
@@ -66,7 +68,7 @@ __all__ = [
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -82,8 +84,6 @@ FEATURE_NAMES_BASE = (
 )
 """Features that do not depend on the band list (the colours follow them)."""
 
-_FORMAT = "deepdisc-star-galaxy-classifier"
-_FORMAT_VERSION = 1
 _MAX_LAYERS = 8
 _MAX_NETWORKS = 32
 _MAX_WIDTH = 1024
@@ -194,33 +194,38 @@ Network = tuple[list[np.ndarray], list[np.ndarray]]
 """One network of the ensemble: its dense layers' weight matrices and biases."""
 
 
-def _checked_network(network: Any, n_features: int) -> Network:
+def _checked_network(
+    network: Any, n_features: int, what: str = "star-galaxy", error: type[ValueError] = StarGalaxyError
+) -> Network:
     """Layers as float64 arrays whose shapes chain from ``n_features`` inputs to one output."""
     try:
         layer_weights, layer_biases = network
     except (TypeError, ValueError):
-        raise StarGalaxyError("a star-galaxy network must be a (weights, biases) pair") from None
+        raise error(f"a {what} network must be a (weights, biases) pair") from None
     if not 1 <= len(layer_weights) <= _MAX_LAYERS or len(layer_weights) != len(layer_biases):
-        raise StarGalaxyError(f"a star-galaxy network needs 1-{_MAX_LAYERS} layers with one bias each")
+        raise error(f"a {what} network needs 1-{_MAX_LAYERS} layers with one bias each")
     weights, biases, width = [], [], n_features
     for weight, bias in zip(layer_weights, layer_biases):
         weight = np.asarray(weight, dtype=np.float64)
         bias = np.asarray(bias, dtype=np.float64).reshape(-1)
         if weight.ndim != 2 or weight.shape[0] != width or weight.shape[1] > _MAX_WIDTH:
-            raise StarGalaxyError(f"star-galaxy layer of shape {weight.shape} does not take {width} inputs")
+            raise error(f"{what} layer of shape {weight.shape} does not take {width} inputs")
         if bias.shape != (weight.shape[1],) or not (np.isfinite(weight).all() and np.isfinite(bias).all()):
-            raise StarGalaxyError("star-galaxy layer biases must match the layer and all values be finite")
+            raise error(f"{what} layer biases must match the layer and all values be finite")
         weights.append(weight)
         biases.append(bias)
         width = weight.shape[1]
     if width != 1:
-        raise StarGalaxyError(f"the last star-galaxy layer must have one output, not {width}")
+        raise error(f"the last {what} layer must have one output, not {width}")
     return weights, biases
 
 
 @dataclass
-class StarGalaxyClassifier:
-    """A trained star-galaxy classifier: an ensemble of small networks (plain arrays: safe as YAML).
+class EnsembleClassifier:
+    """A trained second-stage classifier: an ensemble of small networks (plain arrays: safe as YAML).
+
+    The common part of `StarGalaxyClassifier` and `ReliabilityClassifier`: a subclass names its format,
+    its features (`names_for`) and what its probability means.
 
     Parameters
     ----------
@@ -230,9 +235,9 @@ class StarGalaxyClassifier:
         Feature standardisation (``(x - mean) / scale``; missing features take the mean).
     networks : `list` [`tuple` [`list` [`numpy.ndarray`], `list` [`numpy.ndarray`]]]
         One ``(weights, biases)`` pair per network: dense layers with ``tanh`` between them, the last with
-        one output (the star log-odds).  The star probability is the mean over the networks.
+        one output (the log-odds).  The probability is the mean over the networks.
     threshold : `float`
-        Star probability at or above which a source is called a star.
+        Probability at or above which a source is called positive (a star; a real source).
     min_bands : `int` or `None`
         The fewest of its bands it may run on (trained with band subsets); `None`: all of them.
     provenance : `dict`
@@ -247,34 +252,42 @@ class StarGalaxyClassifier:
     min_bands: int | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    FORMAT: ClassVar[str] = ""
+    FORMAT_VERSION: ClassVar[int] = 1
+    WHAT: ClassVar[str] = "second-stage classifier"
+    ERROR: ClassVar[type[ValueError]] = ValueError
+
+    @classmethod
+    def names_for(cls, bands: Sequence[str]) -> tuple[str, ...]:
+        """The feature names of a classifier of ``bands``."""
+        raise NotImplementedError
+
     def __post_init__(self) -> None:
+        what, error = self.WHAT, self.ERROR
         self.bands = tuple(str(b) for b in self.bands)
-        n_features = len(feature_names(self.bands))
+        n_features = len(self.names_for(self.bands))
         self.mean = np.asarray(self.mean, dtype=np.float64).reshape(-1)
         self.scale = np.asarray(self.scale, dtype=np.float64).reshape(-1)
         if len(self.bands) < 1 or len(set(self.bands)) != len(self.bands):
-            raise StarGalaxyError(
-                f"star-galaxy classifier bands must be distinct and non-empty: {self.bands}"
-            )
+            raise error(f"{what} bands must be distinct and non-empty: {self.bands}")
         if self.mean.shape != (n_features,) or self.scale.shape != (n_features,):
-            raise StarGalaxyError(f"star-galaxy classifier standardisation must have {n_features} values")
+            raise error(f"{what} standardisation must have {n_features} values")
         if not (np.isfinite(self.mean).all() and np.isfinite(self.scale).all() and (self.scale > 0).all()):
-            raise StarGalaxyError(
-                "star-galaxy classifier standardisation must be finite with positive scales"
-            )
+            raise error(f"{what} standardisation must be finite with positive scales")
         if not 1 <= len(self.networks) <= _MAX_NETWORKS:
-            raise StarGalaxyError(f"a star-galaxy classifier needs 1-{_MAX_NETWORKS} networks")
-        self.networks = [_checked_network(network, n_features) for network in self.networks]
+            raise error(f"a {what} needs 1-{_MAX_NETWORKS} networks")
+        short = what.removesuffix(" classifier")
+        self.networks = [_checked_network(network, n_features, short, error) for network in self.networks]
         threshold = float(self.threshold)
         if not 0.0 < threshold < 1.0:
-            raise StarGalaxyError(f"star-galaxy threshold must be in (0, 1), got {threshold}")
+            raise error(f"{short} threshold must be in (0, 1), got {threshold}")
         self.threshold = threshold
         if self.min_bands is None:
             self.min_bands = len(self.bands)
         if isinstance(self.min_bands, bool) or not isinstance(self.min_bands, int | np.integer):
-            raise StarGalaxyError(f"min_bands must be an integer, got {self.min_bands!r}")
+            raise error(f"min_bands must be an integer, got {self.min_bands!r}")
         if not 1 <= self.min_bands <= len(self.bands):
-            raise StarGalaxyError(f"min_bands must be in [1, {len(self.bands)}], got {self.min_bands}")
+            raise error(f"min_bands must be in [1, {len(self.bands)}], got {self.min_bands}")
         self.min_bands = int(self.min_bands)
 
     def runs_on(self, measured: Sequence[str]) -> bool:
@@ -284,13 +297,13 @@ class StarGalaxyClassifier:
     @property
     def feature_names(self) -> tuple[str, ...]:
         """Names of the input features, in order."""
-        return feature_names(self.bands)
+        return self.names_for(self.bands)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """Star probability of every row of a `star_galaxy_features` matrix."""
+        """Probability of every row of a feature matrix (`feature_names` columns)."""
         features = np.asarray(features, dtype=np.float64)
         if features.ndim != 2 or features.shape[1] != len(self.mean):
-            raise StarGalaxyError(f"expected [N, {len(self.mean)}] features, got shape {features.shape}")
+            raise self.ERROR(f"expected [N, {len(self.mean)}] features, got shape {features.shape}")
         x = (features - self.mean) / self.scale
         x = np.where(np.isfinite(x), x, 0.0)
         probability = np.zeros(len(x))
@@ -303,11 +316,20 @@ class StarGalaxyClassifier:
             probability += 1.0 / (1.0 + np.exp(-np.clip(out[:, 0], -50.0, 50.0)))
         return probability / len(self.networks)
 
+    def _extra_dict(self) -> dict[str, Any]:
+        """A subclass's own fields for `to_dict`."""
+        return {}
+
+    @classmethod
+    def _extra_kwargs(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """A subclass's own constructor arguments from `to_dict` data."""
+        return {}
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (lists and numbers) for safe YAML."""
         return {
-            "format": _FORMAT,
-            "format_version": _FORMAT_VERSION,
+            "format": self.FORMAT,
+            "format_version": self.FORMAT_VERSION,
             "bands": list(self.bands),
             "features": list(self.feature_names),
             "mean": self.mean.tolist(),
@@ -318,24 +340,27 @@ class StarGalaxyClassifier:
             ],
             "threshold": self.threshold,
             "min_bands": self.min_bands,
+            **self._extra_dict(),
             "provenance": dict(self.provenance),
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StarGalaxyClassifier:
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """Inverse of `to_dict`, checking the format and every shape.
 
         Raises
         ------
-        StarGalaxyError
-            If the data is not a classifier of this format or its arrays do not fit together.
+        ValueError
+            (`ERROR`, e.g. `StarGalaxyError`) If the data is not a classifier of this format or its arrays
+            do not fit together.
         """
-        if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
-            raise StarGalaxyError(f"not a star-galaxy classifier (format must be {_FORMAT!r})")
-        if data.get("format_version") != _FORMAT_VERSION:
-            raise StarGalaxyError(
-                f"star-galaxy classifier format version {data.get('format_version')!r} is not "
-                f"{_FORMAT_VERSION}: re-train it with this version of the package"
+        what, error = cls.WHAT, cls.ERROR
+        if not isinstance(data, Mapping) or data.get("format") != cls.FORMAT:
+            raise error(f"not a {what} (format must be {cls.FORMAT!r})")
+        if data.get("format_version") != cls.FORMAT_VERSION:
+            raise error(
+                f"{what} format version {data.get('format_version')!r} is not "
+                f"{cls.FORMAT_VERSION}: re-train it with this version of the package"
             )
         try:
             classifier = cls(
@@ -352,17 +377,36 @@ class StarGalaxyClassifier:
                 threshold=data.get("threshold", 0.5),
                 min_bands=data.get("min_bands"),
                 provenance=dict(data.get("provenance") or {}),
+                **cls._extra_kwargs(data),
             )
         except (KeyError, TypeError, ValueError) as err:
-            if isinstance(err, StarGalaxyError):
+            if isinstance(err, error):
                 raise
-            raise StarGalaxyError(f"malformed star-galaxy classifier: {err}") from err
+            raise error(f"malformed {what}: {err}") from err
         if tuple(data.get("features", classifier.feature_names)) != classifier.feature_names:
-            raise StarGalaxyError(
-                f"star-galaxy classifier features {data.get('features')} are not this version's "
+            raise error(
+                f"{what} features {data.get('features')} are not this version's "
                 f"{list(classifier.feature_names)}"
             )
         return classifier
+
+
+@dataclass
+class StarGalaxyClassifier(EnsembleClassifier):
+    """A trained star-galaxy classifier (`EnsembleClassifier` over `star_galaxy_features`).
+
+    Its probability is the star probability; ``threshold`` the star threshold.
+    """
+
+    FORMAT: ClassVar[str] = "deepdisc-star-galaxy-classifier"
+    FORMAT_VERSION: ClassVar[int] = 1
+    WHAT: ClassVar[str] = "star-galaxy classifier"
+    ERROR: ClassVar[type[ValueError]] = StarGalaxyError
+
+    @classmethod
+    def names_for(cls, bands: Sequence[str]) -> tuple[str, ...]:
+        """`feature_names` of ``bands``."""
+        return feature_names(bands)
 
 
 def star_f1(is_star: np.ndarray, called_star: np.ndarray) -> float:
@@ -393,12 +437,12 @@ def best_f1_threshold(probability: np.ndarray, is_star: np.ndarray) -> tuple[flo
 
 def _train_network(
     x: np.ndarray,
-    is_star: np.ndarray,
+    labels: np.ndarray,
     hidden: Sequence[int],
     epochs: int,
     learning_rate: float,
     weight_decay: float,
-    star_weight: float,
+    positive_weight: float,
     seed: int,
 ) -> tuple[Network, float]:
     """One network trained full batch with Adam on standardised features; its final loss."""
@@ -411,8 +455,8 @@ def _train_network(
         weight = torch.randn(n_in, n_out, generator=generator, dtype=torch.float64) / math.sqrt(n_in)
         layers.append((weight.requires_grad_(), torch.zeros(n_out, dtype=torch.float64, requires_grad=True)))
     inputs = torch.from_numpy(x)
-    target = torch.from_numpy(is_star.astype(np.float64))
-    sample_weight = torch.where(target > 0, float(star_weight), 1.0)
+    target = torch.from_numpy(labels.astype(np.float64))
+    sample_weight = torch.where(target > 0, float(positive_weight), 1.0)
     optimizer = torch.optim.Adam(
         [p for layer in layers for p in layer], lr=learning_rate, weight_decay=weight_decay
     )
@@ -475,15 +519,61 @@ def fit_star_galaxy(
     """
     features = np.asarray(features, dtype=np.float64)
     is_star = np.asarray(is_star, dtype=bool)
-    n_features = len(feature_names(bands))
-    if features.ndim != 2 or features.shape[1] != n_features or len(features) != len(is_star):
-        raise StarGalaxyError(
-            f"expected [N, {n_features}] features and N labels, got {features.shape}, {is_star.shape}"
-        )
     if is_star.all() or not is_star.any():
         raise StarGalaxyError("training a star-galaxy classifier needs both stars and galaxies")
+    classifier = fit_ensemble(
+        StarGalaxyClassifier,
+        features,
+        is_star,
+        bands,
+        hidden=hidden,
+        ensemble=ensemble,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        positive_weight=star_weight,
+        seed=seed,
+    )
+    classifier.provenance["n_train_stars"] = classifier.provenance.pop("n_train_positive")
+    return classifier
+
+
+def fit_ensemble[C: EnsembleClassifier](
+    cls: type[C],
+    features: np.ndarray,
+    labels: np.ndarray,
+    bands: Sequence[str],
+    *,
+    hidden: Sequence[int] = (32, 32),
+    ensemble: int = 3,
+    epochs: int = 600,
+    learning_rate: float = 0.01,
+    weight_decay: float = 1e-3,
+    positive_weight: float = 1.0,
+    seed: int = 0,
+    **kwargs: Any,
+) -> C:
+    """Train an `EnsembleClassifier` subclass ``cls`` on labelled feature rows (threshold 0.5).
+
+    The shared fit of `fit_star_galaxy` and `fit_reliability`: features standardised by their training mean
+    and deviation, ``ensemble`` networks from seeds ``seed, seed + 1...``; ``kwargs`` go to ``cls``.
+
+    Raises
+    ------
+    ValueError
+        (``cls.ERROR``) If the features do not match the bands or either class is absent.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels, dtype=bool)
+    n_features = len(cls.names_for(bands))
+    if features.ndim != 2 or features.shape[1] != n_features or len(features) != len(labels):
+        raise cls.ERROR(
+            f"expected [N, {n_features}] features and N labels, got {features.shape}, {labels.shape}"
+        )
+    if labels.all() or not labels.any():
+        raise cls.ERROR(f"training a {cls.WHAT} needs examples of both outcomes")
     if ensemble < 1:
-        raise StarGalaxyError(f"ensemble must be at least 1, got {ensemble}")
+        raise cls.ERROR(f"ensemble must be at least 1, got {ensemble}")
     mean = np.nanmean(features, axis=0)
     mean = np.where(np.isfinite(mean), mean, 0.0)
     scale = np.nanstd(features, axis=0)
@@ -493,18 +583,19 @@ def fit_star_galaxy(
     networks, losses = [], []
     for member in range(ensemble):
         network, loss = _train_network(
-            x, is_star, hidden, epochs, learning_rate, weight_decay, star_weight, seed + member
+            x, labels, hidden, epochs, learning_rate, weight_decay, positive_weight, seed + member
         )
         networks.append(network)
         losses.append(round(loss, 5))
-    return StarGalaxyClassifier(
+    return cls(
         bands=tuple(bands),
         mean=mean,
         scale=scale,
         networks=networks,
         provenance={
-            "n_train": int(len(is_star)),
-            "n_train_stars": int(is_star.sum()),
+            "n_train": int(len(labels)),
+            "n_train_positive": int(labels.sum()),
             "final_losses": losses,
         },
+        **kwargs,
     )
