@@ -252,3 +252,61 @@ def test_a_binned_pass_is_skipped_with_a_warning_for_a_model_without_artifact_cl
         task.run(_image(), package)
     assert "artifactBinning=4 ignored" in caplog.text
     assert "n_binned_artifacts" not in task.metadata
+
+
+def _reliability_package(package: ModelPackage, network_threshold: float) -> ModelPackage:
+    """``package`` with a seeded random reliability classifier on its bands (threshold 0.5)."""
+    import dataclasses
+
+    from lsst.meas.extensions.deepdisc.core.star_galaxy import (
+        ReliabilityClassifier,
+        reliability_feature_names,
+    )
+
+    rng = np.random.default_rng(3)
+    n = len(reliability_feature_names(BANDS))
+    classifier = ReliabilityClassifier(
+        bands=BANDS,
+        mean=np.zeros(n),
+        scale=np.ones(n),
+        networks=[([rng.normal(size=(n, 1))], [np.zeros(1)])],
+        threshold=0.5,
+        network_threshold=network_threshold,
+    )
+    return dataclasses.replace(package, reliability=(classifier,), score_threshold=0.3)
+
+
+def _with_psf(image: MultibandImage) -> MultibandImage:
+    image.metadata = {"psf_fwhm_arcsec": dict.fromkeys(image.bands, 0.8)}
+    return image
+
+
+def test_a_reliability_classifier_judges_candidates_from_its_network_threshold(package, caplog) -> None:
+    from lsst.meas.extensions.deepdisc.core.star_galaxy import judge_reliability
+
+    judged_package = _reliability_package(package, network_threshold=0.05)
+    (classifier,) = judged_package.reliability
+    candidates = _task(minDetectionSnr=0.0, doReliability=False, scoreThreshold=0.05)
+    everything = candidates.run(_with_psf(_image()), judged_package).catalog
+    assert np.isnan(everything["reliability"]).all() and len(everything) > 5
+    expected = judge_reliability(everything, classifier)
+    assert 0 < expected.dropped < expected.judged  # the random classifier keeps some, drops some
+    task = _task(minDetectionSnr=0.0)
+    kept = task.run(_with_psf(_image()), judged_package).catalog
+    assert task.metadata["score_threshold"] == pytest.approx(0.05)  # the classifier's candidates
+    assert task.metadata["reliability_applied"] and task.metadata["n_unreliable"] == expected.dropped
+    sources = ~np.asarray(kept["is_artifact"])
+    assert sources.sum() == int((expected.keep & np.isfinite(expected.reliability)).sum())
+    assert (np.asarray(kept["reliability"])[sources] >= 0.5).all()
+    # Rebuilt from the kept detections: consecutive ids, parents that exist.
+    assert np.array_equal(np.sort(np.asarray(kept["id"]) & 0xFFF), np.arange(1, len(kept) + 1))
+    assert set(np.asarray(kept["parent"]).tolist()) - {0} <= set(np.asarray(kept["id"]).tolist())
+    # Without PSF sizes there is no PSF photometry: the package's score threshold, with a warning.
+    fallback = _task(minDetectionSnr=0.0)
+    with caplog.at_level("WARNING"):
+        plain = fallback.run(_image(), judged_package).catalog
+    assert "Reliability classifier skipped" in caplog.text and not fallback.metadata["reliability_applied"]
+    assert np.isnan(plain["reliability"]).all() and (np.asarray(plain["score"]) >= 0.3).all()
+    off = _task(minDetectionSnr=0.0, doReliability=False)
+    off.run(_with_psf(_image()), judged_package)
+    assert off.metadata["score_threshold"] == pytest.approx(0.3)

@@ -30,6 +30,7 @@ def test_a_checkout_finds_its_own_tree_without_the_environment(no_product_dir) -
         "DeepDisc",
         "DeepDiscCompare",
         "DeepDiscMorphology",
+        "DeepDiscReliability",
         "DeepDiscStarGalaxy",
         "DeepDiscTrain",
     ]
@@ -75,6 +76,13 @@ def test_deepdisc_paths(no_product_dir, capsys: pytest.CaptureFixture[str]) -> N
     listing = capsys.readouterr().out
     assert "pipeline DeepDiscCompare" in listing and "shipped model" in listing
     assert paths.main(["--pipeline", "Nope"]) == 1
-    names = ["DeepDisc", "DeepDiscCompare", "DeepDiscMorphology", "DeepDiscStarGalaxy", "DeepDiscTrain"]
+    names = [
+        "DeepDisc",
+        "DeepDiscCompare",
+        "DeepDiscMorphology",
+        "DeepDiscReliability",
+        "DeepDiscStarGalaxy",
+        "DeepDiscTrain",
+    ]
     shipped = f"shipped: {names}"
     assert shipped in capsys.readouterr().err

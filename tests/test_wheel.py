@@ -96,7 +96,14 @@ def test_the_wheel_carries_the_product_tree(installed: Path) -> None:
     (wheel,) = (installed.parent / "dist").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     data = "lsst/meas/extensions/deepdisc/_data"
-    for name in ("DeepDisc", "DeepDiscCompare", "DeepDiscMorphology", "DeepDiscStarGalaxy", "DeepDiscTrain"):
+    pipelines = (
+        "DeepDisc",
+        "DeepDiscCompare",
+        "DeepDiscMorphology",
+        "DeepDiscReliability",
+        "DeepDiscStarGalaxy",
+    )
+    for name in (*pipelines, "DeepDiscTrain"):
         assert f"{data}/pipelines/{name}.yaml" in names
     assert f"{data}/config/models/compact-R18-FPN.yaml" in names
     assert f"{data}/config/tasks/train_cpu_demo.py" in names

@@ -30,6 +30,7 @@ TASKS = [
     ("lsst.meas.extensions.deepdisc.tasks.morphology_labels", "BuildMorphologyLabelsTask"),
     ("lsst.meas.extensions.deepdisc.tasks.train_morphology", "DeepDiscTrainMorphologyTask"),
     ("lsst.meas.extensions.deepdisc.tasks.train_star_galaxy", "DeepDiscTrainStarGalaxyTask"),
+    ("lsst.meas.extensions.deepdisc.tasks.train_reliability", "DeepDiscTrainReliabilityTask"),
 ]
 
 

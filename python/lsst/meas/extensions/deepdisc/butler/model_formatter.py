@@ -34,6 +34,7 @@ from __future__ import annotations
 __all__ = [
     "MORPHOLOGY_DATASET_TYPE",
     "MORPHOLOGY_STORAGE_CLASS",
+    "RELIABILITY_DATASET_TYPE",
     "STAR_GALAXY_DATASET_TYPE",
     "DeepDiscMorphologyFormatter",
     "MODEL_DATASET_TYPE",
@@ -72,6 +73,9 @@ MORPHOLOGY_DATASET_TYPE = "deepdisc_morphology_model"
 
 STAR_GALAXY_DATASET_TYPE = "deepdisc_star_galaxy_classifier"
 """Dataset type of a trained star-galaxy classifier (StructuredDataDict; ``StarGalaxyClassifier.to_dict``)."""
+
+RELIABILITY_DATASET_TYPE = "deepdisc_reliability_classifier"
+"""Dataset type of a trained reliability classifier (StructuredDataDict; `ReliabilityClassifier.to_dict`)."""
 
 MORPHOLOGY_STORAGE_CLASS = "DeepDiscMorphologyPackage"
 """Storage class of morphology classifier packages."""

@@ -31,8 +31,9 @@
     Put a package into a Butler repository as dataset ``deepdisc_model`` in ``pretrained_models/<name>``.
 ``deepdisc-model export``
     Write a package of a Butler collection (a training run) to a file.
-``deepdisc-model star-galaxy``
-    Write a new version of a detection package carrying a star-galaxy classifier (or without one).
+``deepdisc-model star-galaxy``, ``deepdisc-model reliability``
+    Write a new version of a detection package carrying a star-galaxy or a reliability classifier (or
+    without one).
 
 Run ``deepdisc-model <command> --help`` for the options; ``python -m lsst.meas.extensions.deepdisc.cli.model``
 works too.
@@ -60,7 +61,12 @@ from ..core.models import list_architectures
 from ..core.morphology import MORPHOLOGY_FORMAT_NAME, MorphologyPackage
 from ..core.safe_yaml import load_yaml
 from ..core.scaling import SCALINGS, ScalingSpec
-from ..core.star_galaxy import StarGalaxyClassifier, StarGalaxyError
+from ..core.star_galaxy import (
+    EnsembleClassifier,
+    ReliabilityClassifier,
+    StarGalaxyClassifier,
+    StarGalaxyError,
+)
 
 PROGRAM = "deepdisc-model"
 
@@ -198,18 +204,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(handler=_export)
 
-    star_galaxy = commands.add_parser(
-        "star-galaxy",
-        help="put a trained star-galaxy classifier into a detection package (a new version)",
-        description="Write a copy of a detection package that carries a star-galaxy classifier "
-        "(pipelines/DeepDiscStarGalaxy.yaml trains one), from a Butler collection or a YAML file.",
+    for kind in _CLASSIFIER_KINDS.values():
+        _add_classifier_command(commands, kind)
+    return parser
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClassifierKind:
+    """A second-stage classifier that a subcommand puts into a package."""
+
+    command: str
+    what: str
+    cls: type[EnsembleClassifier]
+    dataset_type: str
+    field: str
+    pipeline: str
+
+
+_CLASSIFIER_KINDS = {
+    kind.command: kind
+    for kind in (
+        _ClassifierKind(
+            "star-galaxy",
+            "star-galaxy classifier",
+            StarGalaxyClassifier,
+            "deepdisc_star_galaxy_classifier",
+            "star_galaxy",
+            "pipelines/DeepDiscStarGalaxy.yaml",
+        ),
+        _ClassifierKind(
+            "reliability",
+            "reliability classifier",
+            ReliabilityClassifier,
+            "deepdisc_reliability_classifier",
+            "reliability",
+            "pipelines/DeepDiscReliability.yaml",
+        ),
     )
-    star_galaxy.add_argument("package", type=Path, metavar="PKG.zip", help="the detection package")
-    origin = star_galaxy.add_mutually_exclusive_group(required=True)
+}
+
+
+def _add_classifier_command(commands: Any, kind: _ClassifierKind) -> None:
+    """The ``star-galaxy`` or ``reliability`` subcommand."""
+    command = commands.add_parser(
+        kind.command,
+        help=f"put a trained {kind.what} into a detection package (a new version)",
+        description=f"Write a copy of a detection package that carries a {kind.what} ({kind.pipeline} "
+        "trains one), from a Butler collection or a YAML file.",
+    )
+    command.add_argument("package", type=Path, metavar="PKG.zip", help="the detection package")
+    origin = command.add_mutually_exclusive_group(required=True)
     origin.add_argument(
         "--collection",
         nargs="+",
-        help="collections holding deepdisc_star_galaxy_classifier (with --repo), in order of preference",
+        help=f"collections holding {kind.dataset_type} (with --repo), in order of preference",
     )
     origin.add_argument(
         "--classifier",
@@ -219,12 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="classifiers as YAML, in order of preference",
     )
     origin.add_argument("--remove", action="store_true", help="write the package without a classifier")
-    star_galaxy.add_argument("--repo", help="Butler repository of --collection")
-    star_galaxy.add_argument("--version", required=True, help="version of the package written")
-    star_galaxy.add_argument("--output", type=Path, required=True, metavar="PKG.zip")
-    star_galaxy.add_argument("--force", action="store_true", help="overwrite an existing output file")
-    star_galaxy.set_defaults(handler=_star_galaxy)
-    return parser
+    command.add_argument("--repo", help="Butler repository of --collection")
+    command.add_argument("--version", required=True, help="version of the package written")
+    command.add_argument("--output", type=Path, required=True, metavar="PKG.zip")
+    command.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    command.set_defaults(handler=_put_classifiers, kind=kind)
 
 
 def _add_check_model_options(command: argparse.ArgumentParser) -> None:
@@ -444,8 +491,9 @@ def _export(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def _read_classifiers(args: argparse.Namespace) -> list[StarGalaxyClassifier]:
-    """The classifiers that ``star-galaxy`` puts into the package, in order (none for ``--remove``)."""
+def _read_classifiers(args: argparse.Namespace) -> list[EnsembleClassifier]:
+    """The classifiers that the command puts into the package, in order (none for ``--remove``)."""
+    kind: _ClassifierKind = args.kind
     if args.remove:
         return []
     data = []
@@ -458,29 +506,27 @@ def _read_classifiers(args: argparse.Namespace) -> list[StarGalaxyClassifier]:
         if not args.repo:
             raise CommandError("--collection needs --repo")
         from ..butler.config_path import ensure_butler_config_path
-        from ..butler.model_formatter import STAR_GALAXY_DATASET_TYPE
 
         ensure_butler_config_path()
         from lsst.daf.butler import Butler
 
         with Butler.from_config(args.repo) as butler:
             for collection in args.collection:
-                refs = list(
-                    butler.query_datasets(STAR_GALAXY_DATASET_TYPE, collections=collection, explain=False)
-                )
+                refs = list(butler.query_datasets(kind.dataset_type, collections=collection, explain=False))
                 if not refs:
-                    raise CommandError(f"no {STAR_GALAXY_DATASET_TYPE} dataset in collection {collection!r}")
+                    raise CommandError(f"no {kind.dataset_type} dataset in collection {collection!r}")
                 data.append((collection, butler.get(refs[0])))
     classifiers = []
     for origin, item in data:
         try:
-            classifiers.append(StarGalaxyClassifier.from_dict(item))
+            classifiers.append(kind.cls.from_dict(item))
         except StarGalaxyError as exc:
-            raise ModelPackageError(f"star-galaxy classifier from {origin}: {exc}") from None
+            raise ModelPackageError(f"{kind.what} from {origin}: {exc}") from None
     return classifiers
 
 
-def _star_galaxy(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def _put_classifiers(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    kind: _ClassifierKind = args.kind
     if args.output.exists() and not args.force:
         raise CommandError(f"{args.output} exists; pass --force to overwrite it")
     package = ModelPackage.load(args.package)
@@ -492,19 +538,19 @@ def _star_galaxy(args: argparse.Namespace, argv: Sequence[str]) -> int:
             if args.classifier
             else [f"{args.repo} {c}" for c in args.collection]
         )
-        provenance["star_galaxy_from"] = origins
+        provenance[f"{kind.field}_from"] = origins
     else:
-        provenance.pop("star_galaxy_from", None)
+        provenance.pop(f"{kind.field}_from", None)
     updated = dataclasses.replace(
-        package, version=args.version, star_galaxy=tuple(classifiers) or None, provenance=provenance
+        package, version=args.version, provenance=provenance, **{kind.field: tuple(classifiers) or None}
     )
     if args.force and args.output.exists():
         args.output.unlink()
     updated.save(args.output)
     if not classifiers:
-        what = "without a star-galaxy classifier"
+        what = f"without a {kind.what}"
     else:
-        what = "with star-galaxy classifier(s) " + "; ".join(
+        what = f"with {kind.what}(s) " + "; ".join(
             f"on {' '.join(c.bands)} (any {c.min_bands}, threshold {c.threshold:g})" for c in classifiers
         )
     print(f"wrote {args.output}: {package.name!r} version {args.version} {what}")

@@ -62,7 +62,7 @@ from ..core.inference import (
 )
 from ..core.model_package import ModelPackage
 from ..core.multiband import MissingBandError, MultibandImage
-from ..core.star_galaxy import apply_star_galaxy, measured_bands
+from ..core.star_galaxy import ReliabilityClassifier, apply_star_galaxy, judge_reliability, measured_bands
 from ..core.threads import quantum_threads, torch_cpu_settings
 from .coadd_inputs import (
     coadd_input_connection,
@@ -172,7 +172,8 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
     scoreThreshold = pexConfig.Field[float](
         doc="Detection score threshold of the model, lower or higher than the one it was packaged with. "
         "None: the package's operating point (chosen on validation data when it was trained; "
-        "`deepdisc-model inspect` shows it), else the model config's SCORE_THRESH_TEST.",
+        "`deepdisc-model inspect` shows it), with a reliability classifier (doReliability) the network "
+        "threshold of its candidates, else the model config's SCORE_THRESH_TEST.",
         default=None,
         optional=True,
     )
@@ -240,6 +241,20 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
         "excess, colours and the network's log-odds; core.star_galaxy) when the package has one and the "
         "patch has its bands; off: the network's class.  star_galaxy_prob is NaN where it is not run.",
         default=True,
+    )
+    doReliability = pexConfig.Field[bool](
+        doc="Judge the detections with the package's reliability classifier when it has one and the patch "
+        "has its bands (core.star_galaxy.ReliabilityClassifier): the network runs at the classifier's "
+        "candidate threshold and the star and galaxy rows whose reliability (PSF-matched S/N and colours, "
+        "the network's score) is below its threshold are dropped.  Off, or without enough bands: the "
+        "package's score threshold alone.  The reliability column is NaN where it is not run.",
+        default=True,
+    )
+    reliabilityThreshold = pexConfig.Field[float](
+        doc="Reliability a star or galaxy detection needs to be kept; None: the package's (chosen on "
+        "training detections for a target purity).",
+        default=None,
+        optional=True,
     )
     starGalaxyThreshold = pexConfig.Field[float](
         doc="Star-probability threshold of the star-galaxy classifier; None: the package's (chosen on "
@@ -472,7 +487,8 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         with torch_cpu_settings(threads_wanted, log=self.log) as threads:
             if device.type == "cpu":
                 self.metadata["torch_threads"] = threads
-            model, inference_config = self._build_model(model_package, device, len(used))
+            reliability = self.reliability_classifier(model_package, used)
+            model, inference_config = self._build_model(model_package, device, len(used), reliability)
             detections, inference_seconds = self._infer(
                 model, model_package, inference_config, scaled, image, valid_any_band, tract, patch
             )
@@ -503,6 +519,10 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
                 detections = detections.select(~faint)
         # The catalog measures the unscaled image (the network's input is freed by now).
         catalog = build_catalog(detections, image, **catalog_kwargs)
+        if reliability is not None:
+            detections, catalog = self.judge(
+                catalog, detections, reliability, model_package, image, catalog_kwargs
+            )
         self.flag_primary(catalog, patch_region, tract_region)
         self.classify_stars(catalog, model_package)
         self._record(catalog, start, device=str(device), inference_seconds=inference_seconds)
@@ -524,17 +544,23 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         return model_package.network_input(scaled, list(image.bands))
 
     def _build_model(
-        self, model_package: ModelPackage, device: Any, n_bands: int
+        self,
+        model_package: ModelPackage,
+        device: Any,
+        n_bands: int,
+        reliability: ReliabilityClassifier | None = None,
     ) -> tuple[Any, InferenceConfig]:
         """The network and the tiling settings.
 
-        The score threshold is the configured one, or the package's for ``n_bands`` bands present.
+        The score threshold is the configured one, else the ``network_threshold`` of the ``reliability``
+        classifier that will judge the detections, else the package's for ``n_bands`` bands present.
         """
-        score_threshold = (
-            self.config.scoreThreshold
-            if self.config.scoreThreshold is not None
-            else model_package.score_threshold_for(n_bands)
-        )
+        if self.config.scoreThreshold is not None:
+            score_threshold = self.config.scoreThreshold
+        elif reliability is not None:
+            score_threshold = reliability.network_threshold
+        else:
+            score_threshold = model_package.score_threshold_for(n_bands)
         model = model_package.build_model(device=str(device), score_threshold=score_threshold)
         self.metadata["score_threshold"] = math.nan if score_threshold is None else score_threshold
         inference_config = InferenceConfig(
@@ -645,6 +671,90 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             inside_region(tract_region, ra, dec),
             source="patch and tract regions of the data ID",
         )
+
+    def reliability_classifier(
+        self, model_package: ModelPackage, bands: tuple[str, ...] | list[str]
+    ) -> ReliabilityClassifier | None:
+        """The package's reliability classifier for ``bands`` (`ModelPackage.reliability_for`), or `None`.
+
+        `None` when the package has none, ``doReliability`` is off, or too few of its bands are present (then
+        logged: the package's score threshold applies).
+        """
+        self.metadata["reliability_applied"] = False
+        if not model_package.reliability or not self.config.doReliability:
+            return None
+        classifier = model_package.reliability_for(bands)
+        if classifier is None:
+            self.log.warning(
+                "Reliability classifier skipped: the package's need %s of bands %s and the patch has %s; "
+                "the package's score threshold applies.",
+                [c.min_bands for c in model_package.reliability],
+                [list(c.bands) for c in model_package.reliability],
+                list(bands),
+            )
+        return classifier
+
+    def judge(
+        self,
+        catalog: Table,
+        detections: Any,
+        classifier: ReliabilityClassifier,
+        model_package: ModelPackage,
+        image: MultibandImage,
+        catalog_kwargs: dict[str, Any],
+    ) -> tuple[Any, Table]:
+        """Keep the detections that the reliability classifier accepts; the detections and their catalog.
+
+        The catalog is built again from the kept detections, so that ids, families, apportioned fluxes and
+        neighbours ignore the dropped ones; its ``reliability`` column holds the classifier's probability.
+        Rows it does not judge (artifacts) are kept when they reach the score threshold the network would
+        have had without the classifier.
+        When the catalog lacks PSF photometry in enough of the classifier's bands (no PSF FWHM), the
+        package's score threshold is applied instead, with a warning.
+        """
+        threshold = self.config.reliabilityThreshold
+        measured = measured_bands(catalog)
+        fallback = self.config.scoreThreshold
+        if fallback is None:
+            fallback = model_package.score_threshold_for(len(image.bands))
+        fallback = self.metadata["score_threshold"] if fallback is None else fallback
+        if classifier.runs_on(measured):
+            result = judge_reliability(catalog, classifier, threshold)
+            # Rows it does not judge (artifacts) keep the package's score threshold.
+            keep = result.keep & (
+                np.isfinite(result.reliability) | (np.asarray(catalog["score"]) >= fallback)
+            )
+            reliability = result.reliability
+            self.metadata["reliability_applied"] = True
+            self.metadata["reliability_threshold"] = result.threshold
+            self.metadata["n_unreliable"] = result.dropped
+            self.log.info(
+                "Reliability classifier: kept %d of %d candidate sources scoring >= %.3g (reliability >= "
+                "%.3g).",
+                result.judged - result.dropped,
+                result.judged,
+                self.metadata["score_threshold"],
+                result.threshold,
+            )
+        else:
+            keep = np.asarray(catalog["score"]) >= fallback
+            reliability = np.full(len(catalog), np.nan, dtype=np.float32)
+            self.log.warning(
+                "Reliability classifier skipped: it needs PSF photometry in %d of bands %s and the catalog "
+                "has it in %s (no PSF FWHM); keeping the %d detections scoring >= %.3g.",
+                classifier.min_bands,
+                list(classifier.bands),
+                measured,
+                int(keep.sum()),
+                fallback,
+            )
+        if keep.all():
+            catalog["reliability"][:] = reliability
+            return detections, catalog
+        detections = detections.select(keep)
+        catalog = build_catalog(detections, image, **catalog_kwargs)
+        catalog["reliability"][:] = reliability[keep]
+        return detections, catalog
 
     def classify_stars(self, catalog: Table, model_package: ModelPackage) -> None:
         """Apply the package's star-galaxy classifier to ``catalog`` (in place) when configured and possible.

@@ -492,6 +492,7 @@ def build_catalog(
     values["detection_snr"] = detection_snr(footprint_flux, footprint_var)
     photometry = psf_photometry(image, centroid_x, centroid_y, invalid_planes=invalid_planes)
     values["star_galaxy_prob"] = np.full(n, np.nan)
+    values["reliability"] = np.full(n, np.nan)
     with np.errstate(invalid="ignore"):
         for b, band in enumerate(image.bands):
             values[f"{band}_footprintFlux"] = footprint_flux[b]

@@ -155,6 +155,14 @@ def catalog_columns(bands: Sequence[str], class_names: Sequence[str]) -> list[tu
             "not run (artifact rows, a package without one, missing bands)",
         ),
         (
+            "reliability",
+            np.float32,
+            u.dimensionless_unscaled,
+            "Probability of a real source from the package's reliability classifier (PSF-matched S/N, "
+            "colours, the network's score); the catalog keeps rows at or above its threshold; NaN where it "
+            "was not run (artifact rows, a package without one, missing bands)",
+        ),
+        (
             "detection_snr",
             np.float32,
             u.dimensionless_unscaled,

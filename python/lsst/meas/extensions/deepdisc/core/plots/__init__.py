@@ -31,7 +31,8 @@ figures of different tracts can be compared at a glance.
 
 `training_history_figure` draws the loss and validation curves of a training run (`.training`).
 `confusion_matrix_figure`, `morphology_accuracy_figure` and `morphology_cutouts_figure` show the morphology
-stage (`.morphology`); `star_galaxy_figure` the star-galaxy stage (`.star_galaxy`).
+stage (`.morphology`); `star_galaxy_figure` and `reliability_figure` the second stage's two classifiers
+(`.star_galaxy`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ __all__ = [
     "morphology_cutouts_figure",
     "overlay_figure",
     "plot_training_history",
+    "reliability_figure",
     "star_galaxy_figure",
     "training_history_figure",
 ]
@@ -76,4 +78,4 @@ from ._metrics import (
     precision_recall_figure,
 )
 from ._morphology import confusion_matrix_figure, morphology_accuracy_figure, morphology_cutouts_figure
-from ._star_galaxy import star_galaxy_figure
+from ._star_galaxy import reliability_figure, star_galaxy_figure

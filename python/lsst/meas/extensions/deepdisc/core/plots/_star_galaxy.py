@@ -18,11 +18,15 @@
 #
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
-"""Figure of the star-galaxy stage: stars and galaxies in PSF-matched excess, and star F1 per magnitude."""
+"""Figures of the second stage: the star-galaxy and the reliability classifiers.
+
+`star_galaxy_figure`: PSF-matched excess and star F1 per magnitude; `reliability_figure`: purity against
+real detections kept, for the network score and the reliability.
+"""
 
 from __future__ import annotations
 
-__all__ = ["star_galaxy_figure"]
+__all__ = ["reliability_figure", "star_galaxy_figure"]
 
 import numpy as np
 from astropy.table import Table
@@ -92,4 +96,64 @@ def star_galaxy_figure(
     right.set_ylabel("star F1")
     right.legend(fontsize=7, loc="lower left")
     figure.suptitle(title or "star-galaxy classifier", fontsize=9)
+    return figure
+
+
+def _purity_curve(value: np.ndarray, is_real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Real detections kept and purity for every threshold on ``value`` (highest first)."""
+    order = np.argsort(-value, kind="stable")
+    real = np.cumsum(is_real[order])
+    return real, real / np.arange(1, len(order) + 1)
+
+
+def reliability_figure(
+    score: np.ndarray,
+    reliability: np.ndarray,
+    is_real: np.ndarray,
+    threshold: float,
+    score_threshold: float | None = None,
+    title: str = "",
+) -> Figure:
+    """Two panels: purity against real detections kept, and the reliability of real and spurious detections.
+
+    Parameters
+    ----------
+    score, reliability, is_real : `numpy.ndarray`
+        Per candidate detection: the network's score, the classifier's reliability, whether it is real.
+    threshold : `float`
+        The classifier's threshold (marked).
+    score_threshold : `float`, optional
+        The network's own operating point (marked on the score curve).
+    """
+    score = np.asarray(score, dtype=float)
+    reliability = np.asarray(reliability, dtype=float)
+    is_real = np.asarray(is_real, dtype=bool)
+    figure = _new_figure(9.0, 3.6)
+    left = figure.add_subplot(1, 2, 1)
+    for value, cut, colour, label in (
+        (score, score_threshold, "tab:orange", "network score"),
+        (reliability, threshold, "tab:blue", "reliability"),
+    ):
+        if not len(value):
+            continue
+        kept, purity = _purity_curve(value, is_real)
+        left.plot(kept, purity, color=colour, label=label)
+        if cut is not None:
+            chosen = value >= cut
+            if chosen.any():
+                left.plot([int((chosen & is_real).sum())], [float(is_real[chosen].mean())], "o", color=colour)
+    left.set_ylim(0.8, 1.005)
+    left.set_xlabel("real detections kept")
+    left.set_ylabel("purity")
+    left.legend(fontsize=7, loc="lower left")
+    right = figure.add_subplot(1, 2, 2)
+    bins = np.linspace(0.0, 1.0, 41)
+    right.hist(reliability[is_real], bins=bins, color="tab:blue", alpha=0.6, label="real")
+    right.hist(reliability[~is_real], bins=bins, color="tab:red", alpha=0.6, label="spurious")
+    right.axvline(threshold, color="k", lw=1, ls="--")
+    right.set_yscale("log")
+    right.set_xlabel("reliability")
+    right.set_ylabel("candidate detections")
+    right.legend(fontsize=7, loc="upper left")
+    figure.suptitle(title or "reliability classifier", fontsize=9)
     return figure
