@@ -219,7 +219,7 @@ def evaluate(args: argparse.Namespace) -> tuple[Table, Table | None]:
                     f"detect:bands=[{band_list}]",
                     *[item for config in args.config for item in ("-c", config)],
                     "-d",
-                    f"skymap='{skymap}'",
+                    f"skymap='{skymap}'" + (f" AND ({args.where})" if args.where else ""),
                     "--register-dataset-types",
                     "-j",
                     str(args.jobs),
@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="model package (.zip)")
     parser.add_argument("--bands", nargs="+", default=["ugrizy"], help="band sets, e.g. ugrizy gri")
     parser.add_argument("--skymap", default="")
+    parser.add_argument(
+        "--where", default="", help="more of the data query, e.g. \"tract=2 AND patch IN (5, 6, 9, 10)\""
+    )
     parser.add_argument("--tag", default="", help="prefix of the output collections' last part")
     parser.add_argument("--sep", action="store_true", help="also measure agreement with sep (slower)")
     parser.add_argument(
