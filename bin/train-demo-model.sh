@@ -9,11 +9,13 @@
 # config/tasks/train_cpu_scale.py from random weights, then config/tasks/train_cpu_finetune.py (band
 # dropout, pixel-scale and seeing augmentation, artifact classes) from the stage-1 weights, then
 # config/tasks/train_cpu_artifacts.py (binned examples, where the large faint artifacts are learned) from
-# the stage-2 weights; last, the star-galaxy classifier of the stage-3 network (pipelines/DeepDiscStarGalaxy.yaml).
+# the stage-2 weights; last, the second stage of the stage-3 network: its star-galaxy classifiers
+# (pipelines/DeepDiscStarGalaxy.yaml) and its reliability classifier (pipelines/DeepDiscReliability.yaml).
 #
 #   bin/train-demo-model.sh [WORKDIR] [EXTRA PIPETASK CONFIG...]
 #       (default WORKDIR: train_work/; CPU: ~20 min to simulate and label, then ~65 + ~75 + ~70 min of
-#        training on 2 idle cores and ~8 min for the star-galaxy classifiers; an interrupted run resumes where it
+#        training on 2 idle cores and ~20 min for the second stage (reliability and star-galaxy classifiers);
+#        an interrupted run resumes where it
 #        stopped when the same command is re-run)
 #
 # Examples and checkpoints are kept under WORKDIR/checkpoints, so a re-run rebuilds nothing.
@@ -59,10 +61,12 @@ fi
     -C train:config/tasks/train_cpu_artifacts.py -c "train:initCheckpoint=$(realpath -m "$WORK/stage2.zip")" "$@" \
     -d "skymap='$SKYMAP'" --register-dataset-types -j 1 --cores-per-quantum "${CORES:-2}"
 "$BIN/deepdisc-model" export "$REPO" u/deepdisc/train-artifacts --output "$WORK/stage3.zip" --half --force
-# Stage 4: the star-galaxy classifiers (PSF-matched excess, colours, the network's log-odds, core.star_galaxy)
-# fitted on the stage-3 network's detections of the training patches against the truth table's star flags,
-# thresholds from out-of-fold predictions: one for all six bands, then one trained with band subsets (any 3
-# or more bands); both go into the package, in that order (about 8 min).
+# Stage 4: the second stage, fitted on the stage-3 network's detections of the training patches against the
+# truth table (core.star_galaxy).  The star-galaxy classifiers (PSF-matched excess, colours, the network's
+# log-odds; thresholds from out-of-fold predictions) on the detections of the network's operating point: one
+# for all six bands, then one trained with band subsets (any 3 or more bands).  Then the reliability
+# classifier (is a candidate detection scoring >= 0.2 a real source? threshold for an out-of-fold purity of
+# 0.98).  All go into the package, the star-galaxy ones in that order (about 20 min).
 "$BIN/deepdisc-model" ingest "$REPO" "$WORK/stage3.zip" --name deepdisc-compact-sim-stage3 --replace
 "$BIN/pipetask" run -b "$REPO" -i sim/train,pretrained_models/deepdisc-compact-sim-stage3 -o u/deepdisc/star-galaxy \
     -p pipelines/DeepDiscStarGalaxy.yaml -c train:validationTracts=[2] -c train:minBands=0 \
@@ -70,8 +74,13 @@ fi
 "$BIN/pipetask" run -b "$REPO" -i u/deepdisc/star-galaxy -o u/deepdisc/star-galaxy-subsets \
     -p "pipelines/DeepDiscStarGalaxy.yaml#train" -c train:validationTracts=[2] -c train:minBands=3 \
     -d "skymap='$SKYMAP'" --register-dataset-types -j 1 --cores-per-quantum "${CORES:-2}"
-mkdir -p models
+"$BIN/pipetask" run -b "$REPO" -i sim/train,pretrained_models/deepdisc-compact-sim-stage3 -o u/deepdisc/reliability \
+    -p pipelines/DeepDiscReliability.yaml -c train:validationTracts=[2] \
+    -d "skymap='$SKYMAP'" --register-dataset-types -j "${CORES:-2}"
 "$BIN/deepdisc-model" star-galaxy "$WORK/stage3.zip" --repo "$REPO" \
     --collection u/deepdisc/star-galaxy u/deepdisc/star-galaxy-subsets \
-    --version 3.5 --output models/deepdisc-compact-sim.zip --force
+    --version stage3-star-galaxy --output "$WORK/stage3-star-galaxy.zip" --force
+mkdir -p models
+"$BIN/deepdisc-model" reliability "$WORK/stage3-star-galaxy.zip" --repo "$REPO" --collection u/deepdisc/reliability \
+    --version 3.6 --output models/deepdisc-compact-sim.zip --force
 "$BIN/deepdisc-model" inspect models/deepdisc-compact-sim.zip
