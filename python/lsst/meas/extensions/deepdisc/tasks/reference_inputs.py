@@ -18,21 +18,33 @@
 #
 # You should have received a copy of the GNU General Public License
 # along with this program.  If not, see <https://www.gnu.org/licenses/>.
-"""What the tasks that read a labelled catalog share: where it lives (its dimensions) and the config switch.
+"""What the tasks that read a labelled catalog share: where it lives and how it is read.
 
 A labelled catalog (positions plus a class or star flag) is ``truth_patch`` in simulated repositories, one
 table per patch; a real one (Galaxy Zoo, a spectroscopic star catalog) is put into the Butler per tract or as
 one table with no dimensions.  ``referenceDimensions`` says which, and `use_reference_dimensions` adapts the
-connection.
+connection.  The second-stage training tasks read their inputs with `read_catalogs_and_references` and
+assemble the labelled rows of every patch, with band-subset copies, with `labelled_patches`.
 """
 
 from __future__ import annotations
 
-__all__ = ["REFERENCE_DIMENSIONS", "reference_dimensions_field", "use_reference_dimensions"]
+__all__ = [
+    "REFERENCE_DIMENSIONS",
+    "labelled_patches",
+    "read_catalogs_and_references",
+    "reference_dimensions_field",
+    "use_reference_dimensions",
+]
 
 import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+from astropy.table import Table, vstack
 
 import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
 REFERENCE_DIMENSIONS: dict[str, tuple[str, ...]] = {
@@ -62,3 +74,69 @@ def use_reference_dimensions(connection: cT.Input, choice: str) -> cT.Input:
     if set(connection.dimensions) == set(dimensions):
         return connection
     return dataclasses.replace(connection, dimensions=dimensions)
+
+
+def read_catalogs_and_references(
+    butlerQC: pipeBase.QuantumContext, inputRefs: pipeBase.InputQuantizedConnection
+) -> tuple[list[tuple[int, Table]], Table]:
+    """``(tract, object_deepdisc)`` of every patch in (tract, patch) order, and the labelled catalogs stacked.
+
+    For the second-stage training tasks, whose ``catalogs`` and ``references`` connections these are.
+    """
+    catalogs: list[tuple[int, Table]] = []
+    for ref in sorted(inputRefs.catalogs, key=lambda r: (r.dataId["tract"], r.dataId["patch"])):
+        catalogs.append((int(ref.dataId["tract"]), butlerQC.get(ref)))
+    reference = vstack([butlerQC.get(ref) for ref in inputRefs.references], metadata_conflicts="silent")
+    return catalogs, reference
+
+
+def labelled_patches(
+    catalogs: list[tuple[int, Table]],
+    rows_for: Callable[[Table, list[str] | None], Table],
+    is_validation: Callable[[Table, int], np.ndarray],
+    bands: list[str],
+    min_bands: int,
+    copies: int,
+    seed: int,
+) -> Table:
+    """The labelled rows of every patch, with band-subset copies of the training rows.
+
+    Parameters
+    ----------
+    catalogs : `list` [`tuple` [`int`, `astropy.table.Table`]]
+        ``(tract, catalog)`` per patch.
+    rows_for : callable
+        ``rows_for(catalog, absent_bands)``: a patch's labelled rows with their features (``absent_bands``
+        `None`: all measured).
+    is_validation : callable
+        ``is_validation(rows, tract)``: which rows validate.
+    bands, min_bands, copies, seed
+        With ``min_bands`` below ``len(bands)``, each patch's training rows are added ``copies`` times more,
+        measured without a random subset of the bands (keeping ``min_bands`` or more), as a user with
+        fewer coadds has them.
+
+    Returns
+    -------
+    rows : `astropy.table.Table`
+        All rows, with ``validation``, ``augmented`` (a band-subset copy) and ``patch_index``.
+    """
+    parts = []
+    for index, (tract, catalog) in enumerate(catalogs):
+        part = rows_for(catalog, None)
+        validation = is_validation(part, tract)
+        part["validation"] = validation
+        part["augmented"] = np.zeros(len(part), dtype=bool)
+        part["patch_index"] = np.full(len(part), index)
+        parts.append(part)
+        if min_bands >= len(bands) or validation.all():
+            continue
+        rng = np.random.default_rng([seed, index])
+        for _ in range(copies):
+            kept = rng.choice(bands, size=int(rng.integers(min_bands, len(bands))), replace=False)
+            copy = rows_for(catalog, [b for b in bands if b not in kept])
+            copy = copy[~is_validation(copy, tract)]
+            copy["validation"] = np.zeros(len(copy), dtype=bool)
+            copy["augmented"] = np.ones(len(copy), dtype=bool)
+            copy["patch_index"] = np.full(len(copy), index)
+            parts.append(copy)
+    return vstack(parts)

@@ -44,7 +44,7 @@ __all__ = [
 from typing import override
 
 import numpy as np
-from astropy.table import Table, vstack
+from astropy.table import Table
 
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
@@ -61,7 +61,12 @@ from ..core.star_galaxy import (
     purity_threshold,
 )
 from ..core.threads import quantum_threads, torch_cpu_settings
-from .reference_inputs import reference_dimensions_field, use_reference_dimensions
+from .reference_inputs import (
+    labelled_patches,
+    read_catalogs_and_references,
+    reference_dimensions_field,
+    use_reference_dimensions,
+)
 
 _PATCH_DIMENSIONS = ("tract", "patch", "skymap")
 
@@ -303,27 +308,15 @@ class DeepDiscTrainReliabilityTask(pipeBase.PipelineTask):
         if not bands:
             raise RuntimeError("the catalogs have no PSF photometry (no <band>_psfFlux with values)")
         min_bands = config.minBands or len(bands)
-        parts = []
-        for index, (tract, catalog) in enumerate(catalogs):
-            part = self.labelled_rows(catalog, reference, bands)
-            validation = self.is_validation(part, tract)
-            part["validation"] = validation
-            part["augmented"] = np.zeros(len(part), dtype=bool)
-            part["patch_index"] = np.full(len(part), index)
-            parts.append(part)
-            if min_bands >= len(bands) or validation.all():
-                continue
-            # Training copies of the patch with only some of the bands, as a user with fewer coadds has them.
-            rng = np.random.default_rng([config.seed, index])
-            for _ in range(config.bandSubsetCopies):
-                kept = rng.choice(bands, size=int(rng.integers(min_bands, len(bands))), replace=False)
-                copy = self.labelled_rows(catalog, reference, bands, [b for b in bands if b not in kept])
-                copy = copy[~validation]
-                copy["validation"] = np.zeros(len(copy), dtype=bool)
-                copy["augmented"] = np.ones(len(copy), dtype=bool)
-                copy["patch_index"] = np.full(len(copy), index)
-                parts.append(copy)
-        table = vstack(parts)
+        table = labelled_patches(
+            catalogs,
+            lambda catalog, absent: self.labelled_rows(catalog, reference, bands, absent),
+            self.is_validation,
+            bands,
+            min_bands,
+            config.bandSubsetCopies,
+            config.seed,
+        )
         features = np.asarray(table["features"], dtype=float)
         is_real = np.asarray(table["is_real"], dtype=bool)
         validation = np.asarray(table["validation"], dtype=bool)
@@ -506,10 +499,7 @@ class DeepDiscTrainReliabilityTask(pipeBase.PipelineTask):
         inputRefs: pipeBase.InputQuantizedConnection,
         outputRefs: pipeBase.OutputQuantizedConnection,
     ) -> None:
-        catalogs: list[tuple[int, Table]] = []
-        for ref in sorted(inputRefs.catalogs, key=lambda r: (r.dataId["tract"], r.dataId["patch"])):
-            catalogs.append((int(ref.dataId["tract"]), butlerQC.get(ref)))
-        reference = vstack([butlerQC.get(ref) for ref in inputRefs.references], metadata_conflicts="silent")
+        catalogs, reference = read_catalogs_and_references(butlerQC, inputRefs)
         threads = quantum_threads(self.config.numThreads, butlerQC.resources.num_cores)
         with torch_cpu_settings(threads, log=self.log):
             outputs = self.run(catalogs, reference)

@@ -44,7 +44,7 @@ __all__ = [
 from typing import override
 
 import numpy as np
-from astropy.table import Table, vstack
+from astropy.table import Table
 
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
@@ -63,7 +63,12 @@ from ..core.star_galaxy import (
     star_f1,
 )
 from ..core.threads import quantum_threads, torch_cpu_settings
-from .reference_inputs import reference_dimensions_field, use_reference_dimensions
+from .reference_inputs import (
+    labelled_patches,
+    read_catalogs_and_references,
+    reference_dimensions_field,
+    use_reference_dimensions,
+)
 
 _PATCH_DIMENSIONS = ("tract", "patch", "skymap")
 
@@ -260,27 +265,15 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
         if not bands:
             raise RuntimeError("the catalogs have no PSF photometry (no <band>_psfFlux with values)")
         min_bands = config.minBands or len(bands)
-        parts = []
-        for index, (tract, catalog) in enumerate(catalogs):
-            part = self.labelled_rows(catalog, reference, bands)
-            validation_tract = tract in set(config.validationTracts)
-            part["validation"] = self.is_validation(part, validation_tract)
-            part["augmented"] = np.zeros(len(part), dtype=bool)
-            part["patch_index"] = np.full(len(part), index)
-            parts.append(part)
-            if min_bands >= len(bands) or validation_tract:
-                continue
-            # Training copies of the patch with only some of the bands, as a user with fewer coadds has them.
-            rng = np.random.default_rng([config.seed, index])
-            for _ in range(config.bandSubsetCopies):
-                kept = rng.choice(bands, size=int(rng.integers(min_bands, len(bands))), replace=False)
-                copy = self.labelled_rows(catalog, reference, bands, [b for b in bands if b not in kept])
-                copy = copy[~self.is_validation(copy, False)]
-                copy["validation"] = np.zeros(len(copy), dtype=bool)
-                copy["augmented"] = np.ones(len(copy), dtype=bool)
-                copy["patch_index"] = np.full(len(copy), index)
-                parts.append(copy)
-        table = vstack(parts)
+        table = labelled_patches(
+            catalogs,
+            lambda catalog, absent: self.labelled_rows(catalog, reference, bands, absent),
+            self.is_validation,
+            bands,
+            min_bands,
+            config.bandSubsetCopies,
+            config.seed,
+        )
         features = np.asarray(table["features"], dtype=float)
         is_star = np.asarray(table["is_star"], dtype=bool)
         mag = np.asarray(table["mag"], dtype=float)
@@ -364,10 +357,10 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
         )
         return pipeBase.Struct(classifier=classifier.to_dict(), metrics=metrics, plot=plot)
 
-    def is_validation(self, rows: Table, validation_tract: bool) -> np.ndarray:
+    def is_validation(self, rows: Table, tract: int) -> np.ndarray:
         """Which labelled rows validate: all of a validation tract's, else every 5th by id without tracts."""
         if self.config.validationTracts:
-            return np.full(len(rows), validation_tract)
+            return np.full(len(rows), tract in set(self.config.validationTracts))
         return np.asarray(rows["id"]) % 5 == 0
 
     def fit(self, features: np.ndarray, is_star: np.ndarray, bands: list[str]) -> StarGalaxyClassifier:
@@ -463,10 +456,7 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
         inputRefs: pipeBase.InputQuantizedConnection,
         outputRefs: pipeBase.OutputQuantizedConnection,
     ) -> None:
-        catalogs: list[tuple[int, Table]] = []
-        for ref in sorted(inputRefs.catalogs, key=lambda r: (r.dataId["tract"], r.dataId["patch"])):
-            catalogs.append((int(ref.dataId["tract"]), butlerQC.get(ref)))
-        reference = vstack([butlerQC.get(ref) for ref in inputRefs.references], metadata_conflicts="silent")
+        catalogs, reference = read_catalogs_and_references(butlerQC, inputRefs)
         threads = quantum_threads(self.config.numThreads, butlerQC.resources.num_cores)
         with torch_cpu_settings(threads, log=self.log):
             outputs = self.run(catalogs, reference)
