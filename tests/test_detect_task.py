@@ -310,3 +310,24 @@ def test_a_reliability_classifier_judges_candidates_from_its_network_threshold(p
     off = _task(minDetectionSnr=0.0, doReliability=False)
     off.run(_with_psf(_image()), judged_package)
     assert off.metadata["score_threshold"] == pytest.approx(0.3)
+
+
+def test_artifact_candidates_keep_the_operating_threshold(artifact_package: ModelPackage) -> None:
+    import dataclasses
+
+    package = _reliability_package(dataclasses.replace(artifact_package, artifact_binning=None), 0.05)
+    candidates = _task(minDetectionSnr=0.0, doReliability=False, scoreThreshold=0.05)
+    detections = candidates.run(_with_psf(_image()), package).detections
+    scores = np.asarray(detections.scores)
+    # The random network calls everything a star: make every other candidate a ghost.
+    ghost = np.arange(len(detections)) % 2 == 0
+    detections = dataclasses.replace(detections, class_ids=np.where(ghost, 2, detections.class_ids))
+    floor = float(np.median(scores))
+    kept = _task(scoreThreshold=None)._drop_faint_artifacts(
+        detections, dataclasses.replace(package, score_threshold=floor), len(BANDS)
+    )
+    # Sources all stay (the classifier judges them); ghosts only from the operating threshold up.
+    expected = ~ghost | (scores >= floor)
+    assert len(kept) == int(expected.sum()) < len(detections)
+    assert np.array_equal(np.asarray(kept.scores), scores[expected])
+    assert _task(scoreThreshold=0.0)._drop_faint_artifacts(detections, package, len(BANDS)) is detections

@@ -492,6 +492,10 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             detections, inference_seconds = self._infer(
                 model, model_package, inference_config, scaled, image, valid_any_band, tract, patch
             )
+            if reliability is not None:
+                # The classifier judges sources only: artifacts keep the operating threshold, before the
+                # binned pass's artifacts are merged with them.
+                detections = self._drop_faint_artifacts(detections, model_package, len(used))
             del scaled  # The binned pass and the catalog work from the unscaled image.
             binning = self.artifact_binning(model_package)
             if binning > 1:
@@ -543,6 +547,16 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         scaled, _ = model_package.scaling.apply(image, invalid if same_planes else None)
         return model_package.network_input(scaled, list(image.bands))
 
+    def operating_threshold(self, model_package: ModelPackage, n_bands: int) -> float | None:
+        """The score threshold of sources without a reliability classifier, and of artifacts.
+
+        ``scoreThreshold`` if set, else the package's for ``n_bands`` bands present (`None`: the model
+        config's).
+        """
+        if self.config.scoreThreshold is not None:
+            return self.config.scoreThreshold
+        return model_package.score_threshold_for(n_bands)
+
     def _build_model(
         self,
         model_package: ModelPackage,
@@ -555,12 +569,9 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         The score threshold is the configured one, else the ``network_threshold`` of the ``reliability``
         classifier that will judge the detections, else the package's for ``n_bands`` bands present.
         """
-        if self.config.scoreThreshold is not None:
-            score_threshold = self.config.scoreThreshold
-        elif reliability is not None:
+        score_threshold = self.operating_threshold(model_package, n_bands)
+        if reliability is not None and self.config.scoreThreshold is None:
             score_threshold = reliability.network_threshold
-        else:
-            score_threshold = model_package.score_threshold_for(n_bands)
         model = model_package.build_model(device=str(device), score_threshold=score_threshold)
         self.metadata["score_threshold"] = math.nan if score_threshold is None else score_threshold
         inference_config = InferenceConfig(
@@ -643,6 +654,8 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         threshold = self.config.artifactScoreThreshold
         if threshold is None:
             threshold = model_package.artifact_score_threshold
+        if threshold is None:
+            threshold = self.operating_threshold(model_package, len(image.bands))
         self.metadata["artifact_score_threshold"] = math.nan if threshold is None else threshold
         with only_classes(model, artifact_ids.tolist(), threshold):
             coarse = run_tiled_inference(
@@ -694,6 +707,15 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             )
         return classifier
 
+    def _drop_faint_artifacts(self, detections: Any, model_package: ModelPackage, n_bands: int) -> Any:
+        """The detections without the artifact-class ones scoring below `operating_threshold`."""
+        floor = self.operating_threshold(model_package, n_bands)
+        if floor is None or not len(detections):
+            return detections
+        artifact = np.asarray(is_artifact_class(list(model_package.class_names)), dtype=bool)
+        faint = artifact[detections.class_ids] & (np.asarray(detections.scores) < floor)
+        return detections.select(~faint) if faint.any() else detections
+
     def judge(
         self,
         catalog: Table,
@@ -707,24 +729,17 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
 
         The catalog is built again from the kept detections, so that ids, families, apportioned fluxes and
         neighbours ignore the dropped ones; its ``reliability`` column holds the classifier's probability.
-        Rows it does not judge (artifacts) are kept when they reach the score threshold the network would
-        have had without the classifier.
+        Rows it does not judge (artifacts, already held to `operating_threshold`) are kept.
         When the catalog lacks PSF photometry in enough of the classifier's bands (no PSF FWHM), the
         package's score threshold is applied instead, with a warning.
         """
         threshold = self.config.reliabilityThreshold
         measured = measured_bands(catalog)
-        fallback = self.config.scoreThreshold
-        if fallback is None:
-            fallback = model_package.score_threshold_for(len(image.bands))
+        fallback = self.operating_threshold(model_package, len(image.bands))
         fallback = self.metadata["score_threshold"] if fallback is None else fallback
         if classifier.runs_on(measured):
             result = judge_reliability(catalog, classifier, threshold)
-            # Rows it does not judge (artifacts) keep the package's score threshold.
-            keep = result.keep & (
-                np.isfinite(result.reliability) | (np.asarray(catalog["score"]) >= fallback)
-            )
-            reliability = result.reliability
+            keep, reliability = result.keep, result.reliability
             self.metadata["reliability_applied"] = True
             self.metadata["reliability_threshold"] = result.threshold
             self.metadata["n_unreliable"] = result.dropped
