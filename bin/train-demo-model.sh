@@ -14,7 +14,7 @@
 #
 #   bin/train-demo-model.sh [WORKDIR] [EXTRA PIPETASK CONFIG...]
 #       (default WORKDIR: train_work/; CPU: ~20 min to simulate and label, then ~65 + ~75 + ~70 min of
-#        training on 2 idle cores and ~20 min for the second stage (reliability and star-galaxy classifiers);
+#        training on 2 idle cores and ~30 min for the second stage (reliability and star-galaxy classifiers);
 #        an interrupted run resumes where it
 #        stopped when the same command is re-run)
 #
@@ -65,8 +65,9 @@ fi
 # truth table (core.star_galaxy).  The star-galaxy classifiers (PSF-matched excess, colours, the network's
 # log-odds; thresholds from out-of-fold predictions) on the detections of the network's operating point: one
 # for all six bands, then one trained with band subsets (any 3 or more bands).  Then the reliability
-# classifier (is a candidate detection scoring >= 0.2 a real source? threshold for an out-of-fold purity of
-# 0.98).  All go into the package, the star-galaxy ones in that order (about 20 min).
+# classifiers (is a candidate detection scoring >= 0.2 a real source? threshold for an out-of-fold purity of
+# 0.98), again one for all six bands and one with band subsets.  All go into the package, each kind in that
+# order (about 30 min).
 "$BIN/deepdisc-model" ingest "$REPO" "$WORK/stage3.zip" --name deepdisc-compact-sim-stage3 --replace
 "$BIN/pipetask" run -b "$REPO" -i sim/train,pretrained_models/deepdisc-compact-sim-stage3 -o u/deepdisc/star-galaxy \
     -p pipelines/DeepDiscStarGalaxy.yaml -c train:validationTracts=[2] -c train:minBands=0 \
@@ -77,10 +78,14 @@ fi
 "$BIN/pipetask" run -b "$REPO" -i sim/train,pretrained_models/deepdisc-compact-sim-stage3 -o u/deepdisc/reliability \
     -p pipelines/DeepDiscReliability.yaml -c train:validationTracts=[2] \
     -d "skymap='$SKYMAP'" --register-dataset-types -j "${CORES:-2}"
+"$BIN/pipetask" run -b "$REPO" -i u/deepdisc/reliability -o u/deepdisc/reliability-subsets \
+    -p "pipelines/DeepDiscReliability.yaml#train" -c train:validationTracts=[2] -c train:minBands=3 \
+    -d "skymap='$SKYMAP'" --register-dataset-types -j 1 --cores-per-quantum "${CORES:-2}"
 "$BIN/deepdisc-model" star-galaxy "$WORK/stage3.zip" --repo "$REPO" \
     --collection u/deepdisc/star-galaxy u/deepdisc/star-galaxy-subsets \
     --version stage3-star-galaxy --output "$WORK/stage3-star-galaxy.zip" --force
 mkdir -p models
-"$BIN/deepdisc-model" reliability "$WORK/stage3-star-galaxy.zip" --repo "$REPO" --collection u/deepdisc/reliability \
-    --version 3.6 --output models/deepdisc-compact-sim.zip --force
+"$BIN/deepdisc-model" reliability "$WORK/stage3-star-galaxy.zip" --repo "$REPO" \
+    --collection u/deepdisc/reliability u/deepdisc/reliability-subsets \
+    --version 3.7 --output models/deepdisc-compact-sim.zip --force
 "$BIN/deepdisc-model" inspect models/deepdisc-compact-sim.zip
