@@ -118,5 +118,8 @@ def test_detection_classes_follow_the_packaged_classifier(tiny_repo: TinyRepo, s
     assert np.array_equal(names == "star", probability >= threshold)
     assert set(names) <= {"star", "galaxy"}
     assert np.isnan(np.asarray(refined["star_galaxy_prob"])[~sources]).all()
+    # PSF photometry is measured wherever half of the PSF lies on valid pixels: all but edge and NO_DATA rows.
+    near_missing = np.asarray(refined["flag_patch_edge"]) | np.asarray(refined["flag_nodata"])
     for band in tiny_repo.bands:
-        assert np.isfinite(refined[f"{band}_psfFlux"]).mean() > 0.95
+        measured = np.isfinite(refined[f"{band}_psfFlux"])
+        assert measured.mean() > 0.9 and near_missing[~measured].all()
