@@ -24,13 +24,16 @@ A labelled catalog (positions plus a class or star flag) is ``truth_patch`` in s
 table per patch; a real one (Galaxy Zoo, a spectroscopic star catalog) is put into the Butler per tract or as
 one table with no dimensions.  ``referenceDimensions`` says which, and `use_reference_dimensions` adapts the
 connection.  The second-stage training tasks read their inputs with `read_catalogs_and_references` and
-assemble the labelled rows of every patch, with band-subset copies, with `labelled_patches`.
+assemble the labelled rows of every patch, with band-subset copies, with `labelled_patches`; their connections
+and configs derive from `SecondStageTrainingConnections` and `SecondStageTrainingConfig`.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "REFERENCE_DIMENSIONS",
+    "SecondStageTrainingConfig",
+    "SecondStageTrainingConnections",
     "labelled_patches",
     "read_catalogs_and_references",
     "reference_dimensions_field",
@@ -140,3 +143,100 @@ def labelled_patches(
             copy["patch_index"] = np.full(len(copy), index)
             parts.append(copy)
     return vstack(parts)
+
+
+_PATCH_DIMENSIONS = ("tract", "patch", "skymap")
+
+
+class SecondStageTrainingConnections(
+    pipeBase.PipelineTaskConnections,
+    dimensions=(),
+    defaultTemplates={"referenceName": "truth_patch"},
+):
+    """The inputs of a second-stage training task: the model's detection catalogs and a labelled catalog."""
+
+    catalogs = cT.Input(
+        doc="Detections of the model the classifier is trained for (object_deepdisc, with PSF photometry).",
+        name="object_deepdisc",
+        storageClass="ArrowAstropy",
+        dimensions=_PATCH_DIMENSIONS,
+        multiple=True,
+    )
+    references = cT.Input(
+        doc="Labelled catalog(s): sky positions, a magnitude and the task's label columns (truth_patch in "
+        "simulated repositories).",
+        name="{referenceName}",
+        storageClass="ArrowAstropy",
+        dimensions=_PATCH_DIMENSIONS,
+        multiple=True,
+    )
+
+    def __init__(self, *, config: pipeBase.PipelineTaskConfig) -> None:
+        super().__init__(config=config)
+        self.references = use_reference_dimensions(self.references, config.referenceDimensions)
+
+
+class SecondStageTrainingConfig(pexConfig.Config):
+    """The configuration a second-stage training task shares: labelled catalog, splits, band subsets, fit."""
+
+    referenceDimensions = reference_dimensions_field()
+    raColumn = pexConfig.Field[str](doc="Reference right ascension column (degrees).", default="ra")
+    decColumn = pexConfig.Field[str](doc="Reference declination column (degrees).", default="dec")
+    magColumn = pexConfig.Field[str](doc="Reference magnitude column (the bins).", default="mag_i")
+    matchRadius = pexConfig.Field[float](doc="Largest label-detection separation (arcsec).", default=0.6)
+    bands = pexConfig.ListField[str](
+        doc="Bands whose PSF photometry the classifier reads; empty: every band the catalogs measured.",
+        default=[],
+    )
+    validationTracts = pexConfig.ListField[int](
+        doc="Tracts held out to report (and, where the task says so, to choose the threshold); empty: every "
+        "5th row by id.",
+        default=[],
+    )
+    minBands = pexConfig.Field[int](
+        doc="The fewest of its bands the classifier may run on: each training patch is also used with "
+        "bandSubsetCopies random subsets of minBands or more of its bands; 0: all bands, no subsets.",
+        default=3,
+    )
+    bandSubsetCopies = pexConfig.Field[int](
+        doc="Band-subset copies of each training patch (with minBands).", default=2
+    )
+    hiddenLayers = pexConfig.ListField[int](doc="Widths of the hidden layers.", default=[32, 32])
+    ensembleSize = pexConfig.Field[int](
+        doc="Networks averaged (each from its own initial weights).", default=3
+    )
+    thresholdFolds = pexConfig.Field[int](
+        doc="Folds of training patches whose out-of-fold predictions choose the threshold.", default=4
+    )
+    epochs = pexConfig.Field[int](doc="Full-batch Adam epochs.", default=600)
+    learningRate = pexConfig.Field[float](doc="Adam learning rate.", default=0.01)
+    weightDecay = pexConfig.Field[float](doc="Adam weight decay.", default=1e-3)
+    seed = pexConfig.Field[int](doc="Seed of the initial weights.", default=0)
+    numThreads = pexConfig.Field[int](
+        doc="Torch CPU threads; 0: the quantum's cores (pipetask --cores-per-quantum).", default=0
+    )
+
+    def validate(self) -> None:
+        """Check the shared fields (a subclass adds its own checks)."""
+        super().validate()
+        checks = (
+            ("matchRadius", self.matchRadius > 0, "matchRadius must be positive"),
+            (
+                "minBands",
+                self.minBands >= 0 and self.bandSubsetCopies >= 0,
+                "minBands and bandSubsetCopies must be >= 0",
+            ),
+            (
+                "hiddenLayers",
+                bool(self.hiddenLayers) and min(self.hiddenLayers) >= 1 and self.epochs >= 1,
+                "hiddenLayers, epochs and ensembleSize must be positive",
+            ),
+            (
+                "ensembleSize",
+                self.ensembleSize >= 1,
+                "hiddenLayers, epochs and ensembleSize must be positive",
+            ),
+        )
+        for name, ok, message in checks:
+            if not ok:
+                raise pexConfig.FieldValidationError(getattr(type(self), name), self, message)

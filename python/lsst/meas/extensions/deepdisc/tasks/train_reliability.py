@@ -62,36 +62,24 @@ from ..core.star_galaxy import (
 )
 from ..core.threads import quantum_threads, torch_cpu_settings
 from .reference_inputs import (
+    SecondStageTrainingConfig,
+    SecondStageTrainingConnections,
     labelled_patches,
     read_catalogs_and_references,
-    reference_dimensions_field,
-    use_reference_dimensions,
 )
-
-_PATCH_DIMENSIONS = ("tract", "patch", "skymap")
 
 
 class DeepDiscTrainReliabilityConnections(
-    pipeBase.PipelineTaskConnections,
+    SecondStageTrainingConnections,
     dimensions=(),
     defaultTemplates={"referenceName": "truth_patch"},
 ):
-    """Connections of `DeepDiscTrainReliabilityTask`."""
+    """Connections of `DeepDiscTrainReliabilityTask`.
 
-    catalogs = cT.Input(
-        doc="Candidate detections of the model (scoreThreshold=networkThreshold, with PSF photometry).",
-        name="object_deepdisc",
-        storageClass="ArrowAstropy",
-        dimensions=_PATCH_DIMENSIONS,
-        multiple=True,
-    )
-    references = cT.Input(
-        doc="Catalog(s) of the real objects: sky positions and a magnitude (truth_patch in simulations).",
-        name="{referenceName}",
-        storageClass="ArrowAstropy",
-        dimensions=_PATCH_DIMENSIONS,
-        multiple=True,
-    )
+    The catalogs are the candidates detected at ``networkThreshold``; the labelled catalog holds the real
+    objects.
+    """
+
     classifier = cT.Output(
         doc="The trained reliability classifier as plain data (deepdisc-model second-stage adds it to a "
         "model package).",
@@ -113,30 +101,18 @@ class DeepDiscTrainReliabilityConnections(
         dimensions=(),
     )
 
-    def __init__(self, *, config: DeepDiscTrainReliabilityConfig) -> None:
-        super().__init__(config=config)
-        self.references = use_reference_dimensions(self.references, config.referenceDimensions)
-
 
 class DeepDiscTrainReliabilityConfig(
-    pipeBase.PipelineTaskConfig, pipelineConnections=DeepDiscTrainReliabilityConnections
+    pipeBase.PipelineTaskConfig,
+    SecondStageTrainingConfig,
+    pipelineConnections=DeepDiscTrainReliabilityConnections,
 ):
-    """Configuration of `DeepDiscTrainReliabilityTask`."""
+    """Configuration of `DeepDiscTrainReliabilityTask` (minBands 0 by default: all bands)."""
 
-    referenceDimensions = reference_dimensions_field()
-    raColumn = pexConfig.Field[str](doc="Reference right ascension column (degrees).", default="ra")
-    decColumn = pexConfig.Field[str](doc="Reference declination column (degrees).", default="dec")
-    magColumn = pexConfig.Field[str](doc="Reference magnitude column (the bins).", default="mag_i")
-    matchRadius = pexConfig.Field[float](doc="Largest object-detection separation (arcsec).", default=0.6)
     networkThreshold = pexConfig.Field[float](
         doc="Network score threshold the catalogs were detected with (detect:scoreThreshold); the detection "
         "task runs the network there when the classifier is in the package.",
         default=0.2,
-    )
-    referenceScoreThreshold = pexConfig.Field[float](
-        doc="The network's own operating point, reported beside the classifier; None: none reported.",
-        default=0.5,
-        optional=True,
     )
     trustScore = pexConfig.Field[float](
         doc="Detections scoring at least this with detection_snr >= trustSnr are kept whatever their "
@@ -146,6 +122,11 @@ class DeepDiscTrainReliabilityConfig(
         optional=True,
     )
     trustSnr = pexConfig.Field[float](doc="Footprint S/N from which trustScore applies.", default=50.0)
+    referenceScoreThreshold = pexConfig.Field[float](
+        doc="The network's own operating point, reported beside the classifier; None: none reported.",
+        default=0.5,
+        optional=True,
+    )
     minPurity = pexConfig.Field[float](
         doc="Purity the kept detections must reach in the out-of-fold predictions (threshold choice).",
         default=0.98,
@@ -153,42 +134,16 @@ class DeepDiscTrainReliabilityConfig(
     magBins = pexConfig.ListField[float](
         doc="Magnitude bin edges of the metrics table.", default=[16.0, 22.0, 23.0, 24.0, 25.0, 26.0]
     )
-    bands = pexConfig.ListField[str](
-        doc="Bands whose PSF photometry the classifier reads; empty: every band the catalogs measured.",
-        default=[],
-    )
-    validationTracts = pexConfig.ListField[int](
-        doc="Tracts held out to report; empty: every 5th detection by id.", default=[]
-    )
-    minBands = pexConfig.Field[int](
-        doc="The fewest of its bands the classifier may run on: each training patch is also used with "
-        "bandSubsetCopies random subsets of minBands or more of its bands; 0: all bands, no subsets.",
-        default=0,
-    )
-    bandSubsetCopies = pexConfig.Field[int](
-        doc="Band-subset copies of each training patch (with minBands).", default=2
-    )
-    hiddenLayers = pexConfig.ListField[int](doc="Widths of the hidden layers.", default=[32, 32])
-    ensembleSize = pexConfig.Field[int](
-        doc="Networks averaged (each from its own initial weights).", default=3
-    )
-    thresholdFolds = pexConfig.Field[int](
-        doc="Folds of training patches whose out-of-fold predictions choose the threshold (at least 2).",
-        default=4,
-    )
-    epochs = pexConfig.Field[int](doc="Full-batch Adam epochs.", default=600)
-    learningRate = pexConfig.Field[float](doc="Adam learning rate.", default=0.01)
-    weightDecay = pexConfig.Field[float](doc="Adam weight decay.", default=1e-3)
-    seed = pexConfig.Field[int](doc="Seed of the initial weights.", default=0)
-    numThreads = pexConfig.Field[int](
-        doc="Torch CPU threads; 0: the quantum's cores (pipetask --cores-per-quantum).", default=0
-    )
+
+    @override
+    def setDefaults(self) -> None:
+        super().setDefaults()
+        self.minBands = 0
 
     @override
     def validate(self) -> None:
         super().validate()
         checks = (
-            ("matchRadius", self.matchRadius > 0, "matchRadius must be positive"),
             ("networkThreshold", 0 < self.networkThreshold < 1, "networkThreshold must be in (0, 1)"),
             (
                 "trustScore",
@@ -197,19 +152,12 @@ class DeepDiscTrainReliabilityConfig(
             ),
             ("trustSnr", self.trustSnr >= 0, "trustSnr must be >= 0"),
             ("minPurity", 0 < self.minPurity < 1, "minPurity must be in (0, 1)"),
-            ("minBands", self.minBands >= 0 and self.bandSubsetCopies >= 0, "minBands must be >= 0"),
             ("thresholdFolds", self.thresholdFolds >= 2, "thresholdFolds must be at least 2"),
             (
                 "magBins",
                 list(self.magBins) == sorted(self.magBins) and len(self.magBins) >= 2,
                 "magBins must be at least two increasing edges",
             ),
-            (
-                "hiddenLayers",
-                bool(self.hiddenLayers) and min(self.hiddenLayers) >= 1 and self.epochs >= 1,
-                "hiddenLayers and epochs must be positive",
-            ),
-            ("ensembleSize", self.ensembleSize >= 1, "ensembleSize must be positive"),
         )
         for name, ok, message in checks:
             if not ok:

@@ -64,36 +64,20 @@ from ..core.star_galaxy import (
 )
 from ..core.threads import quantum_threads, torch_cpu_settings
 from .reference_inputs import (
+    SecondStageTrainingConfig,
+    SecondStageTrainingConnections,
     labelled_patches,
     read_catalogs_and_references,
-    reference_dimensions_field,
-    use_reference_dimensions,
 )
-
-_PATCH_DIMENSIONS = ("tract", "patch", "skymap")
 
 
 class DeepDiscTrainStarGalaxyConnections(
-    pipeBase.PipelineTaskConnections,
+    SecondStageTrainingConnections,
     dimensions=(),
     defaultTemplates={"referenceName": "truth_patch"},
 ):
-    """Connections of `DeepDiscTrainStarGalaxyTask`."""
+    """Connections of `DeepDiscTrainStarGalaxyTask` (the labelled catalog has a star flag column)."""
 
-    catalogs = cT.Input(
-        doc="Detections of the model the classifier is trained for (with PSF photometry).",
-        name="object_deepdisc",
-        storageClass="ArrowAstropy",
-        dimensions=_PATCH_DIMENSIONS,
-        multiple=True,
-    )
-    references = cT.Input(
-        doc="Labelled catalog(s): sky positions and a star flag (truth_patch in simulated repositories).",
-        name="{referenceName}",
-        storageClass="ArrowAstropy",
-        dimensions=_PATCH_DIMENSIONS,
-        multiple=True,
-    )
     classifier = cT.Output(
         doc="The trained star-galaxy classifier as plain data (deepdisc-model star-galaxy adds it to a "
         "model package).",
@@ -114,22 +98,18 @@ class DeepDiscTrainStarGalaxyConnections(
         dimensions=(),
     )
 
-    def __init__(self, *, config: DeepDiscTrainStarGalaxyConfig) -> None:
-        super().__init__(config=config)
-        self.references = use_reference_dimensions(self.references, config.referenceDimensions)
-
 
 class DeepDiscTrainStarGalaxyConfig(
-    pipeBase.PipelineTaskConfig, pipelineConnections=DeepDiscTrainStarGalaxyConnections
+    pipeBase.PipelineTaskConfig,
+    SecondStageTrainingConfig,
+    pipelineConnections=DeepDiscTrainStarGalaxyConnections,
 ):
-    """Configuration of `DeepDiscTrainStarGalaxyTask`."""
+    """Configuration of `DeepDiscTrainStarGalaxyTask`.
 
-    referenceDimensions = reference_dimensions_field()
-    raColumn = pexConfig.Field[str](doc="Reference right ascension column (degrees).", default="ra")
-    decColumn = pexConfig.Field[str](doc="Reference declination column (degrees).", default="dec")
+    With ``thresholdFolds`` below 2 the validation objects choose the star threshold.
+    """
+
     starColumn = pexConfig.Field[str](doc="Reference column, true for stars.", default="is_star")
-    magColumn = pexConfig.Field[str](doc="Reference magnitude column (the bins).", default="mag_i")
-    matchRadius = pexConfig.Field[float](doc="Largest label-detection separation (arcsec).", default=0.6)
     maxMag = pexConfig.Field[float](doc="Objects fainter than this are not trained on.", default=25.0)
     thresholdMaxMag = pexConfig.Field[float](
         doc="The star threshold maximises the star F1 of validation objects brighter than this.", default=24.0
@@ -137,59 +117,14 @@ class DeepDiscTrainStarGalaxyConfig(
     magBins = pexConfig.ListField[float](
         doc="Magnitude bin edges of the metrics table.", default=[16.0, 22.0, 23.0, 24.0, 25.0]
     )
-    bands = pexConfig.ListField[str](
-        doc="Bands whose PSF photometry the classifier reads; empty: every band the catalogs measured.",
-        default=[],
-    )
-    validationTracts = pexConfig.ListField[int](
-        doc="Tracts held out to choose the threshold and report; empty: every 5th object by id.", default=[]
-    )
-    minBands = pexConfig.Field[int](
-        doc="The fewest of its bands the classifier may run on: each training patch is also used with "
-        "bandSubsetCopies random subsets of minBands or more of its bands; 0: all bands, no subsets.",
-        default=3,
-    )
-    bandSubsetCopies = pexConfig.Field[int](
-        doc="Band-subset copies of each training patch (with minBands).", default=2
-    )
-    hiddenLayers = pexConfig.ListField[int](doc="Widths of the hidden layers.", default=[32, 32])
-    ensembleSize = pexConfig.Field[int](
-        doc="Networks averaged (each from its own initial weights).", default=3
-    )
-    thresholdFolds = pexConfig.Field[int](
-        doc="Folds of training patches whose out-of-fold predictions choose the star threshold; below 2: "
-        "the validation objects choose it.",
-        default=4,
-    )
-    epochs = pexConfig.Field[int](doc="Full-batch Adam epochs.", default=600)
-    learningRate = pexConfig.Field[float](doc="Adam learning rate.", default=0.01)
-    weightDecay = pexConfig.Field[float](doc="Adam weight decay.", default=1e-3)
     starWeight = pexConfig.Field[float](doc="Loss weight of stars relative to galaxies.", default=1.0)
-    seed = pexConfig.Field[int](doc="Seed of the initial weights.", default=0)
-    numThreads = pexConfig.Field[int](
-        doc="Torch CPU threads; 0: the quantum's cores (pipetask --cores-per-quantum).", default=0
-    )
 
     @override
     def validate(self) -> None:
         super().validate()
-        if not self.matchRadius > 0:
-            raise pexConfig.FieldValidationError(
-                DeepDiscTrainStarGalaxyConfig.matchRadius, self, "matchRadius must be positive"
-            )
-        if self.minBands < 0 or self.bandSubsetCopies < 0:
-            raise pexConfig.FieldValidationError(
-                DeepDiscTrainStarGalaxyConfig.minBands, self, "minBands and bandSubsetCopies must be >= 0"
-            )
         if list(self.magBins) != sorted(self.magBins) or len(self.magBins) < 2:
             raise pexConfig.FieldValidationError(
                 DeepDiscTrainStarGalaxyConfig.magBins, self, "magBins must be at least two increasing edges"
-            )
-        if not self.hiddenLayers or min(self.hiddenLayers) < 1 or self.epochs < 1 or self.ensembleSize < 1:
-            raise pexConfig.FieldValidationError(
-                DeepDiscTrainStarGalaxyConfig.hiddenLayers,
-                self,
-                "hiddenLayers, epochs and ensembleSize must be positive",
             )
 
 
