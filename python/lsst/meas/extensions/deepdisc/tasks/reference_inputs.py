@@ -25,7 +25,8 @@ table per patch; a real one (Galaxy Zoo, a spectroscopic star catalog) is put in
 one table with no dimensions.  ``referenceDimensions`` says which, and `use_reference_dimensions` adapts the
 connection.  The second-stage training tasks read their inputs with `read_catalogs_and_references` and
 assemble the labelled rows of every patch, with band-subset copies, with `labelled_patches`; their connections
-and configs derive from `SecondStageTrainingConnections` and `SecondStageTrainingConfig`.
+and configs derive from `SecondStageTrainingConnections` and `SecondStageTrainingConfig`, the tasks from
+`SecondStageTrainingTask`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "REFERENCE_DIMENSIONS",
     "SecondStageTrainingConfig",
     "SecondStageTrainingConnections",
+    "SecondStageTrainingTask",
     "labelled_patches",
     "read_catalogs_and_references",
     "reference_dimensions_field",
@@ -42,6 +44,7 @@ __all__ = [
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any, override
 
 import numpy as np
 from astropy.table import Table, vstack
@@ -49,6 +52,9 @@ from astropy.table import Table, vstack
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
+
+from ..core.star_galaxy import measured_bands
+from ..core.threads import quantum_threads, torch_cpu_settings
 
 REFERENCE_DIMENSIONS: dict[str, tuple[str, ...]] = {
     "patch": ("tract", "patch", "skymap"),
@@ -240,3 +246,104 @@ class SecondStageTrainingConfig(pexConfig.Config):
         for name, ok, message in checks:
             if not ok:
                 raise pexConfig.FieldValidationError(getattr(type(self), name), self, message)
+
+
+class SecondStageTrainingTask(pipeBase.PipelineTask):
+    """What the second-stage training tasks share: the labelled rows, their splits, out-of-fold predictions.
+
+    A subclass defines ``labelled_rows(catalog, reference, bands, absent)``, ``fit(features, labels, bands)``
+    and ``run(catalogs, reference)``.
+    """
+
+    config: SecondStageTrainingConfig
+
+    def labelled_rows(
+        self, catalog: Table, reference: Table, bands: list[str], absent: list[str] | None = None
+    ) -> Table:
+        """One catalog's labelled rows with their ``features`` (the subclass's)."""
+        raise NotImplementedError
+
+    def fit(self, features: np.ndarray, labels: np.ndarray, bands: list[str]) -> Any:
+        """A classifier fitted on labelled feature rows (the subclass's)."""
+        raise NotImplementedError
+
+    def labelled_table(
+        self, catalogs: list[tuple[int, Table]], reference: Table, label_fields: tuple[str, ...] = ()
+    ) -> tuple[Table, list[str], int]:
+        """The labelled rows of every patch (`labelled_patches`), the bands and the fewest bands to run on.
+
+        Raises
+        ------
+        KeyError
+            If the reference lacks the position, magnitude or ``label_fields`` columns the config names.
+        RuntimeError
+            If the catalogs have no PSF photometry.
+        """
+        config = self.config
+        fields = ("raColumn", "decColumn", *label_fields, "magColumn")
+        missing = [getattr(config, f) for f in fields if getattr(config, f) not in reference.colnames]
+        if missing:
+            raise KeyError(
+                f"the reference catalog lacks column(s) {missing}; it has {reference.colnames} "
+                f"(set {', '.join(fields)})"
+            )
+        bands = list(config.bands) or measured_bands(catalogs[0][1])
+        if not bands:
+            raise RuntimeError("the catalogs have no PSF photometry (no <band>_psfFlux with values)")
+        min_bands = config.minBands or len(bands)
+        table = labelled_patches(
+            catalogs,
+            lambda catalog, absent: self.labelled_rows(catalog, reference, bands, absent),
+            self.is_validation,
+            bands,
+            min_bands,
+            config.bandSubsetCopies,
+            config.seed,
+        )
+        return table, bands, min_bands
+
+    def is_validation(self, rows: Table, tract: int) -> np.ndarray:
+        """Which labelled rows validate: all of a validation tract's, else every 5th by id without tracts."""
+        if self.config.validationTracts:
+            return np.full(len(rows), tract in set(self.config.validationTracts))
+        return np.asarray(rows["id"]) % 5 == 0
+
+    def out_of_fold(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        fit_rows: np.ndarray,
+        predict_rows: np.ndarray,
+        patch_index: np.ndarray,
+        bands: list[str],
+    ) -> np.ndarray:
+        """Predictions of ``predict_rows`` by classifiers fitted on the ``fit_rows`` of the other folds.
+
+        The patches of ``fit_rows`` are dealt into ``thresholdFolds`` folds; a fold whose fitting rows lack
+        either label is skipped.  NaN where not predicted.
+        """
+        folds = self.config.thresholdFolds
+        patch_index = np.asarray(patch_index)
+        patches = np.unique(patch_index[fit_rows])
+        fold_of_patch = {patch: i % folds for i, patch in enumerate(patches)}
+        fold = np.array([fold_of_patch.get(p, -1) for p in patch_index])
+        predicted = np.full(len(features), np.nan)
+        for k in range(folds):
+            fit, predict = fit_rows & (fold != k), predict_rows & (fold == k)
+            if not predict.any() or not labels[fit].any() or labels[fit].all():
+                continue
+            predicted[predict] = self.fit(features[fit], labels[fit], bands).predict(features[predict])
+        return predicted
+
+    @override
+    def runQuantum(
+        self,
+        butlerQC: pipeBase.QuantumContext,
+        inputRefs: pipeBase.InputQuantizedConnection,
+        outputRefs: pipeBase.OutputQuantizedConnection,
+    ) -> None:
+        catalogs, reference = read_catalogs_and_references(butlerQC, inputRefs)
+        threads = quantum_threads(self.config.numThreads, butlerQC.resources.num_cores)
+        with torch_cpu_settings(threads, log=self.log):
+            outputs = self.run(catalogs, reference)
+        butlerQC.put(outputs, outputRefs)

@@ -57,15 +57,12 @@ from ..core.star_galaxy import (
     ReliabilityClassifier,
     catalog_features,
     fit_reliability,
-    measured_bands,
     purity_threshold,
 )
-from ..core.threads import quantum_threads, torch_cpu_settings
 from .reference_inputs import (
     SecondStageTrainingConfig,
     SecondStageTrainingConnections,
-    labelled_patches,
-    read_catalogs_and_references,
+    SecondStageTrainingTask,
 )
 
 
@@ -164,7 +161,7 @@ class DeepDiscTrainReliabilityConfig(
                 raise pexConfig.FieldValidationError(getattr(type(self), name), self, message)
 
 
-class DeepDiscTrainReliabilityTask(pipeBase.PipelineTask):
+class DeepDiscTrainReliabilityTask(SecondStageTrainingTask):
     """Train the reliability classifier of a detection model."""
 
     ConfigClass = DeepDiscTrainReliabilityConfig
@@ -241,30 +238,8 @@ class DeepDiscTrainReliabilityTask(pipeBase.PipelineTask):
             If the catalogs were detected at another threshold, or a split has no real detection.
         """
         config = self.config
-        missing = [
-            name
-            for name in (config.raColumn, config.decColumn, config.magColumn)
-            if name not in reference.colnames
-        ]
-        if missing:
-            raise KeyError(
-                f"the reference catalog lacks column(s) {missing}; it has {reference.colnames} "
-                "(set raColumn, decColumn, magColumn)"
-            )
         self.check_candidates(catalogs)
-        bands = list(config.bands) or measured_bands(catalogs[0][1])
-        if not bands:
-            raise RuntimeError("the catalogs have no PSF photometry (no <band>_psfFlux with values)")
-        min_bands = config.minBands or len(bands)
-        table = labelled_patches(
-            catalogs,
-            lambda catalog, absent: self.labelled_rows(catalog, reference, bands, absent),
-            self.is_validation,
-            bands,
-            min_bands,
-            config.bandSubsetCopies,
-            config.seed,
-        )
+        table, bands, min_bands = self.labelled_table(catalogs, reference)
         features = np.asarray(table["features"], dtype=float)
         is_real = np.asarray(table["is_real"], dtype=bool)
         validation = np.asarray(table["validation"], dtype=bool)
@@ -290,9 +265,15 @@ class DeepDiscTrainReliabilityTask(pipeBase.PipelineTask):
         classifier.min_bands = min_bands
         probability = classifier.predict(features)
         trusted = classifier.trusted(np.asarray(table["score"]), np.asarray(table["detection_snr"]))
-        rows, out_of_fold = self.out_of_fold(
-            features, is_real, train & ~augmented, table["patch_index"], bands
-        )
+        fold_rows = train & ~augmented
+        predicted = self.out_of_fold(features, is_real, fold_rows, fold_rows, table["patch_index"], bands)
+        rows = np.isfinite(predicted)
+        if not rows.any():
+            raise RuntimeError(
+                f"no out-of-fold predictions: {len(np.unique(table['patch_index'][fold_rows]))} training "
+                f"patches for {config.thresholdFolds} folds"
+            )
+        out_of_fold = predicted[rows]
         threshold, oof_purity, oof_kept = purity_threshold(
             out_of_fold, is_real[rows], config.minPurity, trusted[rows]
         )
@@ -336,12 +317,6 @@ class DeepDiscTrainReliabilityTask(pipeBase.PipelineTask):
         )
         return pipeBase.Struct(classifier=classifier.to_dict(), metrics=metrics, plot=plot)
 
-    def is_validation(self, rows: Table, tract: int) -> np.ndarray:
-        """Which rows validate: all of a validation tract's, else every 5th by id without tracts."""
-        if self.config.validationTracts:
-            return np.full(len(rows), tract in set(self.config.validationTracts))
-        return np.asarray(rows["id"]) % 5 == 0
-
     def fit(self, features: np.ndarray, is_real: np.ndarray, bands: list[str]) -> ReliabilityClassifier:
         """`fit_reliability` with the configured network and schedule."""
         config = self.config
@@ -359,35 +334,6 @@ class DeepDiscTrainReliabilityTask(pipeBase.PipelineTask):
             weight_decay=config.weightDecay,
             seed=config.seed,
         )
-
-    def out_of_fold(
-        self,
-        features: np.ndarray,
-        is_real: np.ndarray,
-        rows: np.ndarray,
-        patch_index: np.ndarray,
-        bands: list[str],
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Out-of-fold reliabilities of ``rows`` (folds of patches): the rows predicted and their values."""
-        folds = self.config.thresholdFolds
-        patch_index = np.asarray(patch_index)
-        patches = np.unique(patch_index[rows])
-        fold_of_patch = {patch: i % folds for i, patch in enumerate(patches)}
-        fold = np.array([fold_of_patch.get(p, -1) for p in patch_index])
-        predicted = np.full(len(features), np.nan)
-        for k in range(folds):
-            fit_rows, predict_rows = rows & (fold != k), rows & (fold == k)
-            if not predict_rows.any() or is_real[fit_rows].all() or not is_real[fit_rows].any():
-                continue
-            predicted[predict_rows] = self.fit(features[fit_rows], is_real[fit_rows], bands).predict(
-                features[predict_rows]
-            )
-        done = np.isfinite(predicted)
-        if not done.any():
-            raise RuntimeError(
-                f"no out-of-fold predictions: {len(patches)} training patches for {folds} folds"
-            )
-        return done, predicted[done]
 
     def metrics_table(self, table: Table, accepted: np.ndarray) -> Table:
         """Per split, method and magnitude bin: real detections kept (by matched magnitude) and purity.
@@ -439,16 +385,3 @@ class DeepDiscTrainReliabilityTask(pipeBase.PipelineTask):
             else:
                 out.append({"name": f"kept_real_{row['mag_min']:g}-{row['mag_max']:g}", "value": row["kept"]})
         return out
-
-    @override
-    def runQuantum(
-        self,
-        butlerQC: pipeBase.QuantumContext,
-        inputRefs: pipeBase.InputQuantizedConnection,
-        outputRefs: pipeBase.OutputQuantizedConnection,
-    ) -> None:
-        catalogs, reference = read_catalogs_and_references(butlerQC, inputRefs)
-        threads = quantum_threads(self.config.numThreads, butlerQC.resources.num_cores)
-        with torch_cpu_settings(threads, log=self.log):
-            outputs = self.run(catalogs, reference)
-        butlerQC.put(outputs, outputRefs)

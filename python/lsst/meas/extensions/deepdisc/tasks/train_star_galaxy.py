@@ -59,15 +59,12 @@ from ..core.star_galaxy import (
     best_f1_threshold,
     catalog_features,
     fit_star_galaxy,
-    measured_bands,
     star_f1,
 )
-from ..core.threads import quantum_threads, torch_cpu_settings
 from .reference_inputs import (
     SecondStageTrainingConfig,
     SecondStageTrainingConnections,
-    labelled_patches,
-    read_catalogs_and_references,
+    SecondStageTrainingTask,
 )
 
 
@@ -128,7 +125,7 @@ class DeepDiscTrainStarGalaxyConfig(
             )
 
 
-class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
+class DeepDiscTrainStarGalaxyTask(SecondStageTrainingTask):
     """Train the star-galaxy classifier of a detection model."""
 
     ConfigClass = DeepDiscTrainStarGalaxyConfig
@@ -186,29 +183,7 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
             If either split has no labelled star.
         """
         config = self.config
-        missing = [
-            name
-            for name in (config.raColumn, config.decColumn, config.starColumn, config.magColumn)
-            if name not in reference.colnames
-        ]
-        if missing:
-            raise KeyError(
-                f"the reference catalog lacks column(s) {missing}; it has {reference.colnames} "
-                "(set raColumn, decColumn, starColumn, magColumn)"
-            )
-        bands = list(config.bands) or measured_bands(catalogs[0][1])
-        if not bands:
-            raise RuntimeError("the catalogs have no PSF photometry (no <band>_psfFlux with values)")
-        min_bands = config.minBands or len(bands)
-        table = labelled_patches(
-            catalogs,
-            lambda catalog, absent: self.labelled_rows(catalog, reference, bands, absent),
-            self.is_validation,
-            bands,
-            min_bands,
-            config.bandSubsetCopies,
-            config.seed,
-        )
+        table, bands, min_bands = self.labelled_table(catalogs, reference, ("starColumn",))
         features = np.asarray(table["features"], dtype=float)
         is_star = np.asarray(table["is_star"], dtype=bool)
         mag = np.asarray(table["mag"], dtype=float)
@@ -292,12 +267,6 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
         )
         return pipeBase.Struct(classifier=classifier.to_dict(), metrics=metrics, plot=plot)
 
-    def is_validation(self, rows: Table, tract: int) -> np.ndarray:
-        """Which labelled rows validate: all of a validation tract's, else every 5th by id without tracts."""
-        if self.config.validationTracts:
-            return np.full(len(rows), tract in set(self.config.validationTracts))
-        return np.asarray(rows["id"]) % 5 == 0
-
     def fit(self, features: np.ndarray, is_star: np.ndarray, bands: list[str]) -> StarGalaxyClassifier:
         """`fit_star_galaxy` with the configured network and schedule."""
         config = self.config
@@ -338,17 +307,7 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
         if config.thresholdFolds < 2:
             rows = validation & bright
             return rows, probability[rows]
-        patches = np.unique(patch_index[train])
-        fold_of_patch = {patch: i % config.thresholdFolds for i, patch in enumerate(patches)}
-        fold = np.array([fold_of_patch.get(p, -1) for p in patch_index])
-        out_of_fold = np.full(len(features), np.nan)
-        for k in range(config.thresholdFolds):
-            fit_rows, predict_rows = train & (fold != k), train & (fold == k) & bright
-            if not predict_rows.any() or not is_star[fit_rows].any():
-                continue
-            out_of_fold[predict_rows] = self.fit(features[fit_rows], is_star[fit_rows], bands).predict(
-                features[predict_rows]
-            )
+        out_of_fold = self.out_of_fold(features, is_star, train, train & bright, patch_index, bands)
         rows = np.isfinite(out_of_fold)
         self.log.info(
             "Threshold chosen on %d out-of-fold training objects (%d stars, %d folds of patches).",
@@ -383,16 +342,3 @@ class DeepDiscTrainStarGalaxyTask(pipeBase.PipelineTask):
                     }
                 )
         return Table(rows=rows)
-
-    @override
-    def runQuantum(
-        self,
-        butlerQC: pipeBase.QuantumContext,
-        inputRefs: pipeBase.InputQuantizedConnection,
-        outputRefs: pipeBase.OutputQuantizedConnection,
-    ) -> None:
-        catalogs, reference = read_catalogs_and_references(butlerQC, inputRefs)
-        threads = quantum_threads(self.config.numThreads, butlerQC.resources.num_cores)
-        with torch_cpu_settings(threads, log=self.log):
-            outputs = self.run(catalogs, reference)
-        butlerQC.put(outputs, outputRefs)
