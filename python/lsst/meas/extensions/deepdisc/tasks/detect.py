@@ -735,8 +735,6 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         """
         threshold = self.config.reliabilityThreshold
         measured = measured_bands(catalog)
-        fallback = self.operating_threshold(model_package, len(image.bands))
-        fallback = self.metadata["score_threshold"] if fallback is None else fallback
         if classifier.runs_on(measured):
             result = judge_reliability(catalog, classifier, threshold)
             keep, reliability = result.keep, result.reliability
@@ -752,6 +750,8 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
                 result.threshold,
             )
         else:
+            fallback = self.operating_threshold(model_package, len(image.bands))
+            fallback = self.metadata["score_threshold"] if fallback is None else fallback
             keep = np.asarray(catalog["score"]) >= fallback
             reliability = np.full(len(catalog), np.nan, dtype=np.float32)
             self.log.warning(
