@@ -408,3 +408,76 @@ def test_footprint_detection_snr_is_the_catalogs_column_without_a_catalog() -> N
     np.testing.assert_array_equal(snr.astype(column.dtype), np.asarray(column))
     # A source's S/N depends on its own footprint only.
     np.testing.assert_array_equal(footprint_detection_snr(detections.select(np.array([2])), image), snr[2:])
+
+
+def _assert_same_catalog(actual, expected) -> None:
+    assert actual.colnames == expected.colnames
+    for name in expected.colnames:
+        a, e = actual[name], expected[name]
+        assert a.dtype == e.dtype and a.unit == e.unit and a.description == e.description, name
+        if a.dtype == object:
+            assert all(np.array_equal(x, y) for x, y in zip(a, e)), name
+        else:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(e), err_msg=name)
+    assert actual.meta == expected.meta
+
+
+def test_select_catalog_rows_equals_a_catalog_built_from_the_kept_detections() -> None:
+    """Dropping rows splits families, renumbers ids and re-apportions, exactly as building again would."""
+    from lsst.meas.extensions.deepdisc.core.catalog import select_catalog_rows
+
+    rng = np.random.default_rng(11)
+    image = _image(3)
+    rows, cols = np.nonzero(_disc(29, 27, 6))
+    image.mask[0, rows[:5], cols[:5]] |= NO_DATA
+    # A chain A - B - D (B links A and D), an isolated C, and an artifact E over C.
+    masks = [_disc(20, 25, 7), _disc(29, 27, 6), _disc(62, 40, 5), _disc(38, 28, 5), _disc(64, 42, 9)]
+    footprints = [mask_to_spans(m, XY0) for m in masks]
+    n = len(masks)
+    detections = Detections(
+        boxes=rng.uniform(0, 50, (n, 4)),
+        scores=np.array([0.6, 0.9, 0.7, 0.5, 0.8]),
+        class_ids=np.array([1, 1, 0, 1, 2]),
+        class_probs=rng.dirichlet(np.ones(3), n),
+        footprints=footprints,
+        tile_index=np.zeros(n, dtype=int),
+        merged_duplicate=np.array([False, True, False, False, False]),
+    )
+    kwargs = dict(
+        class_names=["star", "galaxy", "artifact_ghost_bright"],
+        tract=9813,
+        patch=42,
+        model_name="m",
+        model_version="1",
+        id_packer=PACKER,
+        artifact_overlap_threshold=0.3,
+    )
+    catalog = build_catalog(detections, image, **kwargs)
+    catalog["reliability"][:] = np.arange(n) / 10
+    assert catalog["family_size"][1] == 3 and catalog["flag_in_artifact"][2]
+    for keep in ([True, False, True, True, True], [True, True, True, True, False], [False] * n):
+        keep = np.array(keep)
+        selected = select_catalog_rows(catalog, keep, detections, image)
+        expected = build_catalog(detections.select(keep), image, **kwargs)
+        expected["reliability"][:] = (np.arange(n) / 10)[keep]
+        _assert_same_catalog(selected, expected)
+    without_b = select_catalog_rows(catalog, np.array([True, False, True, True, True]), detections, image)
+    assert list(without_b["family_size"]) == [1, 1, 1, 1]  # B linked A and D.
+    assert without_b["flag_in_artifact"][1]  # C, still under the artifact.
+    assert catalog["family_size"][1] == 3  # The input is left as it was.
+
+
+def test_select_catalog_rows_refuses_a_mask_or_detections_that_do_not_fit() -> None:
+    from lsst.meas.extensions.deepdisc.core.catalog import select_catalog_rows
+
+    _, detections = _scene()
+    image = _image()
+    catalog = _build(detections, image)
+    with pytest.raises(ValueError, match="one per row"):
+        select_catalog_rows(catalog, np.array([True, False]), detections, image)
+    with pytest.raises(ValueError, match="one per row"):
+        select_catalog_rows(catalog, np.array([1, 0, 1]), detections, image)
+    with pytest.raises(ValueError, match="not the ones"):
+        select_catalog_rows(
+            catalog, np.array([True, False, True]), detections.select(np.array([0, 2, 1])), image
+        )

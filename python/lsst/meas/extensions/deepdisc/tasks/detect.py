@@ -49,6 +49,7 @@ from ..core.catalog import (
     build_catalog,
     footprint_detection_snr,
     is_artifact_class,
+    select_catalog_rows,
     set_primary_flags,
 )
 from ..core.footprints import spans_area
@@ -727,8 +728,9 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
     ) -> tuple[Any, Table]:
         """Keep the detections that the reliability classifier accepts; the detections and their catalog.
 
-        The catalog is built again from the kept detections, so that ids, families, apportioned fluxes and
-        neighbours ignore the dropped ones; its ``reliability`` column holds the classifier's probability.
+        The kept rows' ids, families, apportioned fluxes and artifact cover are worked out again without the
+        dropped ones (`select_catalog_rows`: no source is measured twice); the ``reliability`` column holds
+        the classifier's probability.
         Rows it does not judge (artifacts, already held to `operating_threshold`) are kept.
         When the catalog lacks PSF photometry in enough of the classifier's bands (no PSF FWHM), the
         package's score threshold is applied instead, with a warning.
@@ -766,10 +768,11 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         if keep.all():
             catalog["reliability"][:] = reliability
             return detections, catalog
-        detections = detections.select(keep)
-        catalog = build_catalog(detections, image, **catalog_kwargs)
-        catalog["reliability"][:] = reliability[keep]
-        return detections, catalog
+        catalog["reliability"][:] = reliability
+        catalog = select_catalog_rows(
+            catalog, keep, detections, image, invalid_planes=catalog_kwargs["invalid_planes"]
+        )
+        return detections.select(keep), catalog
 
     def classify_stars(self, catalog: Table, model_package: ModelPackage) -> None:
         """Apply the package's star-galaxy classifier to ``catalog`` (in place) when configured and possible.

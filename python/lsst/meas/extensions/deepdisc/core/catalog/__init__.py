@@ -87,9 +87,16 @@ __all__ = [
     "detection_snr",
     "footprint_detection_snr",
     "is_artifact_class",
+    "select_catalog_rows",
     "set_primary_flags",
 ]
 
 from ._artifact_mask import artifact_mask_columns, artifact_mask_image, build_artifact_mask
-from ._build import build_catalog, detection_snr, footprint_detection_snr, set_primary_flags
+from ._build import (
+    build_catalog,
+    detection_snr,
+    footprint_detection_snr,
+    select_catalog_rows,
+    set_primary_flags,
+)
 from ._columns import APPORTION_RULE, catalog_columns, is_artifact_class

@@ -23,8 +23,15 @@
 
 from __future__ import annotations
 
-__all__ = ["build_catalog", "detection_snr", "footprint_detection_snr", "set_primary_flags"]
+__all__ = [
+    "build_catalog",
+    "detection_snr",
+    "footprint_detection_snr",
+    "select_catalog_rows",
+    "set_primary_flags",
+]
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -142,13 +149,13 @@ def _footprint_sums(
     ``clean`` keeps the image's own dtype (the values are exact; sums are taken in float64), and only one
     band's temporaries exist at a time.
     """
-    n_bands = len(image.bands)
     nodata_bits = image.plane_bits(invalid_planes)
     saturated_bits = image.plane_bits(saturated_planes)
     invalid_any = np.zeros(owner.size, dtype=bool)
     saturated_any = np.zeros(owner.size, dtype=bool)
     bad_variance_any = np.zeros(owner.size, dtype=bool)
     no_error = np.zeros(n, dtype=bool)
+    n_bands = len(image.bands)
     clean = np.empty((n_bands, owner.size), dtype=image.image.dtype) if keep_clean else None
     footprint_flux = np.zeros((n_bands, n))
     footprint_var = np.full((n_bands, n), np.nan)
@@ -243,6 +250,111 @@ def detection_snr(flux: np.ndarray, variance: np.ndarray) -> np.ndarray:
         )
 
 
+@dataclass
+class _Relations:
+    """The columns of a source that depend on the other sources of the catalog (`_relations`)."""
+
+    parent: np.ndarray
+    n_child: np.ndarray
+    family_id: np.ndarray
+    family_size: np.ndarray
+    apportioned: np.ndarray
+    """``[n_bands, n]`` apportioned fluxes."""
+    artifact_fraction: np.ndarray
+    flag_in_artifact: np.ndarray
+
+
+def _relations(
+    scores: np.ndarray,
+    is_artifact: np.ndarray,
+    owner: np.ndarray,
+    linear: np.ndarray,
+    clean: np.ndarray,
+    detection: np.ndarray,
+    footprint_flux: np.ndarray,
+    ids: np.ndarray,
+    artifact_overlap_threshold: float,
+) -> _Relations:
+    """Families, heads, apportioned fluxes and artifact cover of ``n = len(scores)`` detections.
+
+    ``owner``, ``linear`` are `_pixel_list`'s; ``clean`` the ``[n_bands, n_pixels]`` footprint pixel values
+    with invalid pixels zeroed and ``detection`` their band sum; ``footprint_flux`` ``[n_bands, n]``.
+    """
+    n = len(scores)
+    # Artifact cover of the sources: footprint pixels that are also pixels of an artifact footprint.
+    artifact_fraction = np.zeros(n)
+    if np.any(is_artifact):
+        area = np.bincount(owner, minlength=n)
+        artifact_pixels = np.unique(linear[is_artifact[owner]])
+        in_artifact = np.isin(linear, artifact_pixels, assume_unique=False) & ~is_artifact[owner]
+        artifact_fraction = np.bincount(owner, weights=in_artifact, minlength=n) / np.maximum(area, 1)
+    flag_in_artifact = ~is_artifact & (artifact_fraction > artifact_overlap_threshold)
+
+    # Families, heads and apportioning involve the sources' pixels only: artifacts link and share nothing.
+    source_pixel = ~is_artifact[owner]
+    if not np.all(source_pixel):
+        owner, linear = owner[source_pixel], linear[source_pixel]
+        clean, detection = clean[:, source_pixel], detection[source_pixel]
+
+    # Families and heads.
+    if n:
+        labels, order, group = _families(owner, linear, n)
+    else:
+        labels, order, group = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, np.int64)
+    family_size = np.bincount(labels, minlength=labels.max() + 1 if n else 0)[labels]
+    by_family_then_score = np.lexsort((np.arange(n), -np.asarray(scores, dtype=np.float64), labels))
+    first_of_family = np.ones(n, dtype=bool)
+    first_of_family[1:] = labels[by_family_then_score][1:] != labels[by_family_then_score][:-1]
+    head_of_label = np.zeros(labels.max() + 1 if n else 0, dtype=np.int64)
+    head_of_label[labels[by_family_then_score[first_of_family]]] = by_family_then_score[first_of_family]
+    head = head_of_label[labels]
+    is_head = head == np.arange(n)
+    family_id = ids[head] if n else np.zeros(0, dtype=np.int64)
+
+    # Apportioning: per pixel, each covering source's share of the pixel's flux.
+    source_weight = np.clip(np.bincount(owner, weights=detection, minlength=n), 0.0, None)
+    pixel_weight = np.empty(owner.size)
+    pixel_weight[order] = source_weight[owner[order]]
+    inverse = np.empty(owner.size, dtype=np.int64)
+    inverse[order] = group
+    covering_weight = np.bincount(inverse, weights=pixel_weight)[inverse] if owner.size else pixel_weight
+    covering_count = np.bincount(inverse)[inverse] if owner.size else pixel_weight
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(covering_weight > 0, pixel_weight / covering_weight, 1.0 / covering_count)
+    apportioned = np.stack(
+        [np.bincount(owner, weights=clean[b] * share, minlength=n) for b in range(clean.shape[0])]
+    )
+    apportioned[:, is_artifact] = footprint_flux[:, is_artifact]
+    return _Relations(
+        parent=np.where(is_head, 0, family_id),
+        n_child=np.where(is_head, family_size - 1, 0),
+        family_id=family_id,
+        family_size=family_size,
+        apportioned=apportioned,
+        artifact_fraction=artifact_fraction,
+        flag_in_artifact=flag_in_artifact,
+    )
+
+
+def _counts(table: Table) -> dict[str, int]:
+    """``meta["counts"]`` of a catalog, from its columns (``primary`` only once the flags were set)."""
+    counts = {
+        "sources": len(table),
+        "families": int(np.sum(table["nChild"] > 0)),
+        "isolated": int(np.sum(table["family_size"] == 1)),
+        "merged_duplicates": int(np.sum(table["flag_merged_duplicate"])),
+        "flag_nodata": int(np.sum(table["flag_nodata"])),
+        "flag_saturated": int(np.sum(table["flag_saturated"])),
+        "flag_bad_variance": int(np.sum(table["flag_bad_variance"])),
+        "flag_patch_edge": int(np.sum(table["flag_patch_edge"])),
+        "artifacts": int(np.sum(table["is_artifact"])),
+        "flag_in_artifact": int(np.sum(table["flag_in_artifact"])),
+    }
+    if "primary" in table.meta.get("counts", {}):
+        counts["primary"] = int(np.sum(table["detect_isPrimary"]))
+    return counts
+
+
 def set_primary_flags(catalog: Table, patch_inner: np.ndarray, tract_inner: np.ndarray, source: str) -> None:
     """Set ``detect_isPatchInner``, ``detect_isTractInner`` and ``detect_isPrimary`` of a catalog in place.
 
@@ -334,7 +446,6 @@ def build_catalog(
     n = len(detections)
     artifact_class = np.asarray(is_artifact_class(class_names), dtype=bool)
     is_artifact = artifact_class[detections.class_ids] if n else np.zeros(0, dtype=bool)
-    n_bands = len(image.bands)
     ids = id_packer.pack(tract, patch, np.arange(1, n + 1, dtype=np.int64))
 
     owner, linear, span_starts = _pixel_list(detections.footprints, image)
@@ -370,54 +481,17 @@ def build_catalog(
         coord_ra = np.full(n, np.nan)
         coord_dec = np.full(n, np.nan)
 
-    # Artifact cover of the sources: footprint pixels that are also pixels of an artifact footprint.
-    artifact_fraction = np.zeros(n)
-    if np.any(is_artifact):
-        artifact_pixels = np.unique(linear[is_artifact[owner]])
-        in_artifact = np.isin(linear, artifact_pixels, assume_unique=False) & ~is_artifact[owner]
-        artifact_fraction = np.bincount(owner, weights=in_artifact, minlength=n) / np.maximum(area, 1)
-    flag_in_artifact = ~is_artifact & (artifact_fraction > artifact_overlap_threshold)
-
-    # Families, heads and apportioning involve the sources' pixels only: artifacts link and share nothing.
-    source_pixel = ~is_artifact[owner]
-    if not np.all(source_pixel):
-        owner_all, linear_all, clean_all, detection_all = owner, linear, clean, detection
-        owner, linear = owner[source_pixel], linear[source_pixel]
-        clean, detection = clean[:, source_pixel], detection[source_pixel]
-
-    # Families and heads.
-    if n:
-        labels, order, group = _families(owner, linear, n)
-    else:
-        labels, order, group = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, np.int64)
-    family_size = np.bincount(labels, minlength=labels.max() + 1 if n else 0)[labels]
-    by_family_then_score = np.lexsort((np.arange(n), -detections.scores.astype(np.float64), labels))
-    first_of_family = np.ones(n, dtype=bool)
-    first_of_family[1:] = labels[by_family_then_score][1:] != labels[by_family_then_score][:-1]
-    head_of_label = np.zeros(labels.max() + 1 if n else 0, dtype=np.int64)
-    head_of_label[labels[by_family_then_score[first_of_family]]] = by_family_then_score[first_of_family]
-    head = head_of_label[labels]
-    is_head = head == np.arange(n)
-    family_id = ids[head] if n else np.zeros(0, dtype=np.int64)
-    parent = np.where(is_head, 0, family_id)
-    n_child = np.where(is_head, family_size - 1, 0)
-
-    # Apportioning: per pixel, each covering source's share of the pixel's flux.
-    source_weight = np.clip(np.bincount(owner, weights=detection, minlength=n), 0.0, None)
-    pixel_weight = np.empty(owner.size)
-    pixel_weight[order] = source_weight[owner[order]]
-    inverse = np.empty(owner.size, dtype=np.int64)
-    inverse[order] = group
-    covering_weight = np.bincount(inverse, weights=pixel_weight)[inverse] if owner.size else pixel_weight
-    covering_count = np.bincount(inverse)[inverse] if owner.size else pixel_weight
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(covering_weight > 0, pixel_weight / covering_weight, 1.0 / covering_count)
-    apportioned = np.stack(
-        [np.bincount(owner, weights=clean[b] * share, minlength=n) for b in range(n_bands)]
+    related = _relations(
+        detections.scores,
+        is_artifact,
+        owner,
+        linear,
+        clean,
+        detection,
+        footprint_flux,
+        ids,
+        artifact_overlap_threshold,
     )
-    if not np.all(source_pixel):
-        apportioned[:, is_artifact] = footprint_flux[:, is_artifact]
-        owner, linear, clean, detection = owner_all, linear_all, clean_all, detection_all
 
     # Footprint bounding boxes (inclusive) from the spans.
     if n:
@@ -448,10 +522,10 @@ def build_catalog(
     names = np.array(class_names)
     values: dict[str, Any] = {
         "id": ids,
-        "parent": parent,
-        "nChild": n_child,
-        "family_id": family_id,
-        "family_size": family_size,
+        "parent": related.parent,
+        "nChild": related.n_child,
+        "family_id": related.family_id,
+        "family_size": related.family_size,
         "coord_ra": coord_ra,
         "coord_dec": coord_dec,
         "centroid_x": centroid_x,
@@ -476,8 +550,8 @@ def build_catalog(
         "flag_patch_edge": patch_edge,
         "flag_merged_duplicate": detections.merged_duplicate,
         "is_artifact": is_artifact,
-        "artifact_overlap_fraction": artifact_fraction,
-        "flag_in_artifact": flag_in_artifact,
+        "artifact_overlap_fraction": related.artifact_fraction,
+        "flag_in_artifact": related.flag_in_artifact,
         "detect_isPatchInner": np.ones(n, dtype=bool),
         "detect_isTractInner": np.ones(n, dtype=bool),
         "detect_isPrimary": ~is_artifact,
@@ -497,7 +571,7 @@ def build_catalog(
         for b, band in enumerate(image.bands):
             values[f"{band}_footprintFlux"] = footprint_flux[b]
             values[f"{band}_footprintFluxErr"] = np.sqrt(footprint_var[b])
-            values[f"{band}_apportionedFlux"] = apportioned[b]
+            values[f"{band}_apportionedFlux"] = related.apportioned[b]
             values[f"{band}_psfFlux"] = photometry.flux[:, b]
             values[f"{band}_psfFluxErr"] = photometry.flux_err[:, b]
             values[f"{band}_psfExcess"] = photometry.excess[:, b]
@@ -517,18 +591,7 @@ def build_catalog(
             "tract": int(tract),
             "patch": int(patch),
             "image_bbox": {"x0": x_first, "y0": y_first, "width": image.width, "height": image.height},
-            "counts": {
-                "sources": n,
-                "families": int(np.sum(is_head & (family_size > 1))),
-                "isolated": int(np.sum(family_size == 1)),
-                "merged_duplicates": int(np.sum(detections.merged_duplicate)),
-                "flag_nodata": int(np.sum(nodata_count > 0)),
-                "flag_saturated": int(np.sum(saturated)),
-                "flag_bad_variance": int(np.sum(bad_variance)),
-                "flag_patch_edge": int(np.sum(patch_edge)),
-                "artifacts": int(np.sum(is_artifact)),
-                "flag_in_artifact": int(np.sum(flag_in_artifact)),
-            },
+            "counts": _counts(table),
             "artifact_classes": [name for name, a in zip(class_names, artifact_class) if a],
             "artifact_overlap_threshold": float(artifact_overlap_threshold),
             "id_layout": id_packer.to_dict(),
@@ -539,3 +602,89 @@ def build_catalog(
         }
     )
     return table
+
+
+def select_catalog_rows(
+    catalog: Table,
+    keep: np.ndarray,
+    detections: Detections,
+    image: MultibandImage,
+    *,
+    invalid_planes: Sequence[str] = ("NO_DATA",),
+) -> Table:
+    """The `build_catalog` table of the detections ``keep`` selects, from the catalog of all of them.
+
+    A row's own measurements (footprint, fluxes and flags, centroid, PSF photometry, ``detection_snr``,
+    class columns and anything added since, such as ``reliability``) do not depend on the other detections
+    and are kept as they are.  The columns that do - ``id`` (counters 1..N again), the family columns,
+    the apportioned fluxes and the artifact cover - are worked out again for the kept rows, and
+    ``meta["counts"]`` is recounted, so that the result equals `build_catalog` run on
+    ``detections.select(keep)`` without measuring any source twice.
+
+    Parameters
+    ----------
+    catalog : `astropy.table.Table`
+        `build_catalog`'s table of ``detections`` (its metadata gives the id layout, tract and patch).
+    keep : `numpy.ndarray`
+        Boolean, one per row.
+    detections : `~.inference.Detections`
+        The detections ``catalog`` was built from, in row order.
+    image : `~.multiband.MultibandImage`
+        The coadd ``catalog`` was built on.
+    invalid_planes : sequence of `str`
+        Mask planes meaning no data, as given to `build_catalog`.
+
+    Returns
+    -------
+    selected : `astropy.table.Table`
+        A new table; ``catalog`` is not changed.
+
+    Raises
+    ------
+    ValueError
+        If ``keep`` is not one boolean per row, or the detections are not the catalog's.
+    """
+    keep = np.asarray(keep)
+    if keep.dtype != bool or keep.shape != (len(catalog),):
+        raise ValueError(f"keep must be {len(catalog)} booleans (one per row), got {keep.dtype} {keep.shape}")
+    if len(detections) != len(catalog) or not np.array_equal(detections.scores, catalog["score"]):
+        raise ValueError(
+            f"the {len(detections)} detections are not the ones the catalog of {len(catalog)} rows was "
+            "built from"
+        )
+    selected = catalog[keep]
+    selected.meta = copy.deepcopy(dict(catalog.meta))
+    kept = detections.select(keep)
+    n = len(kept)
+    layout = {key: value for key, value in catalog.meta["id_layout"].items() if key != "counter_bits"}
+    ids = IdPacker(**layout).pack(
+        catalog.meta["tract"], catalog.meta["patch"], np.arange(1, n + 1, dtype=np.int64)
+    )
+    owner, linear, _ = _pixel_list(kept.footprints, image)
+    sums = _footprint_sums(image, owner, linear, n, invalid_planes, (), keep_clean=True)
+    related = _relations(
+        kept.scores,
+        np.asarray(selected["is_artifact"], dtype=bool),
+        owner,
+        linear,
+        sums.clean,
+        sums.clean.sum(axis=0, dtype=np.float64),
+        sums.flux,
+        ids,
+        float(catalog.meta["artifact_overlap_threshold"]),
+    )
+    columns = {
+        "id": ids,
+        "parent": related.parent,
+        "nChild": related.n_child,
+        "family_id": related.family_id,
+        "family_size": related.family_size,
+        "artifact_overlap_fraction": related.artifact_fraction,
+        "flag_in_artifact": related.flag_in_artifact,
+    }
+    for b, band in enumerate(catalog.meta["bands"]):
+        columns[f"{band}_apportionedFlux"] = related.apportioned[b]
+    for name, values in columns.items():
+        selected[name][:] = values  # In place: the column keeps its dtype, unit and description.
+    selected.meta["counts"] = _counts(selected)
+    return selected
