@@ -700,3 +700,51 @@ def test_cpu_bfloat16_runs_backbone_and_head_layers_in_bfloat16_and_restores_the
     seen.clear()
     run_tiled_inference(model, image, xy0=XY0, config=dataclasses.replace(config, cpu_bfloat16=False))
     assert all(dtypes == {torch.float32} for dtypes in seen.values())
+
+
+def test_masks_of_reported_only_give_the_same_detections_for_fewer_masks() -> None:
+    """The mask head runs on the rows a tile reports only; the detections equal the one-step inference's."""
+    from lsst.meas.extensions.deepdisc.core.inference import segments_selected
+    from lsst.meas.extensions.deepdisc.core.models import ModelSpec, build_model_from_spec
+
+    spec = ModelSpec(
+        "compact-R18-FPN",
+        ("g", "r", "i"),
+        pixel_std=(100.0,) * 3,  # Random weights in a regime with real boxes.
+        overrides={"MODEL.RPN.POST_NMS_TOPK_TEST": 60, "TEST.DETECTIONS_PER_IMAGE": 40},
+    )
+    torch.manual_seed(0)
+    model = build_model_from_spec(spec).eval()
+    assert segments_selected(model) and not segments_selected(lambda inputs: inputs)
+    segmented: list[int] = []
+    model.roi_heads.mask_head.register_forward_hook(
+        lambda module, inputs, output: segmented.append(sum(len(i) for i in inputs[1]))
+    )
+    image = np.random.default_rng(0).normal(size=(3, 150, 140)).astype(np.float32)
+    valid = np.ones((150, 140), dtype=bool)
+    valid[:, :30] = False  # Centres on invalid pixels are not reported either.
+    config = InferenceConfig(tile_size=96, overlap=32, batch_size=2, device="cpu", max_detections_per_tile=25)
+    staged = run_tiled_inference(model, image, xy0=XY0, config=config, valid=valid)
+    staged_masks = sum(segmented)
+    segmented.clear()
+    one_step = run_tiled_inference(
+        model, image, xy0=XY0, config=dataclasses.replace(config, masks_of_reported_only=False), valid=valid
+    )
+    assert staged.stats["masks_of_reported_only"] and not one_step.stats["masks_of_reported_only"]
+    assert len(staged) > 5
+    np.testing.assert_array_equal(staged.boxes, one_step.boxes)
+    np.testing.assert_array_equal(staged.scores, one_step.scores)
+    np.testing.assert_array_equal(staged.class_ids, one_step.class_ids)
+    np.testing.assert_array_equal(staged.class_probs, one_step.class_probs)
+    np.testing.assert_array_equal(staged.tile_index, one_step.tile_index)
+    np.testing.assert_array_equal(staged.merged_duplicate, one_step.merged_duplicate)
+    assert all(np.array_equal(a, b) for a, b in zip(staged.footprints, one_step.footprints))
+    counts = [name for name in staged.stats if name.startswith("n_")]
+    assert {n: staged.stats[n] for n in counts} == {n: one_step.stats[n] for n in counts}
+    assert staged.stats["n_outside_interior"] > 0 and staged.stats["n_invalid_centre"] > 0
+    # Every reported row was segmented, and fewer than the one-step inference's boxes.
+    reported = staged.stats["n_raw"] - sum(
+        staged.stats[f"n_{n}"]
+        for n in ("below_threshold", "over_max_per_tile", "outside_interior", "invalid_centre")
+    )
+    assert staged_masks == reported < sum(segmented) == staged.stats["n_raw"]

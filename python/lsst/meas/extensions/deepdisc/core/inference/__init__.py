@@ -54,7 +54,10 @@ box-relative soft masks ``[N, 1, M, M]`` of ``model.inference(inputs, do_postpro
 resampled into their boxes one at a time (bilinear, the same sampling as detectron2's
 ``paste_masks_in_image``) so that no full-tile mask is ever built per detection.
 
-Modules: ``_tiles`` (1), ``_run`` (2), ``_stitching`` (3, 4), ``_detections`` (the result).
+Step 2 runs the mask head of a detectron2 R-CNN only on the detections step 3 will keep from the tile
+(`detect_then_segment`: which detections a tile keeps depends on their boxes and scores alone).
+
+Modules: ``_tiles`` (1), ``_run`` and ``_staged`` (2), ``_stitching`` (3, 4), ``_detections`` (the result).
 """
 
 from __future__ import annotations
@@ -64,14 +67,17 @@ __all__ = [
     "InferenceConfig",
     "Tile",
     "add_coarse_detections",
+    "detect_then_segment",
     "only_classes",
     "paste_box_mask",
     "plan_tiles",
     "run_tiled_inference",
     "select_device",
+    "segments_selected",
 ]
 
 from ._detections import Detections, add_coarse_detections, only_classes
 from ._run import run_tiled_inference
+from ._staged import detect_then_segment, segments_selected
 from ._stitching import paste_box_mask
 from ._tiles import InferenceConfig, Tile, plan_tiles, select_device

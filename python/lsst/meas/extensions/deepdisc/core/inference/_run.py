@@ -38,10 +38,12 @@ import torch
 
 from ..memory import release_free_memory
 from ._detections import Detections
+from ._staged import detect_then_segment, segments_selected
 from ._stitching import (
     _extract_tile,
     _instances_of,
     _merge_duplicates,
+    _owned_rows,
     _Progress,
     _resolve_num_classes,
     _TileResult,
@@ -313,6 +315,7 @@ def run_tiled_inference(
     if config.cpu_bfloat16 and not use_bfloat16:
         log.info("bfloat16 autocast requested but ignored on device %s (CPU only)", device)
     raw = _resolve_raw(model, use_raw_masks)
+    staged = raw and config.masks_of_reported_only and segments_selected(model)
     if isinstance(model, torch.nn.Module):
         model.eval()
         model.to(device)
@@ -333,14 +336,32 @@ def run_tiled_inference(
         forward_start = time.perf_counter()
         autocast = torch.autocast("cuda", dtype=torch.float16) if use_half else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
-            outputs = model.inference(inputs, do_postprocess=False) if raw else model(inputs)
+            if staged:
+                outputs = detect_then_segment(
+                    model,
+                    inputs,
+                    lambda index, instances: _owned_rows(
+                        instances, batch[index], config, valid, batch_counts
+                    ),
+                )
+            else:
+                outputs = model.inference(inputs, do_postprocess=False) if raw else model(inputs)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             interval = (forward_start, time.perf_counter())
             if len(outputs) != len(inputs):
                 raise ValueError(f"model returned {len(outputs)} outputs for {len(inputs)} input tiles")
             batch_results = [
-                _extract_tile(_instances_of(output), tile, config, valid, xy0, raw, batch_counts)
+                _extract_tile(
+                    _instances_of(output),
+                    tile,
+                    config,
+                    valid,
+                    xy0,
+                    raw,
+                    batch_counts,
+                    rows=np.arange(len(_instances_of(output))) if staged else None,
+                )
                 for tile, output in zip(batch, outputs)
             ]
         return batch_results, batch_counts, interval
@@ -390,6 +411,7 @@ def run_tiled_inference(
         "half": bool(use_half),
         "cpu_bfloat16": bool(use_bfloat16),
         "raw_masks": bool(raw),
+        "masks_of_reported_only": bool(staged),
         "seconds_total": total_seconds,
         "seconds_forward": forward_seconds,
         "seconds_postprocess": total_seconds - forward_seconds,

@@ -215,25 +215,23 @@ def _box_masks_to_spans(
     return spans
 
 
-def _extract_tile(
+def _owned_rows(
     instances: Any,
     tile: Tile,
     config: InferenceConfig,
     valid: np.ndarray | None,
-    xy0: tuple[int, int],
-    raw: bool,
     counts: dict[str, int],
-) -> _TileResult:
-    """Filter one tile's detections (score, top-k, interior ownership, validity) and convert them."""
-    boxes_field = _field(instances, "pred_boxes")
-    box_tensor = getattr(boxes_field, "tensor", boxes_field)
-    boxes = box_tensor.detach().float().cpu().numpy().astype(np.float64).reshape(-1, 4)
+) -> np.ndarray:
+    """Rows of one tile's detections that the tile reports, highest score first.
+
+    Score threshold, top-k, interior ownership and validity of the box centre: all from the boxes and
+    scores, so a model can be asked for masks of these rows only (`_extract_tile` with ``rows``).
+    """
+    boxes = _tile_boxes(instances)
     scores = _field(instances, "scores").detach().float().cpu().numpy().reshape(-1)
-    classes = _field(instances, "pred_classes").detach().cpu().numpy().astype(np.int64).reshape(-1)
-    probs_field = _field(instances, "class_probs", required=False)
     n = boxes.shape[0]
-    if scores.size != n or classes.size != n:
-        raise ValueError(f"model output has {n} boxes but {scores.size} scores and {classes.size} classes")
+    if scores.size != n:
+        raise ValueError(f"model output has {n} boxes but {scores.size} scores")
     counts["raw"] += n
 
     keep = scores >= config.score_threshold
@@ -257,7 +255,39 @@ def _extract_tile(
 
     rows = np.flatnonzero(keep)
     # Highest score first within a tile, so the output order does not depend on the model's.
-    rows = rows[np.argsort(-scores[rows], kind="stable")]
+    return rows[np.argsort(-scores[rows], kind="stable")]
+
+
+def _tile_boxes(instances: Any) -> np.ndarray:
+    boxes_field = _field(instances, "pred_boxes")
+    box_tensor = getattr(boxes_field, "tensor", boxes_field)
+    return box_tensor.detach().float().cpu().numpy().astype(np.float64).reshape(-1, 4)
+
+
+def _extract_tile(
+    instances: Any,
+    tile: Tile,
+    config: InferenceConfig,
+    valid: np.ndarray | None,
+    xy0: tuple[int, int],
+    raw: bool,
+    counts: dict[str, int],
+    rows: np.ndarray | None = None,
+) -> _TileResult:
+    """Filter one tile's detections (`_owned_rows`) and convert them.
+
+    ``rows``: the rows to convert, already chosen by `_owned_rows` (whose counts are then already in
+    ``counts``); by default they are chosen here.
+    """
+    if rows is None:
+        rows = _owned_rows(instances, tile, config, valid, counts)
+    boxes = _tile_boxes(instances)
+    scores = _field(instances, "scores").detach().float().cpu().numpy().reshape(-1)
+    classes = _field(instances, "pred_classes").detach().cpu().numpy().astype(np.int64).reshape(-1)
+    probs_field = _field(instances, "class_probs", required=False)
+    n = boxes.shape[0]
+    if scores.size != n or classes.size != n:
+        raise ValueError(f"model output has {n} boxes but {scores.size} scores and {classes.size} classes")
     masks = _field(instances, "pred_masks")
     origin = (xy0[0] + tile.x0, xy0[1] + tile.y0)
     if rows.size:

@@ -82,6 +82,11 @@ class InferenceConfig:
         Threshold on soft masks (box-relative or full-size).
     progress_interval_s : `float`
         Seconds between progress log lines (one is also logged at every ~10% of the tiles).
+    masks_of_reported_only : `bool`
+        detectron2 R-CNN models with box-relative masks: run the mask head only on the detections a tile
+        reports (score, top-k, interior and validity decided from the boxes first), not on every box of
+        the tile (`detect_then_segment`).  The same detections, for about half the mask head's work.
+        `False` runs the model's own one-step inference.
     """
 
     tile_size: int = 512
@@ -98,6 +103,7 @@ class InferenceConfig:
     stitch_margin: int = 2
     mask_threshold: float = 0.5
     progress_interval_s: float = 30.0
+    masks_of_reported_only: bool = True
 
     def __post_init__(self) -> None:
         if self.tile_size < 1:
