@@ -116,24 +116,44 @@ def band_psf_sigmas(image: MultibandImage) -> dict[str, float]:
     return sigmas
 
 
-def _stamp_indices(x: np.ndarray, y: np.ndarray, half: int, width: int, height: int):
-    """Pixel indices ``[N, S, S]`` of stamps around the nearest pixels, their offsets and in-image mask."""
-    ix = np.rint(x).astype(np.int64)
-    iy = np.rint(y).astype(np.int64)
-    grid = np.arange(-half, half + 1)
-    cols = ix[:, None, None] + grid[None, None, :]
-    rows = iy[:, None, None] + grid[None, :, None]
-    inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
-    cols = np.clip(cols, 0, width - 1)
-    rows = np.clip(rows, 0, height - 1)
-    # Offsets of the pixel centres from the (sub-pixel) centroid.
-    dx = cols - x[:, None, None]
-    dy = rows - y[:, None, None]
-    return rows, cols, inside, dx, dy
+def _stamp_axis(centre: np.ndarray, half: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One axis of the stamps: indices, in-image flags and offsets from the centre, ``[N, S]`` each.
+
+    The indices run around the nearest pixel, clipped to the image; the offsets are the (clipped) pixel
+    centres' from the sub-pixel centre.
+    """
+    index = np.rint(centre).astype(np.int64)[:, None] + np.arange(-half, half + 1)
+    inside = (index >= 0) & (index < size)
+    index = np.clip(index, 0, size - 1)
+    return index, inside, index - centre[:, None]
 
 
-def _gaussian(dx: np.ndarray, dy: np.ndarray, sigma: float) -> np.ndarray:
-    return np.exp(-(dx * dx + dy * dy) / (2.0 * sigma * sigma)) / (2.0 * np.pi * sigma * sigma)
+def _stamps(
+    x: np.ndarray, y: np.ndarray, half: int, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stamps of side ``S = 2 half + 1`` around the sources.
+
+    Returns the ``[N, S, S]`` flat pixel index of the stamps (for `_at`), the ``[N, S, S]`` in-image mask,
+    and the ``[N, S]`` row (``dy``) and column (``dx``) offsets of the pixel centres from the centroids.
+    """
+    rows, inside_y, dy = _stamp_axis(y, half, height)
+    cols, inside_x, dx = _stamp_axis(x, half, width)
+    return rows[:, :, None] * width + cols[:, None, :], inside_y[:, :, None] & inside_x[:, None, :], dy, dx
+
+
+def _at(plane: np.ndarray, stamp: np.ndarray) -> np.ndarray:
+    """Values of a 2-d plane at a flat pixel index (a gather three times faster than 2-d fancy indexing)."""
+    return np.take(np.ascontiguousarray(plane).reshape(-1), stamp)
+
+
+def _gaussian(offset: np.ndarray, sigma: float) -> np.ndarray:
+    """One axis of a normalised circular Gaussian: the 2-d one is ``_gaussian(dy) x _gaussian(dx)``."""
+    return np.exp(-(offset * offset) / (2.0 * sigma * sigma)) / (np.sqrt(2.0 * np.pi) * sigma)
+
+
+def _weighted_sums(along_y: np.ndarray, stamps: np.ndarray, along_x: np.ndarray) -> np.ndarray:
+    """``sum_ij along_y[n, i] stamps[n, i, j] along_x[n, j]`` per source: a separable weight's sums."""
+    return np.einsum("ni,ni->n", along_y, np.einsum("nij,nj->ni", stamps, along_x))
 
 
 def _band_invalid(image: MultibandImage, band: int, planes: Sequence[str]) -> np.ndarray:
@@ -157,16 +177,16 @@ def _refine_centroids(
         any_invalid |= invalid
     x0, y0 = x.copy(), y.copy()
     for _ in range(iterations):
-        rows, cols, inside, dx, dy = _stamp_indices(x, y, half, image.width, image.height)
-        weight = _gaussian(dx, dy, sigma) * inside
-        values = total[rows, cols] * weight
-        norm = values.sum(axis=(1, 2))
+        stamp, inside, dy, dx = _stamps(x, y, half, image.width, image.height)
+        values = np.where(inside, _at(total, stamp), 0.0).astype(np.float64)
+        weight_y, weight_x = _gaussian(dy, sigma), _gaussian(dx, sigma)
+        norm = _weighted_sums(weight_y, values, weight_x)
         with np.errstate(invalid="ignore", divide="ignore"):
-            shift_x = (values * dx).sum(axis=(1, 2)) / norm
-            shift_y = (values * dy).sum(axis=(1, 2)) / norm
+            shift_x = _weighted_sums(weight_y, values, weight_x * dx) / norm
+            shift_y = _weighted_sums(weight_y * dy, values, weight_x) / norm
         # Moments of a Gaussian-weighted Gaussian underestimate the offset by half: double them.
         # Truncated light biases the moments: sources near missing pixels keep their centroid.
-        complete = ~(any_invalid[rows, cols] | ~inside).any(axis=(1, 2))
+        complete = ~(_at(any_invalid, stamp) | ~inside).any(axis=(1, 2))
         good = np.isfinite(shift_x) & np.isfinite(shift_y) & (norm > 0) & complete
         x = np.where(good, np.clip(x + 2.0 * shift_x, x0 - MAX_SHIFT_PIXELS, x0 + MAX_SHIFT_PIXELS), x)
         y = np.where(good, np.clip(y + 2.0 * shift_y, y0 - MAX_SHIFT_PIXELS, y0 + MAX_SHIFT_PIXELS), y)
@@ -181,34 +201,45 @@ def _measure_band(
     y: np.ndarray,
     sigma: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """PSF flux, its error, excess, its error and the usable flag of sources in one band (local pixels)."""
+    """PSF flux, its error, excess, its error and the usable flag of sources in one band (local pixels).
+
+    Both filters are circular Gaussians, products of one Gaussian per axis, so every sum over a stamp is
+    two small matrix products (`_weighted_sums`) instead of ``[N, S, S]`` weight arrays.
+    """
     height, width = pixels_2d.shape
     half = int(np.ceil(3.0 * WIDE_FACTOR * sigma))
-    rows, cols, inside, dx, dy = _stamp_indices(x, y, half, width, height)
-    valid = inside & ~invalid_2d[rows, cols]
-    pixels = np.where(valid, pixels_2d[rows, cols], 0.0).astype(np.float64)
-    psf = _gaussian(dx, dy, sigma)
-    wide = _gaussian(dx, dy, WIDE_FACTOR * sigma)
-    psf_valid, wide_valid = psf * valid, wide * valid
-    psf_norm = (psf_valid * psf).sum(axis=(1, 2))
+    stamp, inside, dy, dx = _stamps(x, y, half, width, height)
+    valid = inside & ~_at(invalid_2d, stamp)
+    pixels = np.where(valid, _at(pixels_2d, stamp), 0.0).astype(np.float64)
+    weight = valid.astype(np.float64)
+    psf_y, psf_x = _gaussian(dy, sigma), _gaussian(dx, sigma)
+    wide_y, wide_x = _gaussian(dy, WIDE_FACTOR * sigma), _gaussian(dx, WIDE_FACTOR * sigma)
+    psf_norm = _weighted_sums(psf_y**2, weight, psf_x**2)
     # Enough of the PSF's weight must fall on valid pixels to call it a measurement.
-    usable = psf_norm >= _MIN_VALID_WEIGHT * (psf * psf).sum(axis=(1, 2))
+    usable = psf_norm >= _MIN_VALID_WEIGHT * (psf_y**2).sum(axis=1) * (psf_x**2).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         a_psf = 1.0 / psf_norm
-        a_wide = 1.0 / (wide_valid * psf).sum(axis=(1, 2))
-        f_psf = a_psf * (psf_valid * pixels).sum(axis=(1, 2))
-        f_wide = a_wide * (wide_valid * pixels).sum(axis=(1, 2))
+        a_wide = 1.0 / _weighted_sums(wide_y * psf_y, weight, wide_x * psf_x)
+        f_psf = a_psf * _weighted_sums(psf_y, pixels, psf_x)
+        f_wide = a_wide * _weighted_sums(wide_y, pixels, wide_x)
     flux_err = np.full(len(x), np.nan)
     excess_err = np.full(len(x), np.nan)
     if variance_2d is not None:
-        variance = np.where(valid, variance_2d[rows, cols], 0.0).astype(np.float64)
+        variance = np.where(valid, _at(variance_2d, stamp), 0.0).astype(np.float64)
         good = np.isfinite(variance) & (variance > 0)
         bad_variance = (valid & ~good).any(axis=(1, 2))
         variance = np.where(good, variance, 0.0)
         with np.errstate(invalid="ignore"):
-            var_psf = ((a_psf[:, None, None] * psf_valid) ** 2 * variance).sum(axis=(1, 2))
-            diff = a_wide[:, None, None] * wide_valid - a_psf[:, None, None] * psf_valid
-            var_excess = (diff**2 * variance).sum(axis=(1, 2))
+            psf_psf = _weighted_sums(psf_y**2, variance, psf_x**2)
+            var_psf = a_psf**2 * psf_psf
+            # sum((a_w W - a_p P)^2 V), expanded into separable sums (the two filters are comparable in
+            # size, so nothing cancels beyond float64 rounding; clipped at 0 against that rounding).
+            var_excess = np.maximum(
+                a_wide**2 * _weighted_sums(wide_y**2, variance, wide_x**2)
+                - 2.0 * a_wide * a_psf * _weighted_sums(wide_y * psf_y, variance, wide_x * psf_x)
+                + var_psf,
+                0.0,
+            )
         flux_err = np.where(bad_variance, np.nan, np.sqrt(var_psf))
         excess_err = np.where(bad_variance, np.nan, np.sqrt(var_excess))
     return f_psf, flux_err, f_wide - f_psf, excess_err, usable
