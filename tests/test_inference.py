@@ -748,3 +748,6 @@ def test_masks_of_reported_only_give_the_same_detections_for_fewer_masks() -> No
         for n in ("below_threshold", "over_max_per_tile", "outside_interior", "invalid_centre")
     )
     assert staged_masks == reported < sum(segmented) == staged.stats["n_raw"]
+    # The heads' ReLUs ran in place during the runs and are back as built.
+    relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    assert relus and not any(relu.inplace for relu in relus)

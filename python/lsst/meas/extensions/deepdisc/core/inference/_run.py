@@ -159,6 +159,24 @@ def _channels_last(model: Any, enabled: bool) -> Iterator[None]:
         model.to(memory_format=torch.contiguous_format)
 
 
+@contextlib.contextmanager
+def _in_place_relus(model: Any) -> Iterator[None]:
+    """Make the model's ``torch.nn.ReLU`` modules work in place for a block (restored afterwards).
+
+    Under inference mode nothing keeps a ReLU's input, so rectifying in place gives the same values without
+    allocating (and first touching) one more activation the size of the mask head's 28 x 28 maps for every
+    detection.
+    """
+    relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU) and not m.inplace]
+    for relu in relus:
+        relu.inplace = True
+    try:
+        yield
+    finally:
+        for relu in relus:
+            relu.inplace = False
+
+
 def _float32(value: Any) -> Any:
     """Tensors (alone or the values of a dict) back in float32."""
     if isinstance(value, dict):
@@ -369,6 +387,7 @@ def run_tiled_inference(
     done = 0
     with (
         _channels_last(model, channels_last),
+        _in_place_relus(model) if isinstance(model, torch.nn.Module) else contextlib.nullcontext(),
         _cpu_bfloat16(model, use_bfloat16),
         _intra_op_threads(worker_threads),
     ):

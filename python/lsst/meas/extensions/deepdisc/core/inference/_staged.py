@@ -85,6 +85,10 @@ def detect_then_segment(
     images = model.preprocess_image(inputs)
     features = model.backbone(images.tensor)
     proposals, _ = model.proposal_generator(images, features, None)
+    # The ROI heads only pool the features, and torchvision's CPU ROIAlign copies a channels-last map to
+    # the contiguous layout on every call (a tile's proposals are pooled in chunks, then the masks'):
+    # one copy per level instead.
+    features = {name: level.contiguous() for name, level in features.items()}
     heads = model.roi_heads
     detected = heads._forward_box(features, proposals)  # What the heads' own inference runs first.
     chosen = []
