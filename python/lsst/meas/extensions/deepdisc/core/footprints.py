@@ -37,6 +37,7 @@ __all__ = [
     "SPAN_DTYPE",
     "Footprint",
     "flatten_spans",
+    "footprint_pixels",
     "mask_to_spans",
     "spans_area",
     "spans_bbox",
@@ -139,6 +140,56 @@ def spans_to_mask(
     np.add.at(marks, (y, x1 + 1), -1)
     out[:] = np.cumsum(marks, axis=1)[:, :width] > 0
     return out
+
+
+def footprint_pixels(
+    footprints: Sequence[np.ndarray], xy0: tuple[int, int], shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every pixel of many footprints as one flat list, for vectorised sums over footprints.
+
+    Parameters
+    ----------
+    footprints : sequence of `numpy.ndarray`
+        Spans per footprint (parent coordinates).
+    xy0 : `tuple` [`int`, `int`]
+        Parent coordinates ``(x0, y0)`` of the image's ``[0, 0]`` pixel.
+    shape : `tuple` [`int`, `int`]
+        ``(height, width)`` of the image.
+
+    Returns
+    -------
+    owner : `numpy.ndarray`
+        ``int32``: per pixel, the index of its footprint (``np.bincount(owner, weights=...)`` sums over
+        footprints).
+    linear : `numpy.ndarray`
+        ``int64``: per pixel, the flat index ``y * width + x`` into the image's arrays (gathers through
+        `numpy.take` on it are much faster than 2-d fancy indexing).
+
+    Raises
+    ------
+    ValueError
+        If a footprint falls outside the image (naming the first ones).
+    """
+    height, width = shape
+    lengths = np.array([f.shape[0] for f in footprints], dtype=np.int64)
+    spans = np.concatenate(footprints).astype(np.int64) if len(footprints) else np.zeros((0, 3), np.int64)
+    span_owner = np.repeat(np.arange(len(footprints)), lengths)
+    local_y = spans[:, 0] - xy0[1]
+    local_x0 = spans[:, 1] - xy0[0]
+    local_x1 = spans[:, 2] - xy0[0]
+    outside = (local_y < 0) | (local_y >= height) | (local_x0 < 0) | (local_x1 >= width)
+    if np.any(outside):
+        rows = np.unique(span_owner[outside])
+        raise ValueError(
+            f"footprints of detections {rows[:10].tolist()} fall outside the image (xy0={tuple(xy0)}, "
+            f"shape={tuple(shape)})"
+        )
+    run = local_x1 - local_x0 + 1
+    owner = np.repeat(span_owner, run).astype(np.int32)
+    # Every pixel: its span's first flat index plus the pixel's offset within the span.
+    first_pixel = np.repeat(np.cumsum(run) - run, run)
+    linear = np.repeat(local_y * width + local_x0, run) + (np.arange(first_pixel.size) - first_pixel)
+    return owner, linear.astype(np.int64)
 
 
 def spans_area(spans: np.ndarray) -> int:

@@ -63,7 +63,14 @@ from ..core.inference import (
 )
 from ..core.model_package import ModelPackage
 from ..core.multiband import MissingBandError, MultibandImage
-from ..core.star_galaxy import ReliabilityClassifier, apply_star_galaxy, judge_reliability, measured_bands
+from ..core.peak_split import PeakSplitConfig, split_at_peaks
+from ..core.star_galaxy import (
+    ReliabilityClassifier,
+    apply_star_galaxy,
+    band_psf_sigmas,
+    judge_reliability,
+    measured_bands,
+)
 from ..core.threads import quantum_threads, torch_cpu_settings
 from .coadd_inputs import (
     coadd_input_connection,
@@ -184,6 +191,26 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
         "detection, this keeps them out of the catalog.  0 keeps every detection.",
         default=5.0,
     )
+    doSplitPeaks = pexConfig.Field[bool](
+        doc="Split a detection whose footprint holds two or more distinct, significant peaks of the "
+        "PSF-smoothed detection image into one detection per peak (core.peak_split): the network "
+        "sometimes outlines a bright galaxy and its neighbour as one source.  Footprints with saturated or "
+        "missing pixels stay whole; needs the coadds' PSF FWHM (else skipped with a warning).",
+        default=True,
+    )
+    splitMinPeakSnr = pexConfig.Field[float](
+        doc="Significance of the PSF-smoothed detection image a peak needs to count (doSplitPeaks).",
+        default=PeakSplitConfig.min_peak_snr,
+    )
+    splitMinContrast = pexConfig.Field[float](
+        doc="Fraction of its height by which a peak must rise above the lowest point on the way to a "
+        "brighter peak (doSplitPeaks).",
+        default=PeakSplitConfig.min_contrast,
+    )
+    splitMinSeparation = pexConfig.Field[float](
+        doc="Distance in PSF sigmas a peak must keep from every brighter peak (doSplitPeaks).",
+        default=PeakSplitConfig.min_separation,
+    )
     stitchMargin = pexConfig.Field[int](
         doc="Pixels by which tile interiors are widened when stitching, so that a source whose copies in two "
         "tiles jitter away from the tile boundary is still found once (duplicates are merged).",
@@ -300,12 +327,26 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
             raise pexConfig.FieldValidationError(
                 DeepDiscDetectConfig.artifactScoreThreshold, self, "artifactScoreThreshold must be in [0, 1]"
             )
+        try:
+            self.peak_split_config()
+        except ValueError as error:
+            raise pexConfig.FieldValidationError(
+                DeepDiscDetectConfig.doSplitPeaks, self, str(error)
+            ) from None
         if not 0.0 <= self.artifactOverlapFraction < 1.0:
             raise pexConfig.FieldValidationError(
                 DeepDiscDetectConfig.artifactOverlapFraction,
                 self,
                 "artifactOverlapFraction must be in [0, 1)",
             )
+
+    def peak_split_config(self) -> PeakSplitConfig:
+        """The peak-splitting thresholds (``split*`` fields) as a `..core.peak_split.PeakSplitConfig`."""
+        return PeakSplitConfig(
+            min_peak_snr=self.splitMinPeakSnr,
+            min_contrast=self.splitMinContrast,
+            min_separation=self.splitMinSeparation,
+        )
 
 
 class DeepDiscDetectTask(pipeBase.PipelineTask):
@@ -504,6 +545,8 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
                 coarse = self._infer_binned_artifacts(model, model_package, inference_config, image, binning)
                 detections = add_coarse_detections(detections, coarse, self.config.mergeIou)
                 inference_seconds += time.perf_counter() - t0
+        if self.config.doSplitPeaks and len(detections):
+            detections = self.split_peaks(detections, image, model_package)
         if self.config.minDetectionSnr > 0 and len(detections):
             snr = footprint_detection_snr(
                 detections, image, invalid_planes=tuple(self.config.invalidMaskPlanes)
@@ -773,6 +816,28 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             catalog, keep, detections, image, invalid_planes=catalog_kwargs["invalid_planes"]
         )
         return detections.select(keep), catalog
+
+    def split_peaks(self, detections: Any, image: MultibandImage, model_package: ModelPackage) -> Any:
+        """Split the footprints holding several distinct bright peaks (`..core.peak_split.split_at_peaks`).
+
+        Skipped, with a warning, when the coadds carry no PSF FWHM (the smoothing and the separation are
+        in PSF sigmas).
+        """
+        sigmas = band_psf_sigmas(image)
+        if not sigmas:
+            self.log.warning("Peak splitting skipped: the coadds carry no PSF FWHM.")
+            return detections
+        detections, split = split_at_peaks(
+            detections,
+            image,
+            np.asarray(is_artifact_class(list(model_package.class_names)), dtype=bool),
+            sigma=float(np.median(list(sigmas.values()))),
+            config=self.config.peak_split_config(),
+            invalid_planes=tuple(self.config.invalidMaskPlanes),
+        )
+        self.metadata["n_split_footprints"] = split
+        self.log.info("Peak splitting: %d footprints split, %d detections now.", split, len(detections))
+        return detections
 
     def classify_stars(self, catalog: Table, model_package: ModelPackage) -> None:
         """Apply the package's star-galaxy classifier to ``catalog`` (in place) when configured and possible.

@@ -41,7 +41,7 @@ from astropy.table import Column, Table
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ..footprints import flatten_spans
+from ..footprints import flatten_spans, footprint_pixels
 from ..ids import IdPacker
 from ..multiband import MultibandImage
 from ..star_galaxy import psf_photometry
@@ -69,33 +69,14 @@ def _validate(detections: Detections, image: MultibandImage, class_names: Sequen
 def _pixel_list(
     footprints: list[np.ndarray], image: MultibandImage
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Expand spans into one entry per footprint pixel.
+    """The flat pixel list of the footprints on ``image`` and where each footprint's spans start.
 
-    Returns ``owner`` (row index), the flat index ``y * width + x`` of each pixel in the image arrays
-    (gathers through `numpy.take` on it are much faster than 2-d fancy indexing), and the start of each
-    footprint's spans in the concatenated span array.
+    ``owner`` and ``linear`` are `..footprints.footprint_pixels`'s; the starts index the concatenated spans.
     """
+    owner, linear = footprint_pixels(footprints, image.xy0, image.shape)
     lengths = np.array([f.shape[0] for f in footprints], dtype=np.int64)
-    spans = np.concatenate(footprints).astype(np.int64) if footprints else np.zeros((0, 3), dtype=np.int64)
-    span_owner = np.repeat(np.arange(len(footprints)), lengths)
-    x0, y0 = image.xy0
-    local_y = spans[:, 0] - y0
-    local_x0 = spans[:, 1] - x0
-    local_x1 = spans[:, 2] - x0
-    outside = (local_y < 0) | (local_y >= image.height) | (local_x0 < 0) | (local_x1 >= image.width)
-    if np.any(outside):
-        rows = np.unique(span_owner[outside])
-        raise ValueError(
-            f"footprints of detections {rows[:10].tolist()} fall outside the image "
-            f"(xy0={image.xy0}, shape={image.shape})"
-        )
-    run = local_x1 - local_x0 + 1
-    owner = np.repeat(span_owner, run).astype(np.int32)
-    # Every pixel: its span's first flat index plus the pixel's offset within the span.
-    first_pixel = np.repeat(np.cumsum(run) - run, run)
-    linear = np.repeat(local_y * image.width + local_x0, run) + (np.arange(first_pixel.size) - first_pixel)
     span_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    return owner, linear.astype(np.int64), span_starts
+    return owner, linear, span_starts
 
 
 def _families(owner: np.ndarray, linear: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
