@@ -228,7 +228,7 @@ def _owned_rows(
     scores, so a model can be asked for masks of these rows only (`_extract_tile` with ``rows``).
     """
     boxes = _tile_boxes(instances)
-    scores = _field(instances, "scores").detach().float().cpu().numpy().reshape(-1)
+    scores = _tile_scores(instances)
     n = boxes.shape[0]
     if scores.size != n:
         raise ValueError(f"model output has {n} boxes but {scores.size} scores")
@@ -258,6 +258,10 @@ def _owned_rows(
     return rows[np.argsort(-scores[rows], kind="stable")]
 
 
+def _tile_scores(instances: Any) -> np.ndarray:
+    return _field(instances, "scores").detach().float().cpu().numpy().reshape(-1)
+
+
 def _tile_boxes(instances: Any) -> np.ndarray:
     boxes_field = _field(instances, "pred_boxes")
     box_tensor = getattr(boxes_field, "tensor", boxes_field)
@@ -282,7 +286,7 @@ def _extract_tile(
     if rows is None:
         rows = _owned_rows(instances, tile, config, valid, counts)
     boxes = _tile_boxes(instances)
-    scores = _field(instances, "scores").detach().float().cpu().numpy().reshape(-1)
+    scores = _tile_scores(instances)
     classes = _field(instances, "pred_classes").detach().cpu().numpy().astype(np.int64).reshape(-1)
     probs_field = _field(instances, "class_probs", required=False)
     n = boxes.shape[0]
