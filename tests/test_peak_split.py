@@ -137,3 +137,34 @@ def test_detect_task_splits_with_the_psf_and_refuses_bad_thresholds() -> None:
     image.metadata["psf_fwhm_arcsec"] = 0.7  # sigma 1.49 px at 0.2"/px
     split = task.split_peaks(detections, image, package)
     assert len(split) == 2 and task.metadata["n_split_footprints"] == 1
+
+
+def test_split_children_form_one_family_in_the_catalog() -> None:
+    from lsst.meas.extensions.deepdisc.core.catalog import build_catalog, select_catalog_rows
+    from lsst.meas.extensions.deepdisc.core.ids import IdPacker
+
+    pair = _disc(30, 30, 9) | _disc(42, 31, 8)
+    single = _disc(65, 45, 6)
+    image = _image(_blob(30, 30, 4000, 2.0), _blob(42, 31, 2500, 2.0), _blob(65, 45, 3000, 2.0))
+    split, _ = split_at_peaks(_detections([single, pair], [0, 1]), image, NOT_ARTIFACT, sigma=SIGMA)
+    assert split.split_from.tolist()[0] == -1 and split.split_from[1] == split.split_from[2] >= 0
+    # The groups survive selection and concatenation (renumbered apart).
+    assert split.select(np.array([1, 2])).split_from.tolist() == split.split_from[1:].tolist()
+    both = Detections.concatenate([split, split])
+    assert both.split_from[1] == both.split_from[2] != both.split_from[4] == both.split_from[5]
+    kwargs = dict(
+        class_names=["star", "galaxy", "artifact_ghost_bright"],
+        tract=1,
+        patch=2,
+        model_name="m",
+        model_version="1",
+        id_packer=IdPacker(n_tracts_bits=8, n_patches_bits=8),
+    )
+    catalog = build_catalog(split, image, **kwargs)
+    assert catalog["family_size"].tolist() == [1, 2, 2]
+    assert catalog["nChild"][1] == 1 and catalog["parent"][2] == catalog["id"][1]
+    # Without the link the touching children would be two isolated sources.
+    unlinked = build_catalog(Detections(**{**vars(split), "split_from": None}), image, **kwargs)
+    assert unlinked["family_size"].tolist() == [1, 1, 1]
+    kept = select_catalog_rows(catalog, np.array([False, True, True]), split, image)
+    assert kept["family_size"].tolist() == [2, 2] and kept["parent"][1] == kept["id"][0]

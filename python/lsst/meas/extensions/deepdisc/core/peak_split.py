@@ -212,7 +212,8 @@ def split_at_peaks(
     detections : `~.inference.Detections`
         A child takes its parent's place in the order; children have the parent's score, class id and
         tile, even source-class probabilities (see the module documentation), a box around their own
-        pixels, and ``merged_duplicate`` false.
+        pixels, ``merged_duplicate`` false and ``split_from`` the parent's row (the catalog's families
+        link them).
     n_split : `int`
         Number of footprints split.
     """
@@ -280,6 +281,9 @@ def split_at_peaks(
         tile_index=detections.tile_index[rows_array],
         merged_duplicate=detections.merged_duplicate[rows_array] & ~is_child,
         stats=dict(detections.stats),
+        split_from=np.where(
+            is_child, rows_array + int(detections.split_from.max()) + 1, detections.split_from[rows_array]
+        ),
     )
     return result, split
 

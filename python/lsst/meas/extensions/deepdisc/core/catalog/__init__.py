@@ -30,9 +30,11 @@ Conventions (decided here and recorded in the table metadata):
 
 * **Ids.**  ``id`` packs ``(tract, patch, counter)`` with an `~.ids.IdPacker`; counters run 1..N in row
   order, so no source has id 0, which means "no parent".
-* **Families.**  Detections whose footprints share at least one pixel are linked; the connected
-  components of that graph are *families*.  No synthetic parent rows are added: the family member with the
-  highest score (ties: the earlier row) is the family *head* and plays the DRP parent's role.  The head has
+* **Families.**  Detections whose footprints share at least one pixel are linked, and so are the children
+  of a footprint split at its peaks (``Detections.split_from``, `..peak_split`: they touch without sharing
+  a pixel); the connected components of that graph are *families*.  No synthetic parent rows are added:
+  the family member with the highest score (ties: the earlier row) is the family *head* and plays the DRP
+  parent's role.  The head has
   ``parent = 0`` and ``nChild = family_size - 1``; the other members have ``parent = <head id>`` and
   ``nChild = 0``; an isolated source has ``parent = 0``, ``nChild = 0`` and ``family_size = 1``.
   ``family_id`` is the head's id for every member (the source's own id when isolated).

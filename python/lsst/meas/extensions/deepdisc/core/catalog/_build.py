@@ -79,8 +79,10 @@ def _pixel_list(
     return owner, linear, span_starts
 
 
-def _families(owner: np.ndarray, linear: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Connected components of the footprint-overlap graph.
+def _families(
+    owner: np.ndarray, linear: np.ndarray, n: int, split_from: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Connected components of the footprint-overlap graph, plus the links among a split footprint's children.
 
     Returns ``labels`` per source, and per pixel the sort ``order`` by position and the ``group`` (index of
     the distinct pixel) in that order, reused for apportioning.
@@ -91,6 +93,12 @@ def _families(owner: np.ndarray, linear: np.ndarray, n: int) -> tuple[np.ndarray
     group = np.concatenate([[0], np.cumsum(~same)]) if linear.size else np.zeros(0, dtype=np.int64)
     sorted_owner = owner[order]
     a, b = sorted_owner[:-1][same], sorted_owner[1:][same]
+    # Children of one split footprint touch without sharing a pixel: each is linked to the next.
+    split = np.flatnonzero(split_from >= 0)
+    split = split[np.argsort(split_from[split], kind="stable")]
+    siblings = split_from[split[1:]] == split_from[split[:-1]]
+    a = np.concatenate([a, split[:-1][siblings]])
+    b = np.concatenate([b, split[1:][siblings]])
     graph = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     return labels, order, group
@@ -247,6 +255,7 @@ class _Relations:
 
 def _relations(
     scores: np.ndarray,
+    split_from: np.ndarray,
     is_artifact: np.ndarray,
     owner: np.ndarray,
     linear: np.ndarray,
@@ -279,7 +288,7 @@ def _relations(
 
     # Families and heads.
     if n:
-        labels, order, group = _families(owner, linear, n)
+        labels, order, group = _families(owner, linear, n, split_from)
     else:
         labels, order, group = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, np.int64)
     family_size = np.bincount(labels, minlength=labels.max() + 1 if n else 0)[labels]
@@ -464,6 +473,7 @@ def build_catalog(
 
     related = _relations(
         detections.scores,
+        detections.split_from,
         is_artifact,
         owner,
         linear,
@@ -645,6 +655,7 @@ def select_catalog_rows(
     sums = _footprint_sums(image, owner, linear, n, invalid_planes, (), keep_clean=True)
     related = _relations(
         kept.scores,
+        kept.split_from,
         np.asarray(selected["is_artifact"], dtype=bool),
         owner,
         linear,

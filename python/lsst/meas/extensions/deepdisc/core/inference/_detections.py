@@ -60,6 +60,10 @@ class Detections:
         ``bool [N]``: a duplicate of this source from another tile was merged into it.
     stats : `dict`
         Run statistics (tiles, seconds, throughput, device, counts); plain Python values.
+    split_from : `numpy.ndarray`, optional
+        ``int32 [N]``: for the children of a footprint split at its peaks (`..peak_split`), one number per
+        split footprint, the same for all of its children; -1 (the default) for every other detection.
+        The catalog puts a split footprint's children in one family.
     """
 
     boxes: np.ndarray
@@ -70,6 +74,7 @@ class Detections:
     tile_index: np.ndarray
     merged_duplicate: np.ndarray
     stats: dict[str, Any] = field(default_factory=dict)
+    split_from: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
@@ -82,12 +87,16 @@ class Detections:
         self.footprints = [np.asarray(f, dtype=SPAN_DTYPE).reshape(-1, 3) for f in self.footprints]
         self.tile_index = np.asarray(self.tile_index, dtype=np.int32).reshape(-1)
         self.merged_duplicate = np.asarray(self.merged_duplicate, dtype=bool).reshape(-1)
+        if self.split_from is None:
+            self.split_from = np.full(n, -1, dtype=np.int32)
+        self.split_from = np.asarray(self.split_from, dtype=np.int32).reshape(-1)
         lengths = {
             "scores": self.scores.size,
             "class_ids": self.class_ids.size,
             "footprints": len(self.footprints),
             "tile_index": self.tile_index.size,
             "merged_duplicate": self.merged_duplicate.size,
+            "split_from": self.split_from.size,
         }
         wrong = {name: size for name, size in lengths.items() if size != n}
         if wrong:
@@ -119,6 +128,7 @@ class Detections:
             tile_index=self.tile_index[rows],
             merged_duplicate=self.merged_duplicate[rows],
             stats=dict(self.stats),
+            split_from=self.split_from[rows],
         )
 
     def unbinned(self, factor: int, xy0: tuple[int, int], shape: tuple[int, int]) -> Detections:
@@ -136,6 +146,7 @@ class Detections:
             tile_index=self.tile_index,
             merged_duplicate=self.merged_duplicate,
             stats=dict(self.stats),
+            split_from=self.split_from,
         )
 
     @staticmethod
@@ -152,6 +163,7 @@ class Detections:
             tile_index=np.concatenate([p.tile_index for p in parts]),
             merged_duplicate=np.concatenate([p.merged_duplicate for p in parts]),
             stats=dict(parts[0].stats),
+            split_from=_concatenated_split_groups(parts),
         )
 
     @staticmethod
@@ -168,6 +180,15 @@ class Detections:
             tile_index=np.zeros(0),
             merged_duplicate=np.zeros(0, dtype=bool),
         )
+
+
+def _concatenated_split_groups(parts: Sequence[Detections]) -> np.ndarray:
+    """The parts' ``split_from``, renumbered so that groups of different parts stay apart."""
+    groups, offset = [], 0
+    for part in parts:
+        groups.append(np.where(part.split_from >= 0, part.split_from + offset, -1))
+        offset += int(part.split_from.max()) + 1 if len(part) else 0
+    return np.concatenate(groups) if groups else np.zeros(0, dtype=np.int32)
 
 
 def add_coarse_detections(detections: Detections, coarse: Detections, merge_iou: float) -> Detections:
