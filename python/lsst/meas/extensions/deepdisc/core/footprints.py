@@ -38,6 +38,7 @@ __all__ = [
     "Footprint",
     "flatten_spans",
     "footprint_pixels",
+    "pixels_at",
     "mask_to_spans",
     "spans_area",
     "spans_bbox",
@@ -162,8 +163,7 @@ def footprint_pixels(
         ``int32``: per pixel, the index of its footprint (``np.bincount(owner, weights=...)`` sums over
         footprints).
     linear : `numpy.ndarray`
-        ``int64``: per pixel, the flat index ``y * width + x`` into the image's arrays (gathers through
-        `numpy.take` on it are much faster than 2-d fancy indexing).
+        ``int64``: per pixel, the flat index ``y * width + x`` into the image's arrays (`pixels_at`).
 
     Raises
     ------
@@ -190,6 +190,15 @@ def footprint_pixels(
     first_pixel = np.repeat(np.cumsum(run) - run, run)
     linear = np.repeat(local_y * width + local_x0, run) + (np.arange(first_pixel.size) - first_pixel)
     return owner, linear.astype(np.int64)
+
+
+def pixels_at(plane: np.ndarray, linear: np.ndarray) -> np.ndarray:
+    """Values of a 2-d plane at flat pixel indices ``y * width + x`` (as `footprint_pixels` gives them).
+
+    A gather through `numpy.take` on the flattened plane, several times faster than 2-d fancy indexing;
+    ``linear`` may have any shape, and so has the result.
+    """
+    return np.take(np.ascontiguousarray(plane).reshape(-1), linear)
 
 
 def spans_area(spans: np.ndarray) -> int:

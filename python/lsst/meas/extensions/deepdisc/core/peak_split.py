@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .footprints import footprint_pixels, mask_to_spans, spans_area, spans_bbox, spans_to_mask
+from .footprints import footprint_pixels, mask_to_spans, pixels_at, spans_area, spans_bbox, spans_to_mask
 from .inference import Detections
 from .multiband import MultibandImage
 
@@ -231,8 +231,8 @@ def split_at_peaks(
         significance == ndimage.maximum_filter(significance, size=3)
     )
     n = len(detections)
-    n_maxima = np.bincount(owner, weights=np.take(maxima.reshape(-1), linear), minlength=n)
-    n_unusable = np.bincount(owner, weights=np.take(unusable.reshape(-1), linear), minlength=n)
+    n_maxima = np.bincount(owner, weights=pixels_at(maxima, linear), minlength=n)
+    n_unusable = np.bincount(owner, weights=pixels_at(unusable, linear), minlength=n)
     area = np.bincount(owner, minlength=n)
     del unusable, owner, linear
     candidate = (

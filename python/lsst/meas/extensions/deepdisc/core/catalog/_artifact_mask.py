@@ -147,11 +147,6 @@ def artifact_mask_image(
     return out
 
 
-def _gather(plane: np.ndarray, linear: np.ndarray) -> np.ndarray:
-    """Values of a 2-d plane at flat pixel indices."""
-    return np.take(np.ascontiguousarray(plane).reshape(-1), linear)
-
-
 def _plain(value: Any) -> Any:
     """Numpy scalars and containers to plain Python values (table metadata must serialise as YAML)."""
     if isinstance(value, dict):

@@ -41,11 +41,11 @@ from astropy.table import Column, Table
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ..footprints import flatten_spans, footprint_pixels
+from ..footprints import flatten_spans, footprint_pixels, pixels_at
 from ..ids import IdPacker
 from ..multiband import MultibandImage
 from ..star_galaxy import psf_photometry
-from ._artifact_mask import _gather, _plain
+from ._artifact_mask import _plain
 from ._columns import APPORTION_RULE, catalog_columns, is_artifact_class
 
 if TYPE_CHECKING:  # torch-free import: the comparison uses the artifact helpers of this package.
@@ -149,10 +149,10 @@ def _footprint_sums(
     footprint_flux = np.zeros((n_bands, n))
     footprint_var = np.full((n_bands, n), np.nan)
     for b in range(n_bands):
-        values = _gather(image.image[b], linear)
+        values = pixels_at(image.image[b], linear)
         invalid = ~np.isfinite(values)
         if image.mask is not None:
-            bits = _gather(image.mask[b], linear)
+            bits = pixels_at(image.mask[b], linear)
             invalid |= (bits & nodata_bits) != 0
             saturated_any |= (bits & saturated_bits) != 0
             del bits
@@ -163,7 +163,7 @@ def _footprint_sums(
             clean[b] = values
         del values
         if image.variance is not None:
-            variance = _gather(image.variance[b], linear)
+            variance = pixels_at(image.variance[b], linear)
             # Zero, negative or non-finite variance: the pixel counts for the flux but not for its error.
             good = ~invalid & np.isfinite(variance) & (variance > 0)
             bad_variance_any |= ~invalid & ~good

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.wcs.utils import proj_plane_pixel_scales
 
+from ..footprints import pixels_at
 from ..multiband import MultibandImage
 
 WIDE_FACTOR = 2.0
@@ -133,17 +134,13 @@ def _stamps(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Stamps of side ``S = 2 half + 1`` around the sources.
 
-    Returns the ``[N, S, S]`` flat pixel index of the stamps (for `_at`), the ``[N, S, S]`` in-image mask,
-    and the ``[N, S]`` row (``dy``) and column (``dx``) offsets of the pixel centres from the centroids.
+    Returns the ``[N, S, S]`` flat pixel index of the stamps (for `..footprints.pixels_at`), the
+    ``[N, S, S]`` in-image mask, and the ``[N, S]`` row (``dy``) and column (``dx``) offsets of the pixel
+    centres from the centroids.
     """
     rows, inside_y, dy = _stamp_axis(y, half, height)
     cols, inside_x, dx = _stamp_axis(x, half, width)
     return rows[:, :, None] * width + cols[:, None, :], inside_y[:, :, None] & inside_x[:, None, :], dy, dx
-
-
-def _at(plane: np.ndarray, stamp: np.ndarray) -> np.ndarray:
-    """Values of a 2-d plane at a flat pixel index (a gather three times faster than 2-d fancy indexing)."""
-    return np.take(np.ascontiguousarray(plane).reshape(-1), stamp)
 
 
 def _gaussian(offset: np.ndarray, sigma: float) -> np.ndarray:
@@ -178,7 +175,7 @@ def _refine_centroids(
     x0, y0 = x.copy(), y.copy()
     for _ in range(iterations):
         stamp, inside, dy, dx = _stamps(x, y, half, image.width, image.height)
-        values = np.where(inside, _at(total, stamp), 0.0).astype(np.float64)
+        values = np.where(inside, pixels_at(total, stamp), 0.0).astype(np.float64)
         weight_y, weight_x = _gaussian(dy, sigma), _gaussian(dx, sigma)
         norm = _weighted_sums(weight_y, values, weight_x)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -186,7 +183,7 @@ def _refine_centroids(
             shift_y = _weighted_sums(weight_y * dy, values, weight_x) / norm
         # Moments of a Gaussian-weighted Gaussian underestimate the offset by half: double them.
         # Truncated light biases the moments: sources near missing pixels keep their centroid.
-        complete = ~(_at(any_invalid, stamp) | ~inside).any(axis=(1, 2))
+        complete = ~(pixels_at(any_invalid, stamp) | ~inside).any(axis=(1, 2))
         good = np.isfinite(shift_x) & np.isfinite(shift_y) & (norm > 0) & complete
         x = np.where(good, np.clip(x + 2.0 * shift_x, x0 - MAX_SHIFT_PIXELS, x0 + MAX_SHIFT_PIXELS), x)
         y = np.where(good, np.clip(y + 2.0 * shift_y, y0 - MAX_SHIFT_PIXELS, y0 + MAX_SHIFT_PIXELS), y)
@@ -209,8 +206,8 @@ def _measure_band(
     height, width = pixels_2d.shape
     half = int(np.ceil(3.0 * WIDE_FACTOR * sigma))
     stamp, inside, dy, dx = _stamps(x, y, half, width, height)
-    valid = inside & ~_at(invalid_2d, stamp)
-    pixels = np.where(valid, _at(pixels_2d, stamp), 0.0).astype(np.float64)
+    valid = inside & ~pixels_at(invalid_2d, stamp)
+    pixels = np.where(valid, pixels_at(pixels_2d, stamp), 0.0).astype(np.float64)
     weight = valid.astype(np.float64)
     psf_y, psf_x = _gaussian(dy, sigma), _gaussian(dx, sigma)
     wide_y, wide_x = _gaussian(dy, WIDE_FACTOR * sigma), _gaussian(dx, WIDE_FACTOR * sigma)
@@ -225,7 +222,7 @@ def _measure_band(
     flux_err = np.full(len(x), np.nan)
     excess_err = np.full(len(x), np.nan)
     if variance_2d is not None:
-        variance = np.where(valid, _at(variance_2d, stamp), 0.0).astype(np.float64)
+        variance = np.where(valid, pixels_at(variance_2d, stamp), 0.0).astype(np.float64)
         good = np.isfinite(variance) & (variance > 0)
         bad_variance = (valid & ~good).any(axis=(1, 2))
         variance = np.where(good, variance, 0.0)
