@@ -349,6 +349,11 @@ class DeepDiscDetectConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Deep
         )
 
 
+def _artifact_classes(model_package: ModelPackage) -> np.ndarray:
+    """Boolean per class of the package: an artifact class (``artifact_*``, `is_artifact_class`)."""
+    return np.asarray(is_artifact_class(list(model_package.class_names)), dtype=bool)
+
+
 class DeepDiscDetectTask(pipeBase.PipelineTask):
     """Detect, deblend and classify sources on a coadd patch with a DeepDISC model.
 
@@ -553,7 +558,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
             )
             # NaN compares false: kept.  Artifacts (ghosts, rays) are kept whatever their S/N: the cut is
             # the classical detection threshold of sources.
-            artifact = np.asarray(is_artifact_class(list(model_package.class_names)), dtype=bool)
+            artifact = _artifact_classes(model_package)
             faint = (snr < self.config.minDetectionSnr) & ~artifact[detections.class_ids]
             self.metadata["n_below_min_snr"] = int(faint.sum())
             if faint.any():
@@ -662,7 +667,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
 
     def artifact_binning(self, model_package: ModelPackage) -> int:
         """The binning of the artifact pass (`config.artifactBinning` or the package's); 0: none."""
-        has_artifacts = bool(np.any(is_artifact_class(list(model_package.class_names))))
+        has_artifacts = bool(_artifact_classes(model_package).any())
         binning = self.config.artifactBinning
         if binning == -1:
             binning = model_package.artifact_binning or 0
@@ -686,7 +691,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         binned = bin_image(image, binning, planes)
         invalid = binned.invalid_pixels(planes)
         scaled = self._network_input(model_package, binned, invalid)
-        artifact_ids = np.flatnonzero(is_artifact_class(list(model_package.class_names)))
+        artifact_ids = np.flatnonzero(_artifact_classes(model_package))
         self.log.info(
             "Artifact pass on the patch binned %dx%d (%dx%d px), classes %s",
             binning,
@@ -756,7 +761,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         floor = self.operating_threshold(model_package, n_bands)
         if floor is None or not len(detections):
             return detections
-        artifact = np.asarray(is_artifact_class(list(model_package.class_names)), dtype=bool)
+        artifact = _artifact_classes(model_package)
         faint = artifact[detections.class_ids] & (np.asarray(detections.scores) < floor)
         return detections.select(~faint) if faint.any() else detections
 
@@ -808,10 +813,9 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
                 int(keep.sum()),
                 fallback,
             )
-        if keep.all():
-            catalog["reliability"][:] = reliability
-            return detections, catalog
         catalog["reliability"][:] = reliability
+        if keep.all():
+            return detections, catalog
         catalog = select_catalog_rows(
             catalog, keep, detections, image, invalid_planes=catalog_kwargs["invalid_planes"]
         )
@@ -830,7 +834,7 @@ class DeepDiscDetectTask(pipeBase.PipelineTask):
         detections, split = split_at_peaks(
             detections,
             image,
-            np.asarray(is_artifact_class(list(model_package.class_names)), dtype=bool),
+            _artifact_classes(model_package),
             sigma=float(np.median(list(sigmas.values()))),
             config=self.config.peak_split_config(),
             invalid_planes=tuple(self.config.invalidMaskPlanes),
