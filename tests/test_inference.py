@@ -665,17 +665,22 @@ def test_coarse_detections_join_and_duplicates_of_one_class_keep_the_higher_scor
     assert add_coarse_detections(fine, Detections.empty(3), 0.5) is fine
 
 
-def test_cpu_bfloat16_runs_backbone_and_head_layers_in_bfloat16_and_restores_the_model() -> None:
+def _random_compact_model(proposals: int, detections: int) -> torch.nn.Module:
+    """A g r i compact R18-FPN with seeded random weights, ``proposals`` and ``detections`` per tile."""
     from lsst.meas.extensions.deepdisc.core.models import ModelSpec, build_model_from_spec
 
     spec = ModelSpec(
         "compact-R18-FPN",
         ("g", "r", "i"),
         pixel_std=(100.0,) * 3,  # Random weights in a regime with real boxes.
-        overrides={"MODEL.RPN.POST_NMS_TOPK_TEST": 30, "TEST.DETECTIONS_PER_IMAGE": 10},
+        overrides={"MODEL.RPN.POST_NMS_TOPK_TEST": proposals, "TEST.DETECTIONS_PER_IMAGE": detections},
     )
     torch.manual_seed(0)
-    model = build_model_from_spec(spec)
+    return build_model_from_spec(spec)
+
+
+def test_cpu_bfloat16_runs_backbone_and_head_layers_in_bfloat16_and_restores_the_model() -> None:
+    model = _random_compact_model(proposals=30, detections=10)
     seen: dict[str, set[torch.dtype]] = {}
 
     def record(name: str) -> Any:
@@ -705,16 +710,8 @@ def test_cpu_bfloat16_runs_backbone_and_head_layers_in_bfloat16_and_restores_the
 def test_masks_of_reported_only_give_the_same_detections_for_fewer_masks() -> None:
     """The mask head runs on the rows a tile reports only; the detections equal the one-step inference's."""
     from lsst.meas.extensions.deepdisc.core.inference import segments_selected
-    from lsst.meas.extensions.deepdisc.core.models import ModelSpec, build_model_from_spec
 
-    spec = ModelSpec(
-        "compact-R18-FPN",
-        ("g", "r", "i"),
-        pixel_std=(100.0,) * 3,  # Random weights in a regime with real boxes.
-        overrides={"MODEL.RPN.POST_NMS_TOPK_TEST": 60, "TEST.DETECTIONS_PER_IMAGE": 40},
-    )
-    torch.manual_seed(0)
-    model = build_model_from_spec(spec).eval()
+    model = _random_compact_model(proposals=60, detections=40).eval()
     assert segments_selected(model) and not segments_selected(lambda inputs: inputs)
     segmented: list[int] = []
     model.roi_heads.mask_head.register_forward_hook(
