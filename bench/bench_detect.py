@@ -203,6 +203,7 @@ def simulate_or_load(
     seed: int | None,
     work_dir: Path,
     density: float = 1.0,
+    jobs: int | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Simulate one patch, or find it in the cache; return the cache file and the patch description.
 
@@ -222,6 +223,8 @@ def simulate_or_load(
         Cache directory (created if needed).
     density : `float`
         Factor on the preset's galaxy and star densities.
+    jobs : `int`, optional
+        Processes that draw the objects (default: the usable cores); the pixels do not depend on it.
 
     Returns
     -------
@@ -249,8 +252,12 @@ def simulate_or_load(
 
     print(f"simulating {preset.name} tract {tract} patch {patch_xy} ({size} px, seed {seed}) ...", flush=True)
     start = time.perf_counter()
-    # Exact truth models instead of the simulation's own deblender: only the pixels matter here.
-    patch = simulate_patch(preset, tract, patch_xy[0], patch_xy[1], seed=seed, truth_models=True)
+    # Exact truth models instead of the simulation's own deblender and no object tables: only the pixels
+    # and the truth matter here.
+    jobs = len(os.sched_getaffinity(0)) if jobs is None else jobs
+    patch = simulate_patch(
+        preset, tract, patch_xy[0], patch_xy[1], seed=seed, truth_models=True, jobs=jobs, object_tables=False
+    )
     sim_seconds = time.perf_counter() - start
     image = patch.image
     truth = patch.truth

@@ -1,29 +1,31 @@
 #!/usr/bin/env bash
 # GPU benchmark of DeepDISC detection: the shipped compact package and R50-FPN (random weights, capped at
 # a realistic number of detections per tile), both with fp16 autocast, through the detection task's own
-# run (bench/bench_detect_scaling.py), on a simulated LSST patch.
+# run (bench/bench_detect_scaling.py), on simulated LSST patches; then the tests that need a CUDA device.
 #
 # Two steps, both from the repository root:
 #
-#   bench/gpu_benchmark.sh prepare     on a machine with this project's venv and network access: writes
-#                                      the wheels the GPU machine lacks into .whl/ (git-ignored through
-#                                      .git/info/exclude) and prints their size (they travel with the
-#                                      working tree; keep them under its size limit)
-#   bench/gpu_benchmark.sh run [OUT]   on the GPU machine (no network needed): installs .whl/ into a
-#                                      scratch directory unless the imports already work, simulates the
-#                                      patch(es) and runs the benchmark; results (.md, .json) go to OUT
-#                                      (default bench/results)
+#   bench/gpu_benchmark.sh prepare     on a machine with this project's venv and network access: installs
+#                                      what the GPU machine lacks into a scratch directory, strips the
+#                                      debugging symbols from its shared libraries (galsim's alone are
+#                                      190 MB) and packs it into .gpu/site.tar.xz (git-ignored through
+#                                      .git/info/exclude); prints its size (it travels with the working
+#                                      tree: keep it under the transfer limit)
+#   bench/gpu_benchmark.sh run [OUT]   on the GPU machine (no network needed): unpacks .gpu/site.tar.xz
+#                                      into a scratch directory unless the imports already work, simulates
+#                                      the patches (all cores draw the objects) and runs the benchmark;
+#                                      results (.md, .json, the pytest log) go to OUT (default bench/results)
 #
-# The GPU machine needs only python3 (>= 3.12) with a CUDA build of torch and torchvision.  Settings, by
-# environment variable: SIZES (patch sides, default "4100"; simulating the 4100 px patch takes about 4
-# minutes on one core), DENSITIES ("1"), BATCH (tiles per forward call, "16"), CAP (R50-FPN detections per
-# tile, "375": 1.5 x sep's source density per 512 px tile on this patch), MODELS ("R50-FPN"; empty: the
-# package only), DEVICE ("cuda"; "cpu" checks the script without a GPU), THREADS (torch CPU threads, all
-# cores), EXTRA (more options for bench_detect_scaling.py).
+# The GPU machine needs only python3 (3.12, like the venv) with a CUDA build of torch and torchvision.
+# Settings, by environment variable: SIZES (patch sides, default "1024 4100"), DENSITIES ("1"), BATCH
+# (tiles per forward call, "16"), CAP (R50-FPN detections per tile, "375": 1.5 x sep's source density per
+# 512 px tile on this patch), MODELS ("R50-FPN"; empty: the package only), DEVICE ("cuda"; "cpu" checks
+# the script without a GPU), THREADS (torch CPU threads, all cores), TESTS ("1": also run the tests that
+# skip without CUDA; "0": not), EXTRA (more options for bench_detect_scaling.py).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-WHEELS=.whl
+GPU_DIR=.gpu
 SITE=${DEEPDISC_SITE:-/tmp/deepdisc-site}
 # Runtime needs of the package and the benchmark that the GPU image may lack (their own dependencies are
 # added from the venv's metadata).  Not sep or photutils: the CPU baselines do not run there.
@@ -38,9 +40,11 @@ pygments rich markdown-it-py mdurl pybind11 threadpoolctl"
 
 prepare() {
     local python=${PYTHON:-.venv/bin/python}
-    grep -qxF "/$WHEELS/" .git/info/exclude 2>/dev/null || echo "/$WHEELS/" >>.git/info/exclude
-    rm -rf "$WHEELS"
-    mkdir -p "$WHEELS/detectron2"
+    grep -qxF "/$GPU_DIR/" .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo "/$GPU_DIR/" >>.git/info/exclude; }
+    local scratch
+    scratch=$(mktemp -d)
+    trap 'rm -rf "$scratch"' RETURN
+    mkdir -p "$scratch/wheels/detectron2" "$scratch/site"
     # The closure of ROOTS at the versions installed in the venv, minus what the image has.
     local pins
     pins=$("$python" - "$ROOTS" "$IMAGE_HAS" <<'PYEOF'
@@ -69,26 +73,17 @@ while todo:
 print("\n".join(sorted(pins.values())))
 PYEOF
 )
-    echo "wheels for: $(echo "$pins" | tr '\n' ' ')"
+    echo "packing: $(echo "$pins" | tr '\n' ' ')"
     # pip wheel takes the published wheel where there is one and builds pure-Python sdists (fvcore...).
     # shellcheck disable=SC2086
-    "$python" -m pip wheel --quiet --no-deps -w "$WHEELS" $pins
-    # detectron2's Python code: the wheel install-detectron2.sh unpacks (cp310-tagged, so kept apart).
+    "$python" -m pip wheel --quiet --no-deps -w "$scratch/wheels" $pins
+    "$python" -m pip install --quiet --no-index --no-deps --no-compile --target "$scratch/site" \
+        "$scratch"/wheels/*.whl
+    # detectron2's Python code, from the wheel install-detectron2.sh unpacks (cp310-tagged; no _C).
     "$python" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.10 \
-        --platform manylinux2014_x86_64 --platform linux_x86_64 -d "$WHEELS/detectron2" sal-detectron2==0.7.2
-    du -sh "$WHEELS"
-    echo "run on the GPU machine: bench/gpu_benchmark.sh run (with $WHEELS in the working tree)"
-}
-
-install() {
-    if python3 -c "import lsst.pipe.base, lsst.images, astropy, galsim, detectron2.modeling" 2>/dev/null; then
-        return
-    fi
-    [ -d "$WHEELS" ] || { echo "no $WHEELS/: run 'bench/gpu_benchmark.sh prepare' first" >&2; exit 2; }
-    mkdir -p "$SITE"
-    python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target "$SITE" "$WHEELS"/*.whl
-    python3 - "$WHEELS/detectron2" "$SITE" <<'PYEOF'
+        --platform manylinux2014_x86_64 --platform linux_x86_64 -d "$scratch/wheels/detectron2" \
+        sal-detectron2==0.7.2
+    "$python" - "$scratch/wheels/detectron2" "$scratch/site" <<'PYEOF'
 import pathlib
 import sys
 import zipfile
@@ -100,6 +95,20 @@ with zipfile.ZipFile(wheel) as archive:
         if path.parts[0] == "detectron2" and not (len(path.parts) == 2 and path.name.startswith("_C")):
             archive.extract(member, sys.argv[2])
 PYEOF
+    find "$scratch/site" -name '*.so*' -type f -exec strip --strip-debug {} +
+    mkdir -p "$GPU_DIR"
+    tar -C "$scratch/site" -cf - . | xz -T0 -6 >"$GPU_DIR/site.tar.xz"
+    du -sh "$GPU_DIR/site.tar.xz"
+    echo "run on the GPU machine: bench/gpu_benchmark.sh run (with $GPU_DIR/ carried)"
+}
+
+install() {
+    if python3 -c "import lsst.pipe.base, lsst.images, astropy, galsim, detectron2.modeling" 2>/dev/null; then
+        return
+    fi
+    [ -f "$GPU_DIR/site.tar.xz" ] || { echo "no $GPU_DIR/site.tar.xz: run 'bench/gpu_benchmark.sh prepare' first" >&2; exit 2; }
+    mkdir -p "$SITE"
+    tar -C "$SITE" -xJf "$GPU_DIR/site.tar.xz"
 }
 
 run() {
@@ -114,13 +123,20 @@ run() {
     fi
     # shellcheck disable=SC2086
     python3 bench/bench_detect_scaling.py --device "${DEVICE:-cuda}" --half \
-        --sizes ${SIZES:-4100} --densities ${DENSITIES:-1} --baselines --no-reference \
+        --sizes ${SIZES:-1024 4100} --densities ${DENSITIES:-1} --baselines --no-reference \
         --models ${MODELS-R50-FPN} --detections-cap "${CAP:-375}" --batch-size "${BATCH:-16}" \
-        --threads "${THREADS:-$(nproc)}" --out "$out" ${EXTRA:-}
+        --threads "${THREADS:-$(nproc)}" --out "$out" ${EXTRA:-} || status=$?
+    if [ "${TESTS:-1}" = 1 ]; then
+        # The tests that skip without a CUDA device (fp16 inference, pinned batches, mixed-precision
+        # training); -rs lists what still skipped and why.
+        python3 -m pytest -q -rs -p no:cacheprovider -k cuda tests/test_inference.py tests/test_training.py \
+            2>&1 | tee "$out/gpu-tests.log" || status=$?
+    fi
+    return "${status:-0}"
 }
 
 case "${1:-}" in
     prepare) prepare ;;
     run) shift; run "$@" ;;
-    *) sed -n '2,22p' "$0"; exit 2 ;;
+    *) sed -n '2,25p' "$0"; exit 2 ;;
 esac

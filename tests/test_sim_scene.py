@@ -104,6 +104,20 @@ def test_same_seed_same_pixels_other_seed_other_pixels(tiny_patches) -> None:
     )
 
 
+def test_stamps_drawn_by_several_processes_and_no_object_tables_leave_the_patch_unchanged(
+    exact_patch,
+) -> None:
+    patch, scene = exact_patch
+    fast = simulate_patch(TINY, TRACT, 0, 0, truth_models=True, jobs=2, object_tables=False)
+    assert len(scene.sources) >= 4  # Enough rows for the work to be split.
+    np.testing.assert_array_equal(fast.image.image, patch.image.image)
+    np.testing.assert_array_equal(fast.image.variance, patch.image.variance)
+    np.testing.assert_array_equal(fast.image.mask, patch.image.mask)
+    np.testing.assert_array_equal(fast.truth["id"], patch.truth["id"])
+    np.testing.assert_array_equal(fast.truth["snr_detection"], patch.truth["snr_detection"])
+    assert len(fast.object_patch) == len(fast.object_deblend) == 0 and len(patch.object_patch) > 0
+
+
 def test_overlapping_patches_share_sources(tiny_patches) -> None:
     left, right = (p.truth for p in tiny_patches)
     x_begin, x_end = tiny_patches[1].geometry.x0, tiny_patches[0].geometry.x0 + tiny_patches[0].geometry.width

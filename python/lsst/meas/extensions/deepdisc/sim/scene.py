@@ -67,7 +67,9 @@ __all__ = [
 ]
 
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,6 +246,30 @@ def _draw_morph(row: Any, preset: SimPreset, model: galsim.GSObject) -> np.ndarr
     return (stamp / stamp.sum()).astype(np.float32)
 
 
+def _draw_chunk(sources: Table, preset: SimPreset, model: galsim.GSObject) -> list[np.ndarray]:
+    """`_draw_morph` for every row of ``sources`` (one worker's share of `_draw_stamps`)."""
+    return [_draw_morph(row, preset, model) for row in sources]
+
+
+def _draw_stamps(sources: Table, preset: SimPreset, model: galsim.GSObject, jobs: int) -> list[np.ndarray]:
+    """Model-space stamps of all ``sources``, in row order, drawn by ``jobs`` processes.
+
+    Each stamp depends on its own row alone (no random draws), so the stamps do not depend on ``jobs``.
+    """
+    if jobs <= 1 or len(sources) < 2 * jobs:
+        return _draw_chunk(sources, preset, model)
+    # Several chunks per worker even out galaxies that cost more than others.
+    bounds = np.linspace(0, len(sources), 4 * jobs + 1).astype(int)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        chunks = pool.map(
+            _draw_chunk,
+            [sources[begin:end] for begin, end in zip(bounds[:-1], bounds[1:])],
+            [preset] * (len(bounds) - 1),
+            [model] * (len(bounds) - 1),
+        )
+        return [stamp for chunk in chunks for stamp in chunk]
+
+
 def _render_layers(scene: PatchScene, indices: np.ndarray) -> np.ndarray:
     """Noise-free patch image of some of the scene's objects: model-space layers, then one FFT per band."""
     half = scene.preset.psf_size // 2
@@ -260,7 +286,12 @@ def _render_layers(scene: PatchScene, indices: np.ndarray) -> np.ndarray:
 
 
 def render_scene(
-    preset: SimPreset | str, tract: int, patch_x: int, patch_y: int, seed: int | None = None
+    preset: SimPreset | str,
+    tract: int,
+    patch_x: int,
+    patch_y: int,
+    seed: int | None = None,
+    jobs: int = 1,
 ) -> PatchScene:
     """Draw the noise-free scene of a patch.
 
@@ -274,6 +305,8 @@ def render_scene(
         Patch indices.
     seed : `int`, optional
         Seed of the tract's scene; the preset's default seed for this tract if `None`.
+    jobs : `int`
+        Processes that draw the objects' stamps (the scene does not depend on it).
 
     Returns
     -------
@@ -293,7 +326,7 @@ def render_scene(
     for i, band in enumerate(preset.bands):
         sources[f"flux_{band}"] = fluxes[:, i]
     model = galsim.Gaussian(sigma=preset.model_psf_sigma * preset.pixel_scale_arcsec, gsparams=_GSPARAMS)
-    stamps = [_draw_morph(row, preset, model) for row in sources]
+    stamps = _draw_stamps(sources, preset, model, jobs)
     half = np.asarray(sources["stamp_half"], dtype=np.int64)
     origins = np.stack(
         [np.rint(sources["y"]).astype(np.int64) - half, np.rint(sources["x"]).astype(np.int64) - half], 1
@@ -645,6 +678,8 @@ def simulate_patch(
     seed: int | None = None,
     truth_models: bool = False,
     deblender_config: DeblenderConfig | None = None,
+    jobs: int = 1,
+    object_tables: bool = True,
 ) -> SimulatedPatch:
     """Simulate one coadd patch: pixels, truth, deblending and object tables.
 
@@ -664,6 +699,11 @@ def simulate_patch(
         model-space profile and spectrum, grouped into blends by footprint overlap).  Skips detection.
     deblender_config : `DeblenderConfig`, optional
         Deblender settings.
+    jobs : `int`
+        Processes that draw the objects (see `render_scene`; the patch does not depend on it).
+    object_tables : `bool`
+        Measure the object tables.  `False` leaves ``object_deblend`` and ``object_patch`` empty, for uses
+        that need only the pixels and the truth (benchmarks): measuring is the slowest step.
 
     Returns
     -------
@@ -671,7 +711,7 @@ def simulate_patch(
         Everything the repository writer needs.
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    scene = render_scene(preset, tract, patch_x, patch_y, seed)
+    scene = render_scene(preset, tract, patch_x, patch_y, seed, jobs=jobs)
     geometry = scene.geometry
     bbox = scene.bbox
     bands = preset.bands
@@ -752,16 +792,18 @@ def simulate_patch(
     multiband.mask = mask
 
     start = time.perf_counter()
-    object_deblend, object_patch = build_object_tables(
-        blends,
-        multiband,
-        scene.psf_images,
-        scene.model_psf,
-        geometry,
-        parent_flags=parent_flags,
-        inner_bbox=preset.inner_bbox(patch_x, patch_y),
-        footprint_threshold_sigma=preset.truth_threshold_sigma,
-    )
+    object_deblend, object_patch = Table(), Table()
+    if object_tables:
+        object_deblend, object_patch = build_object_tables(
+            blends,
+            multiband,
+            scene.psf_images,
+            scene.model_psf,
+            geometry,
+            parent_flags=parent_flags,
+            inner_bbox=preset.inner_bbox(patch_x, patch_y),
+            footprint_threshold_sigma=preset.truth_threshold_sigma,
+        )
     timings["measure"] = time.perf_counter() - start
 
     has_footprint = np.asarray(truth["footprint_area"]) > 0

@@ -122,9 +122,11 @@ class SimulatedPatch:
     blends : `list` [`DeblendedBlend`]
         The deblender's output (isolated sources are single-child blends with ``is_isolated``).
     object_deblend : `astropy.table.Table`
-        Deblended catalog with footprints (object column), parent/child rows.
+        Deblended catalog with footprints (object column), parent/child rows (empty when the patch was
+        simulated without object tables).
     object_patch : `astropy.table.Table`
-        Object table: objectId, parentObjectId, coord_ra/dec, per-band fluxes, refExtendedness, ...
+        Object table: objectId, parentObjectId, coord_ra/dec, per-band fluxes, refExtendedness, ... (empty
+        likewise).
     metadata : `dict`
         Seed, preset, depth per band, blended fraction, counts.
     truth_artifacts : `astropy.table.Table`, optional
