@@ -10,7 +10,9 @@
 #                                      debugging symbols from its shared libraries (galsim's alone are
 #                                      190 MB) and packs it into .gpu/site.tar.xz (git-ignored through
 #                                      .git/info/exclude); prints its size (it travels with the working
-#                                      tree: keep it under the transfer limit)
+#                                      tree: keep it under the transfer limit), then runs check
+#   bench/gpu_benchmark.sh check       the whole run on the CPU on a 512 px patch, by an interpreter that
+#                                      sees only the venv's copies of the image's packages and the archive
 #   bench/gpu_benchmark.sh run [OUT]   on the GPU machine (no network needed): unpacks .gpu/site.tar.xz
 #                                      into a scratch directory unless the imports already work, simulates
 #                                      the patches (all cores draw the objects) and runs the benchmark;
@@ -28,15 +30,16 @@ cd "$(dirname "$0")/.."
 GPU_DIR=.gpu
 SITE=${DEEPDISC_SITE:-/tmp/deepdisc-site}
 # Runtime needs of the package and the benchmark that the GPU image may lack (their own dependencies are
-# added from the venv's metadata).  Not sep or photutils: the CPU baselines do not run there.
+# added from the venv's metadata); sep for the simulation's deblender module (the CPU baselines do not run there).
 ROOTS="lsst-pipe-base lsst-daf-butler lsst-pex-config lsst-utils lsst-images lsst-resources lsst-sphgeom
-astropy galsim surveycodex pycocotools fvcore iopath omegaconf hydra-core yacs termcolor"
+astropy galsim sep surveycodex pycocotools fvcore iopath omegaconf hydra-core yacs termcolor"
 # Packages of the GPU image (see the device notes), never downloaded: torch and friends stay the image's.
 IMAGE_HAS="torch torchvision numpy scipy pandas pyarrow pyyaml psutil matplotlib pillow safetensors
 requests urllib3 idna certifi charset-normalizer packaging typing-extensions click tqdm tabulate
 cloudpickle portalocker filelock fsspec jinja2 markupsafe networkx sympy mpmath setuptools six
 python-dateutil contourpy cycler fonttools kiwisolver pyparsing timm huggingface-hub protobuf wrapt
-pygments rich markdown-it-py mdurl pybind11 threadpoolctl"
+pygments rich markdown-it-py mdurl pybind11 threadpoolctl pytest pluggy iniconfig hypothesis sortedcontainers
+attrs"
 
 prepare() {
     local python=${PYTHON:-.venv/bin/python}
@@ -99,11 +102,51 @@ PYEOF
     mkdir -p "$GPU_DIR"
     tar -C "$scratch/site" -cf - . | xz -T0 -6 >"$GPU_DIR/site.tar.xz"
     du -sh "$GPU_DIR/site.tar.xz"
+    check
     echo "run on the GPU machine: bench/gpu_benchmark.sh run (with $GPU_DIR/ carried)"
 }
 
+check() {
+    # The whole run on the CPU (a 512 px patch), by an interpreter that sees only the venv's copies of the
+    # image's packages (IMAGE_HAS, CUDA's libraries) and the archive: a runtime need missing from
+    # .gpu/site.tar.xz fails here, not on the lent machine.
+    local python=${PYTHON:-.venv/bin/python}
+    local scratch
+    scratch=$(mktemp -d)
+    trap 'rm -rf "$scratch"' RETURN
+    mkdir -p "$scratch/image" "$scratch/bin"
+    "$python" - "$scratch/image" "$IMAGE_HAS" <<'PYEOF'
+import os
+import re
+import sys
+from importlib import metadata
+
+def key(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+target, wanted = sys.argv[1], {key(n) for n in sys.argv[2].split()}
+for dist in metadata.distributions():
+    name = key(dist.metadata["Name"])
+    if name in wanted or name.startswith(("nvidia-", "cuda-")) or name == "triton":
+        for top in {f.parts[0] for f in dist.files or [] if len(f.parts) > 1 or f.suffix in (".py", ".so")}:
+            source = dist.locate_file(top)
+            if os.path.exists(source) and not os.path.exists(os.path.join(target, top)):
+                os.symlink(source, os.path.join(target, top))
+PYEOF
+    printf '#!/bin/sh\nexec "%s" -S "$@"\n' "$(readlink -f "$python")" >"$scratch/bin/python3"
+    chmod +x "$scratch/bin/python3"
+    PATH="$scratch/bin:$PATH" PYTHONPATH="$scratch/image" DEEPDISC_SITE="$scratch/site" DEVICE=cpu \
+        SIZES=512 THREADS=2 BATCH=4 TESTS=1 run "$scratch/out" >"$scratch/log" 2>&1 || {
+        tail -30 "$scratch/log"
+        echo "check failed: the archive lacks a runtime need (log above)" >&2
+        return 1
+    }
+    grep -E "R50-FPN|skipped|passed" "$scratch/log" | tail -3
+    echo "check passed: the benchmark ran on the CPU with the image's packages and the archive alone"
+}
+
 install() {
-    if python3 -c "import lsst.pipe.base, lsst.images, astropy, galsim, detectron2.modeling" 2>/dev/null; then
+    if python3 -c "import lsst.pipe.base, lsst.images, astropy, galsim, sep, detectron2.modeling" 2>/dev/null; then
         return
     fi
     [ -f "$GPU_DIR/site.tar.xz" ] || { echo "no $GPU_DIR/site.tar.xz: run 'bench/gpu_benchmark.sh prepare' first" >&2; exit 2; }
@@ -113,6 +156,7 @@ install() {
 
 run() {
     local out=${1:-bench/results}
+    mkdir -p "$out"
     export PYTHONPATH="$PWD/python:$SITE${PYTHONPATH:+:$PYTHONPATH}"
     export DAF_BUTLER_CONFIG_PATH="$PWD/python/lsst/meas/extensions/deepdisc/butler/configs"
     export MEAS_EXTENSIONS_DEEPDISC_DIR="$PWD" PYTHONUNBUFFERED=1
@@ -137,6 +181,7 @@ run() {
 
 case "${1:-}" in
     prepare) prepare ;;
+    check) check ;;
     run) shift; run "$@" ;;
     *) sed -n '2,25p' "$0"; exit 2 ;;
 esac
