@@ -124,6 +124,25 @@ def test_apportioned_flux_adds_up_to_the_union_and_follows_the_weights() -> None
         assert catalog[f"{band}_apportionedFlux"][2] == pytest.approx(catalog[f"{band}_footprintFlux"][2])
 
 
+def test_sources_without_weight_share_their_overlap_equally() -> None:
+    image = _image(1)
+    masks, detections = _scene()
+    # B's pixels sum to a negative detection weight (clipped to zero), A's to zero: the overlap they
+    # both cover is shared half and half.
+    image.image[:, masks[0] | masks[1]] = 0.0
+    image.image[:, masks[1] & ~masks[0]] = -1.0
+    overlap = masks[0] & masks[1]
+    image.image[0][overlap] = np.linspace(1.0, 2.0, int(overlap.sum()))
+    image.image[1][overlap] = -image.image[0][overlap]
+    catalog = _build(detections, image)
+    for b, band in enumerate(image.bands):
+        plane = image.image[b].astype(np.float64)
+        a_own, b_own = plane[masks[0] & ~overlap].sum(), plane[masks[1] & ~overlap].sum()
+        half = plane[overlap].sum() / 2
+        assert catalog[f"{band}_apportionedFlux"][0] == pytest.approx(a_own + half, rel=1e-12)
+        assert catalog[f"{band}_apportionedFlux"][1] == pytest.approx(b_own + half, rel=1e-12)
+
+
 def test_families_parents_and_ids() -> None:
     image = _image()
     _, detections = _scene()

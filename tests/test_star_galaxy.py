@@ -78,6 +78,23 @@ def test_centroids_are_refined_towards_the_light() -> None:
     assert (unrefined.flux[0] < 0.95e4).all()
 
 
+def test_sources_measured_in_chunks_as_all_at_once(monkeypatch) -> None:
+    from lsst.meas.extensions.deepdisc.core.star_galaxy import _psf_photometry
+
+    rng = np.random.default_rng(5)
+    shape = (120, 160)
+    x, y = rng.uniform(5, 155, 23), rng.uniform(5, 115, 23)
+    planes = sum(_gaussian_source(shape, xi, yi, SIGMA_PX, 2000.0) for xi, yi in zip(x, y))
+    image = _image(np.stack([planes, 0.5 * planes]) + rng.normal(0.0, 1.0, (2, *shape)))
+    start_x, start_y = x + rng.normal(0.0, 0.4, 23), y + rng.normal(0.0, 0.4, 23)
+    whole = psf_photometry(image, start_x, start_y)
+    monkeypatch.setattr(_psf_photometry, "_CHUNK", 4)  # six chunks, the last one short
+    chunked = psf_photometry(image, start_x, start_y)
+    for name in ("x", "y", "flux", "flux_err", "excess", "excess_err"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name), err_msg=name)
+    assert np.abs(whole.x - x).max() < np.abs(start_x - x).max()  # the refinement did move them
+
+
 def test_errors_match_the_scatter_of_pure_noise() -> None:
     rng = np.random.default_rng(3)
     shape = (400, 400)

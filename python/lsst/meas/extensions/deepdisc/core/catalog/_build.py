@@ -81,18 +81,24 @@ def _pixel_list(
 
 def _families(
     owner: np.ndarray, linear: np.ndarray, n: int, split_from: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Connected components of the footprint-overlap graph, plus the links among a split footprint's children.
 
-    Returns ``labels`` per source, and per pixel the sort ``order`` by position and the ``group`` (index of
-    the distinct pixel) in that order, reused for apportioning.
+    Returns ``labels`` per source and, per pixel of the list, the index of its distinct pixel (``inverse``,
+    numbered in position order), reused for apportioning.  Temporaries are freed as soon as they are spent:
+    an LSST patch has millions of footprint pixels.
     """
     order = np.argsort(linear, kind="stable")
     sorted_linear = linear[order]
     same = sorted_linear[1:] == sorted_linear[:-1]
-    group = np.concatenate([[0], np.cumsum(~same)]) if linear.size else np.zeros(0, dtype=np.int64)
+    del sorted_linear
     sorted_owner = owner[order]
     a, b = sorted_owner[:-1][same], sorted_owner[1:][same]
+    del sorted_owner
+    inverse = np.zeros(linear.size, dtype=np.int64)
+    if linear.size:
+        inverse[order[1:]] = np.cumsum(~same)
+    del order, same
     # Children of one split footprint touch without sharing a pixel: each is linked to the next.
     split = np.flatnonzero(split_from >= 0)
     split = split[np.argsort(split_from[split], kind="stable")]
@@ -101,7 +107,7 @@ def _families(
     b = np.concatenate([b, split[1:][siblings]])
     graph = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
-    return labels, order, group
+    return labels, inverse
 
 
 @dataclass
@@ -276,21 +282,26 @@ def _relations(
     if np.any(is_artifact):
         area = np.bincount(owner, minlength=n)
         artifact_pixels = np.unique(linear[is_artifact[owner]])
-        in_artifact = np.isin(linear, artifact_pixels, assume_unique=False) & ~is_artifact[owner]
+        # A lookup table over the artifacts' pixel range (at most the image): no sort of the whole list.
+        in_artifact = np.isin(linear, artifact_pixels, kind="table") & ~is_artifact[owner]
         artifact_fraction = np.bincount(owner, weights=in_artifact, minlength=n) / np.maximum(area, 1)
     flag_in_artifact = ~is_artifact & (artifact_fraction > artifact_overlap_threshold)
 
     # Families, heads and apportioning involve the sources' pixels only: artifacts link and share nothing.
+    # A source's pixels are all source pixels, so its sums over the whole list add the same values in the
+    # same order as over the source pixels alone; only the families need the source pixels apart.
     source_pixel = ~is_artifact[owner]
-    if not np.all(source_pixel):
+    all_sources = bool(np.all(source_pixel))
+    source_weight = np.clip(np.bincount(owner, weights=detection, minlength=n), 0.0, None)
+    if not all_sources:
         owner, linear = owner[source_pixel], linear[source_pixel]
-        clean, detection = clean[:, source_pixel], detection[source_pixel]
 
     # Families and heads.
     if n:
-        labels, order, group = _families(owner, linear, n, split_from)
+        labels, inverse = _families(owner, linear, n, split_from)
     else:
-        labels, order, group = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, np.int64)
+        labels, inverse = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    del linear
     family_size = np.bincount(labels, minlength=labels.max() + 1 if n else 0)[labels]
     by_family_then_score = np.lexsort((np.arange(n), -np.asarray(scores, dtype=np.float64), labels))
     first_of_family = np.ones(n, dtype=bool)
@@ -301,18 +312,24 @@ def _relations(
     is_head = head == np.arange(n)
     family_id = ids[head] if n else np.zeros(0, dtype=np.int64)
 
-    # Apportioning: per pixel, each covering source's share of the pixel's flux.
-    source_weight = np.clip(np.bincount(owner, weights=detection, minlength=n), 0.0, None)
-    pixel_weight = np.empty(owner.size)
-    pixel_weight[order] = source_weight[owner[order]]
-    inverse = np.empty(owner.size, dtype=np.int64)
-    inverse[order] = group
-    covering_weight = np.bincount(inverse, weights=pixel_weight)[inverse] if owner.size else pixel_weight
-    covering_count = np.bincount(inverse)[inverse] if owner.size else pixel_weight
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(covering_weight > 0, pixel_weight / covering_weight, 1.0 / covering_count)
+    # Apportioning: per pixel, each covering source's share of the pixel's flux (its weight over the
+    # covering sources' weights; equal shares where they all weigh nothing), computed in place.
+    pixel_weight = source_weight[owner]
+    share = np.bincount(inverse, weights=pixel_weight)[inverse] if owner.size else pixel_weight.copy()
+    weighed = share > 0
+    np.divide(pixel_weight, share, out=share, where=weighed)
+    del pixel_weight
+    if not np.all(weighed):
+        unweighed = ~weighed
+        share[unweighed] = 1.0 / np.bincount(inverse)[inverse[unweighed]]
+    del inverse, weighed
     apportioned = np.stack(
-        [np.bincount(owner, weights=clean[b] * share, minlength=n) for b in range(clean.shape[0])]
+        [
+            np.bincount(
+                owner, weights=(clean[b] if all_sources else clean[b][source_pixel]) * share, minlength=n
+            )
+            for b in range(clean.shape[0])
+        ]
     )
     apportioned[:, is_artifact] = footprint_flux[:, is_artifact]
     return _Relations(

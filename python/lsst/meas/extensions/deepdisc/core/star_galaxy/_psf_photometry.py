@@ -172,9 +172,27 @@ def _refine_centroids(
         invalid = _band_invalid(image, b, planes)
         total += np.where(invalid, 0.0, image.image[b])
         any_invalid |= invalid
+    x, y = x.copy(), y.copy()
+    for begin in range(0, len(x), _CHUNK):  # Sources are independent: the stamps stay small.
+        chunk = slice(begin, min(begin + _CHUNK, len(x)))
+        x[chunk], y[chunk] = _refine_chunk(total, any_invalid, x[chunk], y[chunk], half, sigma, iterations)
+    return x, y
+
+
+def _refine_chunk(
+    total: np.ndarray,
+    any_invalid: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    half: int,
+    sigma: float,
+    iterations: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_refine_centroids` for some sources, given the band sum and where any band is invalid."""
+    height, width = total.shape
     x0, y0 = x.copy(), y.copy()
     for _ in range(iterations):
-        stamp, inside, dy, dx = _stamps(x, y, half, image.width, image.height)
+        stamp, inside, dy, dx = _stamps(x, y, half, width, height)
         values = np.where(inside, pixels_at(total, stamp), 0.0).astype(np.float64)
         weight_y, weight_x = _gaussian(dy, sigma), _gaussian(dx, sigma)
         norm = _weighted_sums(weight_y, values, weight_x)
