@@ -9,7 +9,7 @@ from astropy.wcs import WCS
 from lsst.meas.extensions.deepdisc.core.footprints import mask_to_spans, spans_area, spans_intersection_area
 from lsst.meas.extensions.deepdisc.core.inference import Detections
 from lsst.meas.extensions.deepdisc.core.multiband import MultibandImage
-from lsst.meas.extensions.deepdisc.core.peak_split import PeakSplitConfig, split_at_peaks
+from lsst.meas.extensions.deepdisc.core.peak_split import PeakSplitConfig, significance_map, split_at_peaks
 
 XY0 = (100, 200)
 SHAPE = (60, 80)
@@ -99,6 +99,31 @@ def test_footprints_without_two_distinct_bright_peaks_stay_whole(case: str) -> N
     detections = _detections([footprint], [class_id])
     split, n_split = split_at_peaks(detections, image, NOT_ARTIFACT, sigma=SIGMA)
     assert n_split == 0 and split is detections
+
+
+def test_significance_is_the_weighted_band_sum_over_its_noise_in_any_block_size(monkeypatch) -> None:
+    from scipy import ndimage
+
+    from lsst.meas.extensions.deepdisc.core import peak_split
+
+    rng = np.random.default_rng(4)
+    image = _image(_blob(30, 20, 800.0, 2.0))
+    image.variance = rng.uniform(0.5, 2.0, image.image.shape).astype(np.float32)
+    image.image[0, 3, 4] = np.nan  # no value in one band
+    image.variance[1, 5, 6] = 0.0  # no usable variance in one band
+    image.mask[2, 7, 8] = image.plane_bits(["SAT"])  # saturated in one band
+    whole, unusable = significance_map(image, SIGMA)
+    monkeypatch.setattr(peak_split, "_BLOCK_PIXELS", 3 * SHAPE[1] + 5)  # blocks of 3 rows, the last short
+    blocked, blocked_unusable = significance_map(image, SIGMA)
+    np.testing.assert_array_equal(blocked, whole)
+    np.testing.assert_array_equal(blocked_unusable, unusable)
+    assert set(zip(*np.nonzero(unusable))) == {(3, 4), (5, 6), (7, 8)}
+    # The definition, in float64: inverse-variance weighted sum over sqrt(sum of weights), smoothed.
+    good = np.isfinite(image.image) & (image.variance > 0) & ((image.mask & image.plane_bits(["SAT"])) == 0)
+    weight = np.where(good, 1.0 / np.where(good, image.variance, 1.0), 0.0)
+    snr = (np.where(good, image.image, 0.0) * weight).sum(axis=0) / np.sqrt(weight.sum(axis=0))
+    expected = ndimage.gaussian_filter(snr, SIGMA, mode="nearest") * 2.0 * np.sqrt(np.pi) * SIGMA
+    np.testing.assert_allclose(whole, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_parameters_raise() -> None:

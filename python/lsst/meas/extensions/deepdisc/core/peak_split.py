@@ -54,6 +54,8 @@ from .footprints import footprint_pixels, mask_to_spans, pixels_at, spans_area, 
 from .inference import Detections
 from .multiband import MultibandImage
 
+_BLOCK_PIXELS = 1 << 16  # pixels per block of rows in significance_map: its buffers stay in the cache
+
 
 @dataclass(frozen=True)
 class PeakSplitConfig:
@@ -115,28 +117,75 @@ def significance_map(
         ``bool [H, W]``: some band has no usable value or variance there, or a ``planes`` bit; there the
         map has a dip that is not in the sky.
     """
-    total = np.zeros(image.shape, dtype=np.float32)
-    weights = np.zeros(image.shape, dtype=np.float32)
-    unusable = np.zeros(image.shape, dtype=bool)
+    # float32 throughout, a block of rows at a time through buffers that stay in the cache: on an LSST
+    # patch a fresh temporary plane per operation cost several times the arithmetic.
+    snr = np.empty(image.shape, dtype=np.float32)
+    unusable = np.empty(image.shape, dtype=bool)
     bits = image.plane_bits(planes) if image.mask is not None else 0
-    for b in range(len(image.bands)):
-        pixels = image.image[b]
-        variance = np.ones_like(pixels) if image.variance is None else image.variance[b]
-        good = np.isfinite(pixels) & np.isfinite(variance) & (variance > 0)
-        if image.mask is not None:
-            good &= (image.mask[b] & bits) == 0
-        unusable |= ~good
-        weight = np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0).astype(np.float32)
-        total += np.where(good, pixels, 0.0).astype(np.float32) * weight
-        weights += weight
-        del good, weight
-    with np.errstate(invalid="ignore", divide="ignore"):
-        snr = np.where(weights > 0, total / np.sqrt(weights), 0.0).astype(np.float32)
-    del total, weights
+    height, width = image.shape
+    rows = min(height, max(1, _BLOCK_PIXELS // max(width, 1)))
+    # One set of buffers for all blocks: fresh ones would each be mapped and faulted in again.
+    buffers = _RowBuffers((rows, width), image.mask.dtype if bits else None)
+    for begin in range(0, height, rows):
+        block = slice(begin, min(begin + rows, height))
+        _significance_rows(image, block, bits, snr[block], unusable[block], buffers)
     # A Gaussian of sigma s (unit sum) lowers white noise by 2 sqrt(pi) s: the smoothed S/N map.
     ndimage.gaussian_filter(snr, sigma, output=snr, mode="nearest")
     snr *= np.float32(2.0 * np.sqrt(np.pi) * sigma)
     return snr, unusable
+
+
+class _RowBuffers:
+    """Scratch planes of `_significance_rows` for blocks of up to ``shape`` pixels."""
+
+    def __init__(self, shape: tuple[int, int], mask_dtype: np.dtype | None) -> None:
+        self.total = np.empty(shape, dtype=np.float32)
+        self.weights = np.empty(shape, dtype=np.float32)
+        self.weight = np.empty(shape, dtype=np.float32)
+        self.good = np.empty(shape, dtype=bool)
+        self.scratch = np.empty(shape, dtype=bool)
+        self.flags = None if mask_dtype is None else np.empty(shape, dtype=mask_dtype)
+
+
+def _significance_rows(
+    image: MultibandImage,
+    block: slice,
+    bits: int,
+    snr: np.ndarray,
+    unusable: np.ndarray,
+    buffers: _RowBuffers,
+) -> None:
+    """`significance_map` before smoothing, for the rows ``block``: writes ``snr`` and ``unusable``."""
+    n = snr.shape[0]
+    total, weights, weight = buffers.total[:n], buffers.weights[:n], buffers.weight[:n]
+    good, scratch = buffers.good[:n], buffers.scratch[:n]
+    flags = None if buffers.flags is None else buffers.flags[:n]
+    total.fill(0.0)
+    weights.fill(0.0)
+    unusable.fill(False)
+    for b in range(len(image.bands)):
+        pixels = image.image[b, block]
+        np.isfinite(pixels, out=good)
+        if image.variance is not None:
+            variance = image.variance[b, block]
+            good &= np.isfinite(variance, out=scratch)
+            good &= np.greater(variance, 0, out=scratch)
+        if flags is not None:
+            good &= np.equal(np.bitwise_and(image.mask[b, block], bits, out=flags), 0, out=scratch)
+        unusable |= np.logical_not(good, out=scratch)
+        weight.fill(0.0)
+        if image.variance is not None:
+            np.divide(np.float32(1.0), variance, out=weight, where=good)
+        else:
+            weight[good] = 1.0
+        # Unusable pixels add nothing (their weight is zero), and the sums never hold a negative zero.
+        np.add(weights, weight, out=weights)
+        np.multiply(pixels, weight, out=weight, where=good)
+        np.add(total, weight, out=total, where=good)
+    snr.fill(0.0)
+    np.greater(weights, 0, out=good)
+    np.sqrt(weights, out=weights)
+    np.divide(total, weights, out=snr, where=good)
 
 
 def find_peaks(
