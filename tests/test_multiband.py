@@ -49,6 +49,24 @@ def test_invalid_pixels_and_planes() -> None:
     assert image.plane_mask(["NOT_A_PLANE"]).sum() == 0
 
 
+def test_band_invalid_in_blocks_of_rows_is_the_band_of_invalid_pixels(monkeypatch) -> None:
+    from lsst.meas.extensions.deepdisc.core import multiband
+
+    image = _image()
+    rng = np.random.default_rng(8)
+    image.image[rng.random(image.image.shape) < 0.05] = np.inf
+    image.mask[rng.random(image.mask.shape) < 0.1] |= 1 << image.mask_planes["NO_DATA"]
+    image.mask[rng.random(image.mask.shape) < 0.1] |= 1 << image.mask_planes["SAT"]
+    planes = ("NO_DATA", "SAT")
+    expected = ~np.isfinite(image.image) | ((image.mask & image.plane_bits(planes)) != 0)
+    monkeypatch.setattr(multiband, "_BLOCK_PIXELS", 3 * 30 + 7)  # blocks of 3 rows, the last one short
+    out = np.ones((20, 30), dtype=bool)
+    for b in range(3):
+        np.testing.assert_array_equal(image.band_invalid(b, planes), expected[b])
+        assert image.band_invalid(b, planes, out=out) is out and np.array_equal(out, expected[b])
+    np.testing.assert_array_equal(image.invalid_pixels(planes), expected)
+
+
 def test_cutout_keeps_parent_coordinates_and_wcs() -> None:
     image = _image()
     cut = image.cutout(5, 6, 15, 16)

@@ -59,6 +59,9 @@ class MissingBandError(KeyError):
         return str(self.args[0]) if self.args else "missing band"
 
 
+_BLOCK_PIXELS = 1 << 14  # pixels per block of rows in band_invalid: its buffers stay small
+
+
 @dataclass
 class MultibandImage:
     """Co-registered images of one sky region in several bands.
@@ -212,17 +215,35 @@ class MultibandImage:
     def invalid_pixels(self, planes: Sequence[str] = ("NO_DATA",)) -> np.ndarray:
         """``[C, H, W]`` mask of pixels that carry no usable data: non-finite values or the named planes.
 
-        Built band by band: the only temporary is one band of the mask.
+        Built band by band (`band_invalid`).
         """
         bad = np.empty(self.image.shape, dtype=bool)
-        bits = self.plane_bits(planes) if self.mask is not None else 0
-        scratch = np.empty(self.shape, dtype=self.mask.dtype) if bits else None
         for b in range(self.image.shape[0]):
-            np.isfinite(self.image[b], out=bad[b])
-            np.logical_not(bad[b], out=bad[b])
-            if scratch is not None:
-                np.bitwise_and(self.mask[b], bits, out=scratch)
-                bad[b] |= scratch.astype(bool, copy=False)
+            self.band_invalid(b, planes, out=bad[b])
+        return bad
+
+    def band_invalid(
+        self, band: int, planes: Sequence[str] = ("NO_DATA",), out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``[H, W]`` mask of the pixels of band index ``band`` without usable data (see `invalid_pixels`).
+
+        The mask planes are tested a block of rows at a time through small reused buffers: a whole-band
+        temporary of the mask's integer type would cost more than the test.  ``out``, if given, receives the
+        result.
+        """
+        bad = np.empty(self.shape, dtype=bool) if out is None else out
+        np.isfinite(self.image[band], out=bad)
+        np.logical_not(bad, out=bad)
+        bits = self.plane_bits(planes) if self.mask is not None else 0
+        if bits:
+            height, width = self.shape
+            rows = min(height, max(1, _BLOCK_PIXELS // max(width, 1)))
+            flags = np.empty((rows, width), dtype=self.mask.dtype)
+            hit = np.empty((rows, width), dtype=bool)
+            for begin in range(0, height, rows):
+                n = min(rows, height - begin)
+                np.bitwise_and(self.mask[band, begin : begin + n], bits, out=flags[:n])
+                bad[begin : begin + n] |= np.not_equal(flags[:n], 0, out=hit[:n])
         return bad
 
     def cutout(self, x_begin: int, y_begin: int, x_end: int, y_end: int) -> MultibandImage:

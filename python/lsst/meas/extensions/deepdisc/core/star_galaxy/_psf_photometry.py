@@ -153,14 +153,6 @@ def _weighted_sums(along_y: np.ndarray, stamps: np.ndarray, along_x: np.ndarray)
     return np.einsum("ni,ni->n", along_y, np.einsum("nij,nj->ni", stamps, along_x))
 
 
-def _band_invalid(image: MultibandImage, band: int, planes: Sequence[str]) -> np.ndarray:
-    """``[H, W]`` pixels of one band without data: non-finite or in one of ``planes``."""
-    bad = ~np.isfinite(image.image[band])
-    if image.mask is not None and planes:
-        bad |= (image.mask[band] & image.plane_bits(planes)) != 0
-    return bad
-
-
 def _refine_centroids(
     image: MultibandImage, x: np.ndarray, y: np.ndarray, sigma: float, planes: Sequence[str], iterations: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -168,10 +160,14 @@ def _refine_centroids(
     half = int(np.ceil(3.0 * sigma))
     total = np.zeros(image.shape, dtype=np.float32)
     any_invalid = np.zeros(image.shape, dtype=bool)
+    invalid = np.empty(image.shape, dtype=bool)
+    valid = np.empty(image.shape, dtype=bool)
     for b in range(len(image.bands)):
-        invalid = _band_invalid(image, b, planes)
-        total += np.where(invalid, 0.0, image.image[b])
+        image.band_invalid(b, planes, out=invalid)
+        # Invalid pixels add nothing (the sum never holds a negative zero, so skipping a +0.0 is exact).
+        np.add(total, image.image[b], out=total, where=np.logical_not(invalid, out=valid))
         any_invalid |= invalid
+    del invalid, valid
     x, y = x.copy(), y.copy()
     for begin in range(0, len(x), _CHUNK):  # Sources are independent: the stamps stay small.
         chunk = slice(begin, min(begin + _CHUNK, len(x)))
@@ -304,12 +300,13 @@ def psf_photometry(
     xs, ys = np.where(finite, x, 0.0), np.where(finite, y, 0.0)
     if refine_iterations > 0:
         xs, ys = _refine_centroids(image, xs, ys, float(np.median(known)), invalid_planes, refine_iterations)
+    invalid = np.empty(image.shape, dtype=bool)
     for b, band in enumerate(image.bands):
         sigma = sigmas.get(band)
         if sigma is None:
             continue
         variance = None if image.variance is None else image.variance[b]
-        invalid = _band_invalid(image, b, invalid_planes)
+        invalid = image.band_invalid(b, invalid_planes, out=invalid)
         for begin in range(0, n, _CHUNK):
             chunk = slice(begin, min(begin + _CHUNK, n))
             measured = _measure_band(image.image[b], variance, invalid, xs[chunk], ys[chunk], sigma)
