@@ -8,9 +8,9 @@
 #   bench/gpu_benchmark.sh prepare     on a machine with this project's venv and network access: installs
 #                                      what the GPU machine lacks into a scratch directory, strips the
 #                                      debugging symbols from its shared libraries (galsim's alone are
-#                                      190 MB) and packs it into .gpu/site.tar.xz (git-ignored through
-#                                      .git/info/exclude); prints its size (it travels with the working
-#                                      tree: keep it under the transfer limit), then runs check
+#                                      190 MB) and packs it into .gpu/site.tar.xz (git-ignored; about
+#                                      23 MB, carried to the GPU machine with the working tree: keep it
+#                                      under the transfer limit), then runs check
 #   bench/gpu_benchmark.sh check       the whole run on the CPU on a 512 px patch, by an interpreter that
 #                                      sees only the venv's copies of the image's packages and the archive
 #   bench/gpu_benchmark.sh run [OUT]   on the GPU machine (no network needed): unpacks .gpu/site.tar.xz
@@ -43,7 +43,6 @@ attrs"
 
 prepare() {
     local python=${PYTHON:-.venv/bin/python}
-    grep -qxF "/$GPU_DIR/" .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo "/$GPU_DIR/" >>.git/info/exclude; }
     local scratch
     scratch=$(mktemp -d)
     trap 'rm -rf "$scratch"' RETURN
