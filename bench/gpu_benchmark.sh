@@ -22,8 +22,9 @@
 # Settings, by environment variable: SIZES (patch sides, default "1024 4100"), DENSITIES ("1"), BATCH
 # (tiles per forward call, "16"), CAP (R50-FPN detections per tile, "375": 1.5 x sep's source density per
 # 512 px tile on this patch), MODELS ("R50-FPN"; empty: the package only), DEVICE ("cuda"; "cpu" checks
-# the script without a GPU), THREADS (torch CPU threads, all cores), TESTS ("1": also run the tests that
-# skip without CUDA; "0": not), EXTRA (more options for bench_detect_scaling.py).
+# the script without a GPU), THREADS (torch CPU threads, all cores), METHOD_TIMEOUT (seconds after which
+# a method is dropped and the others still run, "300": a lease is short), TESTS ("1": also run the tests
+# that skip without CUDA; "0": not), EXTRA (more options for bench_detect_scaling.py).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -168,7 +169,7 @@ run() {
     python3 bench/bench_detect_scaling.py --device "${DEVICE:-cuda}" --half \
         --sizes ${SIZES:-1024 4100} --densities ${DENSITIES:-1} --baselines --no-reference \
         --models ${MODELS-R50-FPN} --detections-cap "${CAP:-375}" --batch-size "${BATCH:-16}" \
-        --threads "${THREADS:-$(nproc)}" --out "$out" ${EXTRA:-} || status=$?
+        --threads "${THREADS:-$(nproc)}" --timeout "${METHOD_TIMEOUT:-300}" --out "$out" ${EXTRA:-} || status=$?
     if [ "${TESTS:-1}" = 1 ]; then
         # The tests that skip without a CUDA device (fp16 inference, pinned batches, mixed-precision
         # training); -rs lists what still skipped and why.
@@ -182,5 +183,5 @@ case "${1:-}" in
     prepare) prepare ;;
     check) check ;;
     run) shift; run "$@" ;;
-    *) sed -n '2,25p' "$0"; exit 2 ;;
+    *) sed -n '2,27p' "$0"; exit 2 ;;
 esac
