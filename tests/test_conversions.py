@@ -122,6 +122,33 @@ def test_errors_name_the_problem() -> None:
         masked_image_from_multiband(undeclared, "g")
 
 
+def test_stacking_looks_each_band_up_once_and_releases_it_before_the_next() -> None:
+    import gc
+    import weakref
+
+    mb = _multiband()
+    stored = {band: masked_image_from_multiband(mb, band) for band in mb.bands}
+    lookups: list[str] = []
+    alive: list[weakref.ref] = []
+
+    class Reader(dict):
+        """Returns a fresh copy per lookup, as a Butler read would."""
+
+        def __getitem__(self, band: str) -> MaskedImage:
+            gc.collect()
+            assert not any(ref() is not None for ref in alive), "the previous band is still held"
+            lookups.append(band)
+            copy = masked_image_from_multiband(mb, band)
+            alive.append(weakref.ref(copy))
+            return copy
+
+    reader = Reader(stored)
+    back = multiband_from_masked_images(reader, ["r", "g"])
+    assert lookups == ["r", "g"]
+    np.testing.assert_array_equal(back.image, mb.select_bands(["r", "g"]).image)
+    np.testing.assert_array_equal(back.mask, mb.select_bands(["r", "g"]).mask)
+
+
 def test_reads_lsst_images_masks_units_and_new_plane_names() -> None:
     bbox = Box.from_shape((6, 7), start=(10, 20))
     schema = MaskSchema([MaskPlane("NO_DATA", "n"), MaskPlane("SATURATED", "s"), MaskPlane("STREAK", "x")])

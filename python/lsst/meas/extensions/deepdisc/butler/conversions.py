@@ -237,7 +237,9 @@ def multiband_from_masked_images(images: Mapping[str, MaskedImage], bands: Seque
     Parameters
     ----------
     images : mapping [`str`, `lsst.images.MaskedImage`]
-        Images by band (extra bands are ignored).
+        Images by band (extra bands are ignored).  Each wanted band is looked up once, in ``bands`` order,
+        and released once copied: a mapping that reads a band when it is looked up (`read_coadds`) keeps
+        one band in memory beside the cubes.
     bands : sequence of `str`
         Bands to stack, in order.
 
@@ -262,21 +264,35 @@ def multiband_from_masked_images(images: Mapping[str, MaskedImage], bands: Seque
     missing = [b for b in bands if b not in images]
     if missing:
         raise MissingBandError(f"band(s) {missing} required but not available; got bands {sorted(images)}")
-    first = images[bands[0]]
-    bbox = first.bbox
-    mismatched = {b: str(images[b].bbox) for b in bands if images[b].bbox != bbox}
-    if mismatched:
-        raise ValueError(f"bands must share one bounding box: {bands[0]} has {bbox}, but {mismatched}")
-    x0, y0 = bbox.x.start, bbox.y.start
-    shape = (bbox.y.size, bbox.x.size)
-    wcs = wcs_from_sky_projection(first.sky_projection, bbox)
-    if first.sky_projection is not None and wcs is None:
-        _log.warning("the sky projection of band %r has no FITS form; the image will have no WCS", bands[0])
-
-    # Legacy plane name -> bit: the first band's schema positions, then new names in order of appearance.
+    # One pass, one band at a time: ``images`` may load each band when it is looked up (`read_coadds`), so
+    # that only one band's coadd is held beside the cubes, and each band is looked up once.
     mask_planes: dict[str, int] = {}
-    for band in bands:
-        for position, plane in enumerate(images[band].mask.schema):
+    units = {}
+    fwhm = {}
+    for index, band in enumerate(bands):
+        masked = images[band]
+        if index == 0:
+            bbox = masked.bbox
+            x0, y0 = bbox.x.start, bbox.y.start
+            shape = (bbox.y.size, bbox.x.size)
+            wcs = wcs_from_sky_projection(masked.sky_projection, bbox)
+            if masked.sky_projection is not None and wcs is None:
+                _log.warning(
+                    "the sky projection of band %r has no FITS form; the image will have no WCS", band
+                )
+            image = np.empty((len(bands), *shape), dtype=np.float32)
+            variance = np.empty_like(image)
+            mask = np.zeros((len(bands), *shape), dtype=np.int32)
+        else:
+            if masked.bbox != bbox:
+                raise ValueError(
+                    f"bands must share one bounding box: {bands[0]} has {bbox}, but {band} has {masked.bbox}"
+                )
+            other = wcs_from_sky_projection(masked.sky_projection, bbox)
+            if not same_sky_grid(wcs, other, shape, (x0, y0)):
+                raise ValueError(f"band {band!r} is not on the same sky grid as band {bands[0]!r}")
+        # Legacy plane name -> bit: the first band's schema positions, then new names in order of appearance.
+        for position, plane in enumerate(masked.mask.schema):
             if plane is None:
                 continue
             legacy_name = _IMAGES_TO_LEGACY.get(plane.name, plane.name)
@@ -286,20 +302,11 @@ def multiband_from_masked_images(images: Mapping[str, MaskedImage], bands: Seque
                 while bit in taken:
                     bit += 1
                 mask_planes[legacy_name] = bit
-    if mask_planes and max(mask_planes.values()) > 62:
-        raise ValueError(f"{len(mask_planes)} mask planes do not fit a 64-bit mask")
-    mask_dtype = np.int32 if not mask_planes or max(mask_planes.values()) < 31 else np.int64
-
-    image = np.empty((len(bands), *shape), dtype=np.float32)
-    variance = np.empty_like(image)
-    mask = np.zeros((len(bands), *shape), dtype=mask_dtype)
-    units = {}
-    fwhm = {}
-    for index, band in enumerate(bands):
-        masked = images[band]
-        other = wcs_from_sky_projection(masked.sky_projection, bbox)
-        if index and not same_sky_grid(wcs, other, shape, (x0, y0)):
-            raise ValueError(f"band {band!r} is not on the same sky grid as band {bands[0]!r}")
+        if mask_planes and max(mask_planes.values()) > 62:
+            raise ValueError(f"{len(mask_planes)} mask planes do not fit a 64-bit mask")
+        if mask.dtype == np.int32 and mask_planes and max(mask_planes.values()) >= 31:
+            mask = mask.astype(np.int64)  # A band brought a plane past bit 30 (rare).
+        mask_dtype = mask.dtype.type
         scale = _image_unit_scale(masked.unit, band)
         image[index] = masked.image.array * scale
         variance[index] = masked.variance.array * scale**2
@@ -314,6 +321,7 @@ def multiband_from_masked_images(images: Mapping[str, MaskedImage], bands: Seque
         band_fwhm = masked.metadata.get("psf_fwhm_arcsec") if masked.metadata is not None else None
         if isinstance(band_fwhm, (int, float)):
             fwhm[band] = float(band_fwhm)
+        del masked
     metadata: dict[str, Any] = {"unit": units[bands[0]] if len(set(units.values())) == 1 else units}
     if fwhm:
         metadata["psf_fwhm_arcsec"] = fwhm

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import lsst.pex.config as pexConfig
@@ -102,5 +102,29 @@ def read_coadds(
         raise MissingBandError(
             f"{wanted_by} needs band(s) {missing}, but this patch has coadds only in {sorted(refs_by_band)}"
         )
+    if storage_class == "MaskedImageV2":
+        # Read as the stacking asks for each band: one coadd in memory beside the cubes, not all of them
+        # (six 4100 px coadds are about 1 GB).
+        return multiband_from_coadds(_BandReader(butlerQC, refs_by_band), list(bands), storage_class)
     coadds = {band: butlerQC.get(refs_by_band[band]) for band in bands}
     return multiband_from_coadds(coadds, list(bands), storage_class)
+
+
+class _BandReader(Mapping[str, Any]):
+    """The coadds of a quantum by band, each read from the Butler when it is looked up (not kept)."""
+
+    def __init__(self, butlerQC: Any, refs_by_band: dict[str, Any]) -> None:
+        self._butlerQC = butlerQC
+        self._refs = refs_by_band
+
+    def __getitem__(self, band: str) -> Any:
+        return self._butlerQC.get(self._refs[band])
+
+    def __contains__(self, band: object) -> bool:  # Mapping's default would read the coadd.
+        return band in self._refs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
