@@ -308,16 +308,16 @@ def multiband_from_masked_images(images: Mapping[str, MaskedImage], bands: Seque
             mask = mask.astype(np.int64)  # A band brought a plane past bit 30 (rare).
         mask_dtype = mask.dtype.type
         scale = _image_unit_scale(masked.unit, band)
-        image[index] = masked.image.array * scale
-        variance[index] = masked.variance.array * scale**2
+        # Into the cubes without whole-band temporaries (the same float32 products as ``array * scale``).
+        np.multiply(masked.image.array, scale, out=image[index])
+        np.multiply(masked.variance.array, scale**2, out=variance[index])
         units[band] = "nJy" if scale != 1.0 or masked.unit == u.nJy else (masked.unit and str(masked.unit))
         for plane in masked.mask.schema:
             if plane is None:
                 continue
             legacy_name = _IMAGES_TO_LEGACY.get(plane.name, plane.name)
-            mask[index] |= masked.mask.get(plane.name).astype(mask_dtype) << mask_dtype(
-                mask_planes[legacy_name]
-            )
+            bit = mask_dtype(1) << mask_dtype(mask_planes[legacy_name])
+            np.bitwise_or(mask[index], bit, out=mask[index], where=masked.mask.get(plane.name))
         band_fwhm = masked.metadata.get("psf_fwhm_arcsec") if masked.metadata is not None else None
         if isinstance(band_fwhm, (int, float)):
             fwhm[band] = float(band_fwhm)
