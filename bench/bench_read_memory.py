@@ -25,7 +25,7 @@ cache) is written once as one ``lsst.images`` FITS file per band under ``bench/w
 fresh process, the bands are read and stacked by ``multiband_from_masked_images``:
 
 * ``all bands held``: every band read first, then stacked (the reading before issue #14's fourth round);
-* ``streamed``: a mapping that reads a band when the stacking looks it up (what ``read_coadds`` hands it).
+* ``streamed``: `LazyBands`, which reads a band when the stacking looks it up (as ``read_coadds`` does).
 
 Reported: the process's resident memory after the imports, its peak (``VmHWM``), the peak over the start,
 the cubes' own size and the wall time.  Results go to
@@ -44,7 +44,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,32 +89,11 @@ def _write_bands(cache: Path, work: Path) -> list[Path]:
     return paths
 
 
-class _Reader(Mapping[str, Any]):
-    """Bands read from their files when looked up, as ``read_coadds`` reads them from the Butler."""
-
-    def __init__(self, paths: dict[str, Path]) -> None:
-        self._paths = paths
-
-    def __getitem__(self, band: str) -> Any:
-        from lsst.images import MaskedImage
-
-        return MaskedImage.read(self._paths[band])
-
-    def __contains__(self, band: object) -> bool:
-        return band in self._paths
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._paths)
-
-    def __len__(self) -> int:
-        return len(self._paths)
-
-
 def _measure(mode: str, paths: list[Path]) -> dict[str, Any]:
     """Body of a measuring process: read and stack the bands one way, report memory and time."""
     from lsst.images import MaskedImage
 
-    from lsst.meas.extensions.deepdisc.butler.conversions import multiband_from_masked_images
+    from lsst.meas.extensions.deepdisc.butler.conversions import LazyBands, multiband_from_masked_images
 
     by_band = {path.stem: path for path in paths}
     bands = list(by_band)
@@ -123,7 +102,7 @@ def _measure(mode: str, paths: list[Path]) -> dict[str, Any]:
     if mode == MODES[0]:
         images: Mapping[str, Any] = {band: MaskedImage.read(path) for band, path in by_band.items()}
     else:
-        images = _Reader(by_band)
+        images = LazyBands(by_band, MaskedImage.read)
     stacked = multiband_from_masked_images(images, bands)
     seconds = time.perf_counter() - start
     cubes = stacked.image.nbytes + stacked.variance.nbytes + stacked.mask.nbytes

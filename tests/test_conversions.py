@@ -14,6 +14,7 @@ from wcs_fixtures import tan_wcs
 
 from lsst.meas.extensions.deepdisc.butler.conversions import (
     LEGACY_TO_IMAGES_PLANES,
+    LazyBands,
     masked_image_from_multiband,
     multiband_from_exposures,
     multiband_from_masked_images,
@@ -127,26 +128,26 @@ def test_stacking_looks_each_band_up_once_and_releases_it_before_the_next() -> N
     import weakref
 
     mb = _multiband()
-    stored = {band: masked_image_from_multiband(mb, band) for band in mb.bands}
     lookups: list[str] = []
     alive: list[weakref.ref] = []
 
-    class Reader(dict):
-        """Returns a fresh copy per lookup, as a Butler read would."""
+    def load(band: str) -> MaskedImage:
+        """A fresh image per lookup, as a Butler read would give."""
+        gc.collect()
+        assert not any(ref() is not None for ref in alive), "the previous band is still held"
+        lookups.append(band)
+        image = masked_image_from_multiband(mb, band)
+        alive.append(weakref.ref(image))
+        return image
 
-        def __getitem__(self, band: str) -> MaskedImage:
-            gc.collect()
-            assert not any(ref() is not None for ref in alive), "the previous band is still held"
-            lookups.append(band)
-            copy = masked_image_from_multiband(mb, band)
-            alive.append(weakref.ref(copy))
-            return copy
-
-    reader = Reader(stored)
-    back = multiband_from_masked_images(reader, ["r", "g"])
-    assert lookups == ["r", "g"]
+    bands = LazyBands({band: band for band in mb.bands}, load)
+    back = multiband_from_masked_images(bands, ["r", "g"])
+    assert lookups == ["r", "g"]  # Checking which bands exist loaded nothing.
     np.testing.assert_array_equal(back.image, mb.select_bands(["r", "g"]).image)
     np.testing.assert_array_equal(back.mask, mb.select_bands(["r", "g"]).mask)
+    with pytest.raises(MissingBandError, match="'i'"):
+        multiband_from_masked_images(bands, ["g", "i"])
+    assert lookups == ["r", "g"]
 
 
 def test_reads_lsst_images_masks_units_and_new_plane_names() -> None:

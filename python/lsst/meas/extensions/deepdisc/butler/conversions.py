@@ -40,6 +40,7 @@ from __future__ import annotations
 
 __all__ = [
     "LEGACY_TO_IMAGES_PLANES",
+    "LazyBands",
     "masked_image_from_multiband",
     "multiband_from_coadds",
     "multiband_from_exposures",
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import astropy.units as u
@@ -231,6 +232,37 @@ def _image_unit_scale(unit: u.UnitBase | None, band: str) -> float:
         return 1.0
 
 
+class LazyBands(Mapping[str, Any]):
+    """Images by band, each loaded when it is looked up and not kept: streaming input of the stacking.
+
+    `multiband_from_masked_images` looks each band up once and releases it once copied, so a patch's bands
+    given this way are held one at a time beside the cubes (``read_coadds`` reads them from the Butler).
+
+    Parameters
+    ----------
+    sources : mapping [`str`, `object`]
+        What ``load`` takes, by band (a Butler reference, a file path).
+    load : callable
+        Loads one band's image from its source.
+    """
+
+    def __init__(self, sources: Mapping[str, Any], load: Callable[[Any], Any]) -> None:
+        self._sources = dict(sources)
+        self._load = load
+
+    def __getitem__(self, band: str) -> Any:
+        return self._load(self._sources[band])
+
+    def __contains__(self, band: object) -> bool:  # Mapping's default would load the band.
+        return band in self._sources
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+
 def multiband_from_masked_images(images: Mapping[str, MaskedImage], bands: Sequence[str]) -> MultibandImage:
     """Stack per-band `lsst.images.MaskedImage` objects into a `MultibandImage`.
 
@@ -238,8 +270,8 @@ def multiband_from_masked_images(images: Mapping[str, MaskedImage], bands: Seque
     ----------
     images : mapping [`str`, `lsst.images.MaskedImage`]
         Images by band (extra bands are ignored).  Each wanted band is looked up once, in ``bands`` order,
-        and released once copied: a mapping that reads a band when it is looked up (`read_coadds`) keeps
-        one band in memory beside the cubes.
+        and released once copied: with `LazyBands`, which reads a band when it is looked up, one band is
+        in memory beside the cubes.
     bands : sequence of `str`
         Bands to stack, in order.
 
@@ -264,7 +296,7 @@ def multiband_from_masked_images(images: Mapping[str, MaskedImage], bands: Seque
     missing = [b for b in bands if b not in images]
     if missing:
         raise MissingBandError(f"band(s) {missing} required but not available; got bands {sorted(images)}")
-    # One pass, one band at a time: ``images`` may load each band when it is looked up (`read_coadds`), so
+    # One pass, one band at a time: ``images`` may load each band when it is looked up (`LazyBands`), so
     # that only one band's coadd is held beside the cubes, and each band is looked up once.
     mask_planes: dict[str, int] = {}
     units = {}

@@ -31,13 +31,13 @@ __all__ = [
 ]
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import lsst.pex.config as pexConfig
 import lsst.pipe.base.connectionTypes as cT
 
-from ..butler.conversions import multiband_from_coadds
+from ..butler.conversions import LazyBands, multiband_from_coadds
 from ..core.multiband import MissingBandError, MultibandImage
 
 COADD_STORAGE_CLASSES: dict[str, str] = {
@@ -105,26 +105,6 @@ def read_coadds(
     if storage_class == "MaskedImageV2":
         # Read as the stacking asks for each band: one coadd in memory beside the cubes, not all of them
         # (six 4100 px coadds are about 1 GB).
-        return multiband_from_coadds(_BandReader(butlerQC, refs_by_band), list(bands), storage_class)
+        return multiband_from_coadds(LazyBands(refs_by_band, butlerQC.get), list(bands), storage_class)
     coadds = {band: butlerQC.get(refs_by_band[band]) for band in bands}
     return multiband_from_coadds(coadds, list(bands), storage_class)
-
-
-class _BandReader(Mapping[str, Any]):
-    """The coadds of a quantum by band, each read from the Butler when it is looked up (not kept)."""
-
-    def __init__(self, butlerQC: Any, refs_by_band: dict[str, Any]) -> None:
-        self._butlerQC = butlerQC
-        self._refs = refs_by_band
-
-    def __getitem__(self, band: str) -> Any:
-        return self._butlerQC.get(self._refs[band])
-
-    def __contains__(self, band: object) -> bool:  # Mapping's default would read the coadd.
-        return band in self._refs
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._refs)
-
-    def __len__(self) -> int:
-        return len(self._refs)
