@@ -31,7 +31,8 @@ cd "$(dirname "$0")/.."
 GPU_DIR=.gpu
 SITE=${DEEPDISC_SITE:-/tmp/deepdisc-site}
 # Runtime needs of the package and the benchmark that the GPU image may lack (their own dependencies are
-# added from the venv's metadata); sep for the simulation's deblender module (the CPU baselines do not run there).
+# added from the venv's metadata); sep for the simulation's deblender module (the CPU baselines do not run
+# there).
 ROOTS="lsst-pipe-base lsst-daf-butler lsst-pex-config lsst-utils lsst-images lsst-resources lsst-sphgeom
 astropy galsim sep surveycodex pycocotools fvcore iopath omegaconf hydra-core yacs termcolor"
 # Packages of the GPU image (see the device notes), never downloaded: torch and friends stay the image's.

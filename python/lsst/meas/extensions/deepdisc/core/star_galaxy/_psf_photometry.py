@@ -306,7 +306,7 @@ def psf_photometry(
         if sigma is None:
             continue
         variance = None if image.variance is None else image.variance[b]
-        invalid = image.band_invalid(b, invalid_planes, out=invalid)
+        image.band_invalid(b, invalid_planes, out=invalid)
         for begin in range(0, n, _CHUNK):
             chunk = slice(begin, min(begin + _CHUNK, n))
             measured = _measure_band(image.image[b], variance, invalid, xs[chunk], ys[chunk], sigma)
