@@ -12,6 +12,7 @@ from lsst.meas.extensions.deepdisc.core.footprints import (
     Footprint,
     flatten_spans,
     mask_to_spans,
+    masks_to_spans,
     spans_area,
     spans_bbox,
     spans_centroid,
@@ -50,6 +51,25 @@ def test_spans_are_canonical(mask: np.ndarray, xy0: tuple[int, int]) -> None:
     assert np.all(spans[:, 2] >= spans[:, 1])
     same_row = spans[1:, 0] == spans[:-1, 0]
     assert np.all(spans[1:, 1][same_row] > spans[:-1, 2][same_row] + 1)
+
+
+@given(
+    stack=arrays(
+        dtype=bool,
+        shape=st.tuples(st.integers(0, 6), st.integers(1, 12), st.integers(1, 12)),
+        elements=st.booleans(),
+    ),
+    xy0=offsets,
+)
+@settings(max_examples=200, deadline=None)
+def test_stacked_masks_give_each_planes_spans(stack: np.ndarray, xy0: tuple[int, int]) -> None:
+    origins = np.array([(xy0[0] + 3 * k, xy0[1] - 5 * k) for k in range(stack.shape[0])]).reshape(-1, 2)
+    spans = masks_to_spans(stack, origins)
+    assert len(spans) == stack.shape[0]
+    for plane, origin, got in zip(stack, origins, spans):
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got.reshape(-1, 3), mask_to_spans(plane, tuple(origin)))
+        np.testing.assert_array_equal(spans_to_mask(got, plane.shape, tuple(origin)), plane)
 
 
 @given(a=masks, b=masks)

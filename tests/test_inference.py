@@ -308,6 +308,42 @@ def test_paste_box_mask_matches_detectron2() -> None:
     assert expected.any()
 
 
+@pytest.mark.parametrize(("chunk", "pixels"), [(64, 1 << 20), (1, 1 << 20), (5, 2000)])
+def test_batched_paste_equals_paste_box_mask(
+    monkeypatch: pytest.MonkeyPatch, chunk: int, pixels: int
+) -> None:
+    """The tile's masks pasted in chunks give the spans of `paste_box_mask` one by one, in input order."""
+    from lsst.meas.extensions.deepdisc.core.inference import _stitching
+
+    monkeypatch.setattr(_stitching, "_PASTE_CHUNK", chunk)
+    monkeypatch.setattr(_stitching, "_PASTE_PIXELS", pixels)
+    rng = np.random.default_rng(11)
+    tile = plan_tiles(200, 240, 256, 0)[0]
+    count = 300
+    centre = rng.uniform(-15, 250, (count, 2))
+    size = rng.lognormal(2.0, 0.9, (count, 2))
+    size[:6] *= -1  # Degenerate boxes paste nothing.
+    size[6:9] = 180.0  # Windows larger than a small chunk's pixel budget.
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+    yy, xx = np.mgrid[0:28, 0:28]
+    radius = np.hypot(
+        yy - 13.5 + rng.normal(0, 4, (count, 1, 1)), xx - 13.5 + rng.normal(0, 4, (count, 1, 1))
+    )
+    soft = np.exp(-(radius**2) / rng.uniform(10, 300, (count, 1, 1))) + rng.normal(0, 0.15, (count, 28, 28))
+    masks = torch.from_numpy(soft[:, np.newaxis].astype(np.float32))
+    origin = (1000, 2000)
+    spans = _stitching._box_masks_to_spans(masks, boxes, tile, 0.5, origin)
+    assert len(spans) == count
+    for k in range(count):
+        crop, (col0, row0) = paste_box_mask(masks[k, 0].numpy(), boxes[k], tile.height, tile.width)
+        expected = (
+            mask_to_spans(crop, (origin[0] + col0, origin[1] + row0)) if crop.size else np.zeros((0, 3))
+        )
+        assert spans[k].dtype == np.int32
+        np.testing.assert_array_equal(spans[k].reshape(-1, 3), expected, err_msg=f"box {k}: {boxes[k]}")
+    assert sum(s.shape[0] == 0 for s in spans) >= 6 and sum(s.shape[0] > 0 for s in spans) > count // 2
+
+
 @pytest.mark.parametrize("raw", [False, True])
 def test_batch_size_does_not_change_the_result(raw: bool) -> None:
     image, _ = _boundary_scene()

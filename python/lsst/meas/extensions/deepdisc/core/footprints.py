@@ -40,6 +40,7 @@ __all__ = [
     "footprint_pixels",
     "pixels_at",
     "mask_to_spans",
+    "masks_to_spans",
     "spans_area",
     "spans_bbox",
     "spans_centroid",
@@ -79,21 +80,44 @@ def mask_to_spans(mask: np.ndarray, xy0: tuple[int, int] = (0, 0)) -> np.ndarray
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-d, got shape {mask.shape}")
-    binary = mask.astype(bool, copy=False)
-    if not binary.any():
+    if not mask.any():
         return _EMPTY_SPANS.copy()
+    return masks_to_spans(mask[np.newaxis], np.asarray([xy0]))[0]
+
+
+def masks_to_spans(masks: np.ndarray, xy0s: np.ndarray) -> list[np.ndarray]:
+    """Encode a stack of 2-d boolean masks as spans, all at once (`mask_to_spans` of each plane).
+
+    Parameters
+    ----------
+    masks : `numpy.ndarray`
+        ``[K, H, W]`` array; non-zero pixels belong to the footprints.
+    xy0s : `numpy.ndarray`
+        ``[K, 2]`` parent coordinates ``(x0, y0)`` of each ``masks[k, 0, 0]``.
+
+    Returns
+    -------
+    spans : `list` [`numpy.ndarray`]
+        The ``K`` planes' spans (``int32 (N_k, 3)``, sorted by row then column), in order.
+    """
+    masks = np.asarray(masks)
+    xy0s = np.asarray(xy0s, dtype=np.int64).reshape(-1, 2)
+    if masks.ndim != 3 or xy0s.shape[0] != masks.shape[0]:
+        raise ValueError(f"masks must be [K, H, W] with K origins, got {masks.shape} and {xy0s.shape[0]}")
+    if masks.shape[0] == 0:
+        return []
     # Pad with a False column on both sides so every run has a rising and a falling edge in its row.
-    padded = np.zeros((binary.shape[0], binary.shape[1] + 2), dtype=np.int8)
-    padded[:, 1:-1] = binary
-    edges = np.diff(padded, axis=1)
-    rows_start, cols_start = np.nonzero(edges == 1)
-    _, cols_end = np.nonzero(edges == -1)
-    # np.nonzero scans in row-major order, so starts and ends pair up run by run.
-    spans = np.empty((rows_start.size, 3), dtype=SPAN_DTYPE)
-    spans[:, 0] = rows_start + xy0[1]
-    spans[:, 1] = cols_start + xy0[0]
-    spans[:, 2] = cols_end - 1 + xy0[0]
-    return spans
+    padded = np.zeros((masks.shape[0], masks.shape[1], masks.shape[2] + 2), dtype=np.int8)
+    padded[:, :, 1:-1] = masks.astype(bool, copy=False)
+    edges = np.diff(padded, axis=2)
+    plane, rows_start, cols_start = np.nonzero(edges == 1)
+    _, _, cols_end = np.nonzero(edges == -1)
+    # np.nonzero scans in C order, plane by plane and row by row, so starts and ends pair up run by run.
+    spans = np.empty((plane.size, 3), dtype=SPAN_DTYPE)
+    spans[:, 0] = rows_start + xy0s[plane, 1]
+    spans[:, 1] = cols_start + xy0s[plane, 0]
+    spans[:, 2] = cols_end - 1 + xy0s[plane, 0]
+    return np.split(spans, np.cumsum(np.bincount(plane, minlength=masks.shape[0]))[:-1])
 
 
 def spans_to_mask(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 __all__ = ["paste_box_mask"]
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,28 +33,72 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..footprints import SPAN_DTYPE, mask_to_spans, spans_area, spans_intersection_area
+from ..footprints import SPAN_DTYPE, mask_to_spans, masks_to_spans, spans_area, spans_intersection_area
 from ._tiles import InferenceConfig, Tile
 
 # Rows of the crossing-candidates matrix evaluated at once while looking for duplicates (bounds memory).
 _MERGE_CHUNK = 256
+# Masks resampled together (`_box_masks_to_spans`): at most this many, of similar window sizes (fewer
+# padded pixels; 64 was fastest: 5.7x the one-by-one paste on 750 detections of a tile) ...
+_PASTE_CHUNK = 64
+# ... and at most this many padded pixels (8 MB of float64) per chunk.
+_PASTE_PIXELS = 1 << 20
 
 
-def _interpolation_matrix(first: int, stop: int, low: float, high: float, size: int) -> np.ndarray:
-    """Bilinear weights ``[stop - first, size]`` sampling a ``size``-cell axis spread over ``[low, high)``.
+def _paste_windows(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``int64 [n, 4]`` pixel windows ``col0, row0, col1, row1`` that each box's mask is pasted into.
 
-    Pixel ``p`` samples the mask at ``(p + 0.5 - low) / (high - low) * size - 0.5`` in cell units (cell
-    centres at integers, zero outside) - ``grid_sample(align_corners=False)`` with zero padding.
+    The pixels detectron2 samples (values further out are below any threshold >= 0.5), clipped to the
+    image; a degenerate box (``x1 <= x0`` or ``y1 <= y0``) gets an empty window.
     """
-    position = (np.arange(first, stop, dtype=np.float64) + 0.5 - low) / (high - low) * size - 0.5
+    x0, y0, x1, y1 = (boxes[:, i].astype(np.float64) for i in range(4))
+    col0 = np.clip(np.floor(x0) - 1, 0, width).astype(np.int64)
+    row0 = np.clip(np.floor(y0) - 1, 0, height).astype(np.int64)
+    col1 = np.maximum(np.minimum(np.ceil(x1) + 1, width).astype(np.int64), col0)
+    row1 = np.maximum(np.minimum(np.ceil(y1) + 1, height).astype(np.int64), row0)
+    degenerate = (x1 <= x0) | (y1 <= y0)
+    col1[degenerate] = col0[degenerate]
+    row1[degenerate] = row0[degenerate]
+    return np.stack([col0, row0, col1, row1], axis=1)
+
+
+def _interpolation_weights(
+    first: np.ndarray, count: np.ndarray, low: np.ndarray, high: np.ndarray, length: int, size: int
+) -> np.ndarray:
+    """Bilinear weights ``[k, length, size]``: for each of ``k`` boxes, a ``size``-cell axis over a box side.
+
+    Box ``i``'s side spans ``[low[i], high[i])``; its rows sample pixels ``first[i]`` to
+    ``first[i] + count[i] - 1`` (rows past ``count[i]`` are zero).  Pixel ``p`` samples the mask at
+    ``(p + 0.5 - low) / (high - low) * size - 0.5`` in cell units (cell centres at integers, zero
+    outside) - ``grid_sample(align_corners=False)`` with zero padding.
+    """
+    pixel = (first[:, None] + np.arange(length)).astype(np.float64)
+    position = (pixel + 0.5 - low[:, None]) / (high - low)[:, None] * size - 0.5
     lower = np.floor(position).astype(np.int64)
     frac = position - lower
-    weights = np.zeros((position.size, size), dtype=np.float64)
-    rows = np.arange(position.size)
+    in_window = np.arange(length) < count[:, None]
+    weights = np.zeros((first.size, length, size), dtype=np.float64)
+    box, pixel_index = np.indices(lower.shape)
     for cell, weight in ((lower, 1.0 - frac), (lower + 1, frac)):
-        inside = (cell >= 0) & (cell < size)
-        weights[rows[inside], cell[inside]] = weight[inside]
+        inside = in_window & (cell >= 0) & (cell < size)
+        weights[box[inside], pixel_index[inside], cell[inside]] = weight[inside]
     return weights
+
+
+def _paste_stack(soft: np.ndarray, boxes: np.ndarray, windows: np.ndarray, threshold: float) -> np.ndarray:
+    """Soft masks ``[k, M, M]`` resampled into their windows and thresholded, as ``[k, H, W]`` booleans.
+
+    The planes have the largest window's size; each window's pixels are at the top left, `False` past them.
+    """
+    sizes = windows[:, 2:] - windows[:, :2]
+    wide, tall = (int(v) for v in sizes.max(axis=0))
+    rows = _interpolation_weights(windows[:, 1], sizes[:, 1], boxes[:, 1], boxes[:, 3], tall, soft.shape[1])
+    cols = _interpolation_weights(windows[:, 0], sizes[:, 0], boxes[:, 0], boxes[:, 2], wide, soft.shape[2])
+    # Bilinear interpolation is separable: rows @ mask @ cols.T samples every pixel centre at once.
+    binary = rows @ soft @ cols.transpose(0, 2, 1) >= threshold
+    binary &= np.arange(tall)[None, :, None] < sizes[:, 1, None, None]
+    binary &= np.arange(wide)[None, None, :] < sizes[:, 0, None, None]
+    return binary
 
 
 def paste_box_mask(
@@ -82,19 +125,14 @@ def paste_box_mask(
         ``(x, y)`` image pixel of ``mask[0, 0]``.
     """
     soft = np.asarray(soft_mask, dtype=np.float64)
-    soft = soft.reshape(soft.shape[-2:])
-    x0, y0, x1, y1 = (float(v) for v in box)
-    # The pixel range detectron2 samples: values further out are below any threshold >= 0.5.
-    col0 = int(min(max(math.floor(x0) - 1, 0), width))
-    row0 = int(min(max(math.floor(y0) - 1, 0), height))
-    col1 = int(max(min(math.ceil(x1) + 1, width), col0))
-    row1 = int(max(min(math.ceil(y1) + 1, height), row0))
-    if x1 <= x0 or y1 <= y0 or col1 == col0 or row1 == row0:
-        return np.zeros((0, 0), dtype=bool), (col0, row0)
-    rows = _interpolation_matrix(row0, row1, y0, y1, soft.shape[0])
-    cols = _interpolation_matrix(col0, col1, x0, x1, soft.shape[1])
-    # Bilinear interpolation is separable: rows @ mask @ cols.T samples every pixel centre at once.
-    return (rows @ soft @ cols.T) >= threshold, (col0, row0)
+    soft = soft.reshape(1, *soft.shape[-2:])
+    boxes = np.asarray(box, dtype=np.float64).reshape(1, 4)
+    window = _paste_windows(boxes, height, width)
+    size = window[:, 2:] - window[:, :2]
+    origin = (int(window[0, 0]), int(window[0, 1]))
+    if not (size > 0).all():
+        return np.zeros((0, 0), dtype=bool), origin
+    return _paste_stack(soft, boxes, window, threshold)[0], origin
 
 
 @dataclass
@@ -202,16 +240,37 @@ def _full_masks_to_spans(masks: torch.Tensor, threshold: float, origin: tuple[in
 def _box_masks_to_spans(
     masks: torch.Tensor, boxes: np.ndarray, tile: Tile, threshold: float, origin: tuple[int, int]
 ) -> list[np.ndarray]:
-    """Box-relative soft masks ``[n, 1, M, M]`` pasted one by one into their boxes, to spans."""
+    """Box-relative soft masks ``[n, 1, M, M]`` pasted into their boxes (`paste_box_mask`), to spans.
+
+    The masks are resampled together, in chunks of similar window size (`_PASTE_CHUNK` masks and
+    `_PASTE_PIXELS` padded pixels at most): the same weights and products as `paste_box_mask`, one
+    batched matrix product per chunk instead of two per detection.
+    """
     soft = masks[:, 0].float().cpu().numpy()
-    spans = []
-    for i in range(soft.shape[0]):
-        crop, (col0, row0) = paste_box_mask(soft[i], boxes[i], tile.height, tile.width, threshold)
-        spans.append(
-            mask_to_spans(crop, (origin[0] + col0, origin[1] + row0))
-            if crop.size
-            else np.zeros((0, 3), dtype=SPAN_DTYPE)
+    n = soft.shape[0]
+    spans: list[np.ndarray] = [np.zeros((0, 3), dtype=SPAN_DTYPE)] * n
+    if n == 0:
+        return spans
+    windows = _paste_windows(boxes, tile.height, tile.width)
+    sizes = windows[:, 2:] - windows[:, :2]
+    order = np.flatnonzero((sizes > 0).all(axis=1))
+    order = order[np.argsort(sizes[order, 0] * sizes[order, 1], kind="stable")]
+    start = 0
+    while start < order.size:
+        # The longest run of windows (smallest first) within both limits.
+        wide = np.maximum.accumulate(sizes[order[start:], 0])
+        tall = np.maximum.accumulate(sizes[order[start:], 1])
+        fits = np.arange(1, wide.size + 1) * wide * tall <= _PASTE_PIXELS
+        fits[_PASTE_CHUNK:] = False
+        stop = start + max(1, int(np.argmin(fits)) if not fits.all() else fits.size)
+        chunk = order[start:stop]
+        start = stop
+        binary = _paste_stack(
+            soft[chunk].astype(np.float64), boxes[chunk].astype(np.float64), windows[chunk], threshold
         )
+        origins = windows[chunk, :2] + np.asarray(origin, dtype=np.int64)
+        for index, footprint in zip(chunk, masks_to_spans(binary, origins)):
+            spans[index] = footprint
     return spans
 
 
