@@ -25,7 +25,8 @@ goes through the task's own ``run`` (after an untimed run on a 256 px cutout) un
 CPU or on CUDA.  The model's parts (backbone, proposal generator, box and mask heads) and the task's stages
 (tiled inference, catalog, peak splitting, judging) are labelled, so the report gives
 
-* the labelled stages: calls, wall time on the host (inclusive) and time on the device;
+* the labelled stages: calls, wall time on the host (inclusive) and, on CUDA, the device time of the
+  kernels they issued and the span of the stage on the device's timeline;
 * the operators with the most self time on the host, and on CUDA those with the most self time on the
   device.
 
@@ -73,6 +74,8 @@ MODEL_PARTS = (
     "roi_heads.mask_pooler",
     "roi_heads.mask_head",
 )
+# The labels' prefixes.
+_LABELS = ("model: ", "task: ", "inference: ")
 _INFERENCE_RUN = "lsst.meas.extensions.deepdisc.core.inference._run"
 # The task's stages that get a label of their own: (module path, attribute, label).
 TASK_STAGES = (
@@ -148,18 +151,34 @@ def _labelled_model_parts(task_class: Any) -> Iterator[None]:
         task_class._build_model = original
 
 
+def _on_host(event: Any) -> bool:
+    """Whether an averaged event is the host's (not a kernel, a copy or a label's span on the device)."""
+    from torch.autograd import DeviceType
+
+    return event.device_type == DeviceType.CPU
+
+
 def _stage_rows(events: Any, device: bool) -> list[str]:
+    """The labelled stages: calls, host time, the device time of their kernels and their span there."""
+    spans = {e.key: e.device_time_total for e in events if e.key.startswith(_LABELS) and not _on_host(e)}
     rows = []
     for event in sorted(events, key=lambda e: -e.cpu_time_total):
-        if not event.key.startswith(("model: ", "task: ", "inference: ")):
+        if not event.key.startswith(_LABELS) or not _on_host(event):
             continue
-        device_ms = f"{event.device_time_total / 1e3:.1f}" if device else "—"
-        rows.append(f"| {event.key} | {event.count} | {event.cpu_time_total / 1e3:.1f} | {device_ms} |")
+        busy, span = (event.device_time_total, spans.get(event.key, 0.0)) if device else (None, None)
+        rows.append(
+            f"| {event.key} | {event.count} | {event.cpu_time_total / 1e3:.1f} | "
+            + (f"{busy / 1e3:.1f} | {span / 1e3:.1f} |" if device else "— | — |")
+        )
     return rows
 
 
 def _operator_rows(events: Any, attribute: str, top: int) -> list[str]:
-    operators = [e for e in events if not e.key.startswith(("model: ", "task: ", "inference: "))]
+    """The host's operators with the most ``attribute`` (self host or device time), with their share.
+
+    Kernels and copies count towards the operator that issued them, so each appears once.
+    """
+    operators = [e for e in events if _on_host(e) and not e.key.startswith(_LABELS)]
     total = sum(getattr(e, attribute) for e in operators) or 1.0
     rows = []
     for event in sorted(operators, key=lambda e: -getattr(e, attribute))[:top]:
@@ -169,6 +188,7 @@ def _operator_rows(events: Any, attribute: str, top: int) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (see ``--help``)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -246,8 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         "## Labelled stages",
         "",
-        "| stage | calls | host ms (inclusive) | device ms |",
-        "|---|---:|---:|---:|",
+        "| stage | calls | host ms (inclusive) | device busy ms (its kernels) | device span ms |",
+        "|---|---:|---:|---:|---:|",
         *_stage_rows(events, cuda),
         "",
         "## Operators by self time on the host",
