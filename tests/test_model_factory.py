@@ -193,6 +193,30 @@ def test_config_round_trips_through_safe_yaml_and_rebuilds_same_shapes(architect
     assert any(v.shape[1:2] == (5,) for k, v in rebuilt.items() if v.ndim == 4)  # A 5-band first layer.
 
 
+@pytest.mark.parametrize("architecture", ["compact-R18-FPN", "Swin-T"])
+def test_building_without_random_init_then_loading_gives_the_same_model(architecture):
+    """``init_weights=False`` draws no random numbers; loaded weights make it the fully initialised model."""
+    config = make_model_config(_spec(architecture, 3))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        initialised = build_model(config)
+        state = torch.random.get_rng_state()
+        bare = build_model(config, init_weights=False)
+        assert torch.equal(torch.random.get_rng_state(), state)  # Nothing drawn...
+        build_model(config)
+        assert not torch.equal(torch.random.get_rng_state(), state)  # ... where a full build draws.
+    bare.load_state_dict(initialised.state_dict(), strict=True)
+    for name, buffer in initialised.named_buffers():
+        assert torch.equal(buffer, dict(bare.named_buffers())[name]), name  # Non-persistent ones too.
+    image = _image(3, 64)
+    with torch.inference_mode():
+        expected = initialised([{"image": image, "height": 64, "width": 64}])[0]["instances"]
+        got = bare([{"image": image, "height": 64, "width": 64}])[0]["instances"]
+    assert len(expected) > 0
+    assert torch.equal(got.scores, expected.scores)
+    assert torch.equal(got.pred_boxes.tensor, expected.pred_boxes.tensor)
+
+
 def test_model_spec_dict_round_trip_and_validation():
     spec = ModelSpec(
         "R50-FPN",

@@ -414,7 +414,8 @@ class ModelPackage:
 
         check_config_safety(self.model_config)  # Also for packages made in memory, not loaded.
         try:
-            model = factory_build_model(self.model_config, device=str(device))
+            # Every parameter and buffer is loaded below (strict): no random draws for them.
+            model = factory_build_model(self.model_config, device=str(device), init_weights=False)
         except UnsafeConfigError as exc:
             raise ModelPackageError(
                 f"{MODEL_MEMBER} of model package {self.name!r} is refused: {exc}"

@@ -53,6 +53,7 @@ __all__ = [
     "model_config_dir",
 ]
 
+import contextlib
 import copy
 import json
 import math
@@ -537,11 +538,65 @@ def _validate_model_config(model_config: Mapping[str, Any]) -> None:
         raise ValueError(f"the model predicts {inner_classes} classes but class_names has {len(class_names)}")
 
 
-def build_model(model_config: Mapping[str, Any], device: str = "cpu") -> torch.nn.Module:
+def _without_random_init() -> Any:
+    """A torch function mode in which the random fills of weight initialisation draw nothing.
+
+    ``torch.nn.init``'s random initialisers (which detectron2's and the layers' own defaults call) and the
+    tensors' ``uniform_`` and ``normal_`` fill their tensor with the distribution's centre instead (a
+    constant: a fill costs a fraction of a draw, and code that checks the values it drew, such as the
+    rejection loop of ``trunc_normal_``, sees values in range).  Only for weights all overwritten next.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    init = torch.nn.init
+    # Per function, the parameters (after the tensor, with their defaults) whose mean is the centre.  With
+    # a mode active, torch.nn.init's functions reach it themselves (and what they call does not).
+    centres: dict[Any, tuple[tuple[str, float], ...]] = {
+        torch.Tensor.uniform_: (("from", 0.0), ("to", 1.0)),
+        torch.Tensor.normal_: (("mean", 0.0),),
+        init.uniform_: (("a", 0.0), ("b", 1.0)),
+        init.normal_: (("mean", 0.0),),
+        init.trunc_normal_: (("mean", 0.0),),
+    }
+    centres.update(
+        dict.fromkeys(
+            (init.kaiming_uniform_, init.kaiming_normal_, init.xavier_uniform_, init.xavier_normal_), ()
+        )
+    )
+    centres.update(dict.fromkeys((init.orthogonal_, init.sparse_), ()))
+
+    class _CentredFills(TorchFunctionMode):
+        def __torch_function__(
+            self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
+        ) -> Any:
+            kwargs = kwargs or {}
+            if func not in centres:
+                return func(*args, **kwargs)
+            tensor = args[0] if args else kwargs["tensor"]
+            values = [
+                float(args[1 + k]) if 1 + k < len(args) else float(kwargs.get(name, default))
+                for k, (name, default) in enumerate(centres[func])
+            ]
+            with torch.no_grad():
+                tensor.fill_(sum(values) / len(values) if values else 0.0)
+            return tensor
+
+    return _CentredFills()
+
+
+def build_model(
+    model_config: Mapping[str, Any], device: str = "cpu", *, init_weights: bool = True
+) -> torch.nn.Module:
     """Build a randomly initialised model, in eval mode, from a `make_model_config`-style dict.
 
     Nothing in ``model_config`` is executed or imported: yacs configs select detectron2 registry entries,
     lazy configs are instantiated through the allowlist.  No weights are loaded.
+
+    ``init_weights=False`` skips the random draws of the weights' initialisation (their values are then
+    placeholders): for a caller that loads every parameter and buffer next, as
+    `..model_package.ModelPackage.build_model` does.  The draws cost 0.1 s for the compact model and 0.3 s
+    for R50-FPN on every build.
 
     Raises
     ------
@@ -578,12 +633,14 @@ def build_model(model_config: Mapping[str, Any], device: str = "cpu") -> torch.n
         if cfg.MODEL.WEIGHTS:
             raise ValueError("MODEL.WEIGHTS must be empty: weights are never loaded from a config")
         cfg.MODEL.DEVICE = str(torch_device)
-        model = build_detectron2_model(cfg)
+        with contextlib.nullcontext() if init_weights else _without_random_init():
+            model = build_detectron2_model(cfg)
     else:
         tree = _resolve_lazy_model(copy.deepcopy(dict(model_config["model"])))
         if not roi_heads.is_class_probs_head(resolve_target(tree["roi_heads"][TARGET_KEY])):
             raise ValueError(f"ROI heads {tree['roi_heads'][TARGET_KEY]!r} are not ours ({_OUR_ROI_HEADS})")
-        model = safe_instantiate(tree, "model")
+        with contextlib.nullcontext() if init_weights else _without_random_init():
+            model = safe_instantiate(tree, "model")
         if not isinstance(model, GeneralizedRCNN):
             raise ValueError(f"the model config builds a {type(model).__name__}, not a GeneralizedRCNN")
         model.to(torch_device)
