@@ -258,13 +258,12 @@ def _box_masks_to_spans(
     start = 0
     while start < order.size:
         # The longest run of windows (smallest first) within both limits.
-        wide = np.maximum.accumulate(sizes[order[start:], 0])
-        tall = np.maximum.accumulate(sizes[order[start:], 1])
-        fits = np.arange(1, wide.size + 1) * wide * tall <= _PASTE_PIXELS
-        fits[_PASTE_CHUNK:] = False
-        stop = start + max(1, int(np.argmin(fits)) if not fits.all() else fits.size)
-        chunk = order[start:stop]
-        start = stop
+        candidates = order[start : start + _PASTE_CHUNK]
+        wide = np.maximum.accumulate(sizes[candidates, 0])
+        tall = np.maximum.accumulate(sizes[candidates, 1])
+        fits = np.arange(1, candidates.size + 1) * wide * tall <= _PASTE_PIXELS
+        chunk = candidates[: max(1, int(np.argmin(fits)) if not fits.all() else fits.size)]
+        start += chunk.size
         binary = _paste_stack(
             soft[chunk].astype(np.float64), boxes[chunk].astype(np.float64), windows[chunk], threshold
         )

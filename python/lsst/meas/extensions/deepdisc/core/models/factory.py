@@ -559,12 +559,8 @@ def _without_random_init() -> Any:
         init.normal_: (("mean", 0.0),),
         init.trunc_normal_: (("mean", 0.0),),
     }
-    centres.update(
-        dict.fromkeys(
-            (init.kaiming_uniform_, init.kaiming_normal_, init.xavier_uniform_, init.xavier_normal_), ()
-        )
-    )
-    centres.update(dict.fromkeys((init.orthogonal_, init.sparse_), ()))
+    zero_centred = (init.kaiming_uniform_, init.kaiming_normal_, init.xavier_uniform_, init.xavier_normal_)
+    centres.update(dict.fromkeys((*zero_centred, init.orthogonal_, init.sparse_), ()))
 
     class _CentredFills(TorchFunctionMode):
         def __torch_function__(
