@@ -469,8 +469,8 @@ def _use_reference_path() -> None:
     """Make the detection task compute as the package did before the speed work (this process only).
 
     The whole patch scaled at once, in float64 (`reference_scaling`), and one forward call at a time on
-    all of torch's threads with contiguous weights, all of a tile's proposals pooled at once, the mask head
-    run on every box of a tile.
+    all of torch's threads with contiguous weights, all of a tile's proposals pooled at once by torchvision's
+    ROIAlign, the mask head run on every box of a tile.
     """
     import functools
 
@@ -493,7 +493,11 @@ def _use_reference_path() -> None:
     ScalingSpec.apply_array = apply_array  # type: ignore[method-assign]
     ScalingSpec.scaled_cube = scaled_cube  # type: ignore[method-assign]
     detect.InferenceConfig = functools.partial(  # type: ignore[misc]
-        InferenceConfig, workers=1, channels_last=False, masks_of_reported_only=False
+        InferenceConfig,
+        workers=1,
+        channels_last=False,
+        masks_of_reported_only=False,
+        separable_roi_align=False,
     )
 
 

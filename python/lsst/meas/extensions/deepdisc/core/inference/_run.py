@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..memory import release_free_memory
+from ..models.roi_align import separable_poolers
 from ._detections import Detections
 from ._staged import detect_then_segment, segments_selected
 from ._stitching import (
@@ -334,6 +335,7 @@ def run_tiled_inference(
         log.info("bfloat16 autocast requested but ignored on device %s (CPU only)", device)
     raw = _resolve_raw(model, use_raw_masks)
     staged = raw and config.masks_of_reported_only and segments_selected(model)
+    separable = config.separable_roi_align and device.type == "cpu" and isinstance(model, torch.nn.Module)
     if isinstance(model, torch.nn.Module):
         model.eval()
         model.to(device)
@@ -361,6 +363,7 @@ def run_tiled_inference(
                     lambda index, instances: _owned_rows(
                         instances, batch[index], config, valid, batch_counts
                     ),
+                    contiguous_features=not separable_pooling,
                 )
             else:
                 outputs = model.inference(inputs, do_postprocess=False) if raw else model(inputs)
@@ -389,6 +392,7 @@ def run_tiled_inference(
         _channels_last(model, channels_last),
         _in_place_relus(model) if isinstance(model, torch.nn.Module) else contextlib.nullcontext(),
         _cpu_bfloat16(model, use_bfloat16),
+        separable_poolers(model) if separable else contextlib.nullcontext(0) as separable_pooling,
         _intra_op_threads(worker_threads),
     ):
         for batch, (batch_results, batch_counts, interval) in zip(
@@ -431,6 +435,7 @@ def run_tiled_inference(
         "cpu_bfloat16": bool(use_bfloat16),
         "raw_masks": bool(raw),
         "masks_of_reported_only": bool(staged),
+        "separable_roi_align": bool(separable_pooling),
         "seconds_total": total_seconds,
         "seconds_forward": forward_seconds,
         "seconds_postprocess": total_seconds - forward_seconds,

@@ -64,6 +64,7 @@ def detect_then_segment(
     model: GeneralizedRCNN,
     inputs: list[dict[str, Any]],
     select: Callable[[int, Instances], np.ndarray],
+    contiguous_features: bool = True,
 ) -> list[Instances]:
     """``model.inference(inputs, do_postprocess=False)`` with masks only for the rows ``select`` picks.
 
@@ -76,6 +77,10 @@ def detect_then_segment(
     select : callable
         ``select(index, instances)``: the integer rows of image ``index``'s box predictions (``pred_boxes``,
         ``scores``, ``pred_classes``, no masks yet) to segment, in the order wanted.
+    contiguous_features : `bool`
+        Give the ROI heads the feature maps in the contiguous layout (torchvision's CPU ROIAlign copies a
+        channels-last map on every call); `False` when the poolers read channels-last maps as they are
+        (`~lsst.meas.extensions.deepdisc.core.models.roi_align.separable_poolers`).
 
     Returns
     -------
@@ -88,7 +93,8 @@ def detect_then_segment(
     # The ROI heads only pool the features, and torchvision's CPU ROIAlign copies a channels-last map to
     # the contiguous layout on every call (a tile's proposals are pooled in chunks, then the masks'):
     # one copy per level instead.
-    features = {name: level.contiguous() for name, level in features.items()}
+    if contiguous_features:
+        features = {name: level.contiguous() for name, level in features.items()}
     heads = model.roi_heads
     detected = heads._forward_box(features, proposals)  # What the heads' own inference runs first.
     chosen = []

@@ -87,6 +87,12 @@ class InferenceConfig:
         reports (score, top-k, interior and validity decided from the boxes first), not on every box of
         the tile (`detect_then_segment`).  The same detections, for about half the mask head's work.
         `False` runs the model's own one-step inference.
+    separable_roi_align : `bool`
+        CPU only: the model's ROIAlign poolers (box and mask heads of detectron2 R-CNNs) pool each region
+        as two small matrix products over a window of the feature map
+        (`~lsst.meas.extensions.deepdisc.core.models.roi_align.roi_align_levels`) instead of torchvision's
+        kernel: the same values up to floating-point summation order, about half the pooling time for
+        the proposals of a tile.
     """
 
     tile_size: int = 512
@@ -104,6 +110,7 @@ class InferenceConfig:
     mask_threshold: float = 0.5
     progress_interval_s: float = 30.0
     masks_of_reported_only: bool = True
+    separable_roi_align: bool = True
 
     def __post_init__(self) -> None:
         if self.tile_size < 1:
