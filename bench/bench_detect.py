@@ -469,8 +469,8 @@ def _use_reference_path() -> None:
     """Make the detection task compute as the package did before the speed work (this process only).
 
     The whole patch scaled at once, in float64 (`reference_scaling`), and one forward call at a time on
-    all of torch's threads with contiguous weights, all of a tile's proposals pooled at once by torchvision's
-    ROIAlign, the mask head run on every box of a tile.
+    all of torch's threads with contiguous weights, torchvision's NMS for the proposals, all of a tile's
+    proposals pooled at once by torchvision's ROIAlign, the mask head run on every box of a tile.
     """
     import functools
 
@@ -498,6 +498,7 @@ def _use_reference_path() -> None:
         channels_last=False,
         masks_of_reported_only=False,
         separable_roi_align=False,
+        sparse_nms=False,
     )
 
 

@@ -1,0 +1,125 @@
+"""The sparse greedy NMS (`core.models.nms`) against torchvision's NMS and detectron2's RPN."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torchvision.ops import batched_nms, nms
+
+from lsst.meas.extensions.deepdisc.core.models import nms as sparse
+from lsst.meas.extensions.deepdisc.core.models.nms import batched_sparse_nms, sparse_nms, sparse_proposal_nms
+
+
+def _boxes(generator: torch.Generator, count: int, span: float, size: float) -> torch.Tensor:
+    centre = torch.rand(count, 2, generator=generator) * span
+    extent = torch.rand(count, 2, generator=generator) ** 2 * size * 3 + 0.5
+    return torch.cat([centre - extent / 2, centre + extent / 2], dim=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    count=st.integers(1, 1500),
+    span=st.floats(10.0, 600.0),
+    threshold=st.sampled_from([0.05, 0.3, 0.5, 0.7, 0.95]),
+    ties=st.booleans(),
+    degenerate=st.booleans(),
+)
+def test_sparse_nms_equals_torchvision(
+    seed: int, count: int, span: float, threshold: float, ties: bool, degenerate: bool
+) -> None:
+    """The same kept boxes in the same order: crowded and sparse scenes, tied scores, empty boxes."""
+    generator = torch.Generator().manual_seed(seed)
+    boxes = _boxes(generator, count, span, 12.0)
+    scores = torch.rand(count, generator=generator)
+    if ties:
+        scores = torch.round(scores * 4) / 4
+    if degenerate:
+        boxes[: count // 5, 2:] = boxes[: count // 5, :2]  # Zero-size boxes.
+        boxes[count // 5 : count // 4, 2:] = boxes[count // 5 : count // 4, :2] - 1.0  # Reversed.
+    assert torch.equal(sparse_nms(boxes, scores, threshold), nms(boxes, scores, threshold))
+
+
+def test_sparse_nms_edge_cases_and_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = torch.Generator().manual_seed(5)
+    boxes = _boxes(generator, 400, 100.0, 10.0)
+    scores = torch.rand(400, generator=generator)
+    # Thresholds outside (0, 1) and non-finite input: torchvision's own NMS, so its result.
+    for threshold in (0.0, 1.0, -0.5):
+        assert torch.equal(sparse_nms(boxes, scores, threshold), nms(boxes, scores, threshold))
+    nan_scores = scores.clone()
+    nan_scores[3] = float("nan")
+    assert torch.equal(sparse_nms(boxes, nan_scores, 0.5), nms(boxes, nan_scores, 0.5))
+    assert sparse_nms(boxes[:0], scores[:0], 0.5).shape == (0,)
+    # A chain: each box suppresses the next; more links than passes allowed falls back, same result.
+    chain = torch.tensor([[float(i), 0.0, i + 10.0, 10.0] for i in range(12)])
+    chain_scores = torch.linspace(1.0, 0.5, 12)
+    expected = nms(chain, chain_scores, 0.8)
+    assert expected.tolist() == list(range(0, 12, 2))
+    assert torch.equal(sparse_nms(chain, chain_scores, 0.8), expected)
+    monkeypatch.setattr(sparse, "_MAX_PASSES", 2)
+    assert torch.equal(sparse_nms(chain, chain_scores, 0.8), expected)
+
+
+def test_batched_sparse_nms_equals_torchvision_batched_nms() -> None:
+    generator = torch.Generator().manual_seed(6)
+    boxes = _boxes(generator, 5000, 300.0, 8.0)
+    scores = torch.rand(5000, generator=generator)
+    levels = torch.randint(0, 5, (5000,), generator=generator)
+    for count in (5000, 900):  # Per-category path and torchvision's coordinate-offset path.
+        expected = batched_nms(boxes[:count], scores[:count], levels[:count], 0.7)
+        assert torch.equal(batched_sparse_nms(boxes[:count], scores[:count], levels[:count], 0.7), expected)
+
+
+def test_sparse_proposal_nms_gives_the_rpn_the_same_proposals() -> None:
+    from detectron2.modeling.proposal_generator import proposal_utils
+    from test_inference import _random_compact_model
+
+    model = _random_compact_model(proposals=1500, detections=100).eval()
+    image = torch.from_numpy(np.random.default_rng(7).normal(size=(3, 256, 256)).astype(np.float32))
+    inputs = [{"image": image * 100.0, "height": 256, "width": 256}]
+    calls: list[int] = []
+    original = sparse.batched_sparse_nms
+
+    def counted(*args: object) -> torch.Tensor:
+        calls.append(1)
+        return original(*args)  # type: ignore[arg-type]
+
+    before = proposal_utils.batched_nms
+    with torch.inference_mode():
+        images = model.preprocess_image(inputs)
+        features = model.backbone(images.tensor)
+        expected, _ = model.proposal_generator(images, features, None)
+        with sparse_proposal_nms():
+            sparse.batched_sparse_nms = counted
+            try:
+                got, _ = model.proposal_generator(images, features, None)
+            finally:
+                sparse.batched_sparse_nms = original
+        assert proposal_utils.batched_nms is before
+    assert calls
+    assert torch.equal(got[0].proposal_boxes.tensor, expected[0].proposal_boxes.tensor)
+    assert torch.equal(got[0].objectness_logits, expected[0].objectness_logits)
+    assert len(got[0]) == 1500
+
+
+def test_tiled_inference_with_sparse_nms_gives_identical_detections() -> None:
+    from test_inference import XY0, _random_compact_model
+
+    from lsst.meas.extensions.deepdisc.core.inference import InferenceConfig, run_tiled_inference
+
+    model = _random_compact_model(proposals=300, detections=60).eval()
+    image = np.random.default_rng(8).normal(size=(3, 150, 140)).astype(np.float32)
+    config = InferenceConfig(tile_size=96, overlap=32, batch_size=2, device="cpu")
+    fast = run_tiled_inference(model, image, xy0=XY0, config=config)
+    plain = run_tiled_inference(model, image, xy0=XY0, config=dataclasses.replace(config, sparse_nms=False))
+    assert fast.stats["sparse_nms"] and not plain.stats["sparse_nms"]
+    assert len(fast) == len(plain) > 10
+    np.testing.assert_array_equal(fast.boxes, plain.boxes)
+    np.testing.assert_array_equal(fast.scores, plain.scores)
+    assert all(np.array_equal(a, b) for a, b in zip(fast.footprints, plain.footprints))
