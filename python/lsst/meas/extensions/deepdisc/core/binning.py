@@ -65,16 +65,33 @@ def _check_factor(factor: int) -> int:
 _BLOCK_ROWS_PER_CHUNK = 64
 
 
-def _blocks(array: np.ndarray, factor: int, fill: float | int) -> np.ndarray:
-    """``[C, H, W]`` padded with ``fill`` to multiples of ``factor``, as ``[C, H/f, W/f, f*f]``."""
+def _padded(array: np.ndarray, factor: int, fill: float | int) -> np.ndarray:
+    """``[C, H, W]`` padded with ``fill`` at the end of both axes to multiples of ``factor``."""
     channels, height, width = array.shape
     bh, bw = -(-height // factor), -(-width // factor)
-    if (bh * factor, bw * factor) != (height, width):
-        padded = np.full((channels, bh * factor, bw * factor), fill, dtype=array.dtype)
-        padded[:, :height, :width] = array
-        array = padded
-    blocks = array.reshape(channels, bh, factor, bw, factor).transpose(0, 1, 3, 2, 4)
-    return blocks.reshape(channels, bh, bw, factor * factor)
+    if (bh * factor, bw * factor) == (height, width):
+        return array
+    padded = np.full((channels, bh * factor, bw * factor), fill, dtype=array.dtype)
+    padded[:, :height, :width] = array
+    return padded
+
+
+def _block_reduce(
+    array: np.ndarray, factor: int, fill: float | int, ufunc: np.ufunc, dtype: np.dtype | None = None
+) -> np.ndarray:
+    """``ufunc`` over each ``factor x factor`` block of ``[C, H, W]`` padded with ``fill``: ``[C, H/f, W/f]``.
+
+    The block's columns are combined first (``factor`` strided slices, one whole-array operation each,
+    rather than a reduction over a short last axis), then its rows; ``dtype``: the accumulator's type.
+    """
+    array = _padded(array, factor, fill)
+    columns = array[:, :, 0::factor].astype(dtype or array.dtype)
+    for k in range(1, factor):
+        ufunc(columns, array[:, :, k::factor], out=columns)
+    blocks = columns[:, 0::factor].copy()
+    for k in range(1, factor):
+        ufunc(blocks, columns[:, k::factor], out=blocks)
+    return blocks
 
 
 def bin_image(
@@ -143,29 +160,38 @@ def _bin_rows(
     bits_in = None if image.mask is None else image.mask[band : band + 1, rows]
     if bits_in is not None and invalid_bits:
         valid &= (bits_in & invalid_bits) == 0
-    weights = _blocks(valid, factor, False)
-    n_valid = weights.sum(axis=-1)
+    n_valid = _block_reduce(valid, factor, False, np.add, np.dtype(np.int32))
     has_valid = n_valid > 0
+    all_valid = bool(valid.all())  # Most strips: the pixels are used as they are.
     safe_n = np.maximum(n_valid, 1).astype(np.float32)
-    values = _blocks(np.where(valid, flux, 0.0).astype(np.float32), factor, 0.0)
-    plane = values.sum(axis=-1) / safe_n
+    # Sums of float32 pixels in float64 (then float32): exact for any block order to float32 rounding.
+    plane = (
+        _block_reduce(
+            flux if all_valid else np.where(valid, flux, 0.0), factor, 0.0, np.add, np.dtype(np.float64)
+        )
+        / safe_n
+    ).astype(np.float32)
     if not has_valid.all():
         # Blocks without a valid pixel: NaN where all their pixels are (an absent band), else 0.
-        all_nan = _blocks(np.isnan(flux), factor, True).all(axis=-1)
+        all_nan = _block_reduce(np.isnan(flux), factor, True, np.logical_and)
         plane = np.where(has_valid, plane, np.where(all_nan, np.float32(np.nan), np.float32(0.0)))
     binned[band : band + 1, out] = plane
     if variance is not None:
-        var = _blocks(
-            np.where(valid, image.variance[band : band + 1, rows], 0.0).astype(np.float32), factor, 0.0
+        var_in = image.variance[band : band + 1, rows]
+        var = _block_reduce(
+            var_in if all_valid else np.where(valid, var_in, 0.0),
+            factor,
+            0.0,
+            np.add,
+            np.dtype(np.float64),
         )
-        variance[band : band + 1, out] = np.where(has_valid, var.sum(axis=-1) / safe_n**2, np.inf)
+        variance[band : band + 1, out] = np.where(has_valid, var / np.float64(safe_n) ** 2, np.inf)
     if mask is not None:
-        bits = _blocks(bits_in, factor, 0)
-        mask[band : band + 1, out] = np.where(
-            has_valid,
-            np.bitwise_or.reduce(np.where(weights, bits, 0), axis=-1),
-            np.bitwise_or.reduce(bits, axis=-1),
+        all_bits = _block_reduce(bits_in, factor, 0, np.bitwise_or)
+        valid_bits = (
+            all_bits if all_valid else _block_reduce(np.where(valid, bits_in, 0), factor, 0, np.bitwise_or)
         )
+        mask[band : band + 1, out] = np.where(has_valid, valid_bits, all_bits)
 
 
 def bin_spans(spans: np.ndarray, factor: int, xy0: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
