@@ -29,8 +29,8 @@ peak resident memory (``VmHWM``, see ``bench_detect.run_isolated``):
   task's own ``DeepDiscDetectTask.run`` - scaling, validity mask, tiled inference, catalog, the S/N cut -
   after an untimed run on a 256 px cutout (what a process pays once: lazy imports, CUDA start-up);
 * ``deepdisc reference``: the same run computed as before the speed work of issue #14 (float64 scalings,
-  one forward call at a time, contiguous weights), to check that the fast path finds the same sources:
-  the two catalogs are matched source by source;
+  one forward call at a time, contiguous weights, torchvision's ROIAlign and NMS), to check that the fast
+  path finds the same sources: the two catalogs are matched source by source;
 * ``sep`` and ``photutils``: as in ``bench_detect.py``;
 * optionally random-weight architectures (``--models R50-FPN``), capped at a realistic number of detections
   per tile as in ``bench_detect.py`` (1.5 x sep's source density per tile area).
@@ -353,7 +353,8 @@ def _markdown(report: dict[str, Any]) -> str:
             "",
             "The package run twice or three times on each patch: the fast path against the reference path "
             "(float64 scalings, one forward call at a time, contiguous weights, all proposals pooled at "
-            "once), and with `--cpu-bfloat16` the CPU bfloat16 run against the fast path. "
+            "once by torchvision's ROIAlign, torchvision's NMS), and with `--cpu-bfloat16` the CPU bfloat16 "
+            "run against the fast path. "
             f"Sources are matched by mutual nearest centroid within {MATCH_RADIUS} px.",
             "",
             "| patch px | density | run / baseline | sources run / baseline | matched (run, baseline) "
