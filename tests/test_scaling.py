@@ -282,3 +282,30 @@ def test_scaled_cube_checks_parameters_and_falls_back_for_scalings_without_a_win
         assert isinstance(scaled, np.ndarray) and scaled.shape == image.image.shape
     finally:
         SCALINGS._functions.pop("test_only_doubling")
+
+
+@pytest.mark.parametrize("size", [4001, 4000])
+def test_medians_bracketed_from_a_sample_are_the_selected_medians(monkeypatch, size: int) -> None:
+    """Sample-bracketed order statistics equal a full partition's, and fall back when the sample misses."""
+    from lsst.meas.extensions.deepdisc.core import scaling
+
+    monkeypatch.setattr(scaling, "_BRACKET_MIN_SIZE", 1000)
+    monkeypatch.setattr(scaling, "_BRACKET_SAMPLE", 64)
+    rng = np.random.default_rng(size)
+    cases = {
+        "normal": rng.normal(size=size),
+        "ties": np.round(rng.normal(size=size) * 3) / 3,
+        "constant": np.full(size, 2.5),
+        "skewed": rng.lognormal(sigma=3.0, size=size),
+        "sorted": np.sort(rng.normal(size=size)),
+    }
+    # Every 62nd value (the strided sample's) far above the rest: the bounds miss, the array is partitioned.
+    misleading = rng.normal(size=size)
+    misleading[:: size // 64] = 1e6
+    cases["misleading sample"] = misleading
+    for name, values in cases.items():
+        values = values.astype(np.float32)
+        ordered = np.sort(values)
+        k = size // 2
+        expected = float(ordered[k]) if size % 2 else 0.5 * (float(ordered[k - 1]) + float(ordered[k]))
+        assert scaling._median_in_place(values.copy()) == expected, name
