@@ -137,7 +137,7 @@ def _finish(data: np.ndarray) -> np.ndarray:
     return data
 
 
-# Arrays from this size on have their median bracketed from a sample before selecting (`_median`).
+# Arrays from this size on have their order statistics bracketed from a sample (`_order_statistics`).
 _BRACKET_MIN_SIZE = 1 << 20
 _BRACKET_SAMPLE = 1 << 16
 
@@ -146,10 +146,11 @@ def _order_statistics(values: np.ndarray, ranks: list[int]) -> list[float]:
     """The ``ranks``-th smallest of a 1-d array of finite values; ``values`` may be reordered.
 
     A large array is not partitioned whole: a sorted sample of about 65,000 values gives bounds that hold
-    the wanted ranks with near certainty (the sample's quantiles 5 standard errors either side), the values
-    below the lower bound are counted and those between the bounds (a few percent) selected from; three
-    passes over the array instead of the selection's partitioning.  When the bounds miss (a sample that
-    is not representative), the whole array is partitioned.  The values returned are exact either way.
+    the wanted ranks with near certainty (5 sqrt(sample size) sample ranks either side: 10 standard errors
+    of the sample's median), the values below the lower bound are counted and those between the bounds (a
+    few percent) selected from; three passes over the array instead of the selection's partitioning.  When
+    the bounds miss (a sample that is not representative), the whole array is partitioned.  The values
+    returned are exact either way.
     """
     size = values.size
     if size >= _BRACKET_MIN_SIZE:

@@ -49,6 +49,10 @@ import torch
 # suppressing the next is resolved one link per pass; survey proposals need a handful).
 _MAX_PASSES = 64
 
+# Box coordinates (4 per box) above which torchvision's CPU ``batched_nms`` runs one NMS per category
+# (below: one NMS with the categories offset apart), mirrored by `batched_sparse_nms`.
+_TORCHVISION_PER_CATEGORY_NUMEL = 4000
+
 # Relative and absolute widening of each box's reach along x (the bound is exact in real arithmetic;
 # the IoU test itself decides).
 _REACH_SLACK = (1e-3, 1e-3)
@@ -156,7 +160,7 @@ def batched_sparse_nms(
     """
     from torchvision.ops import boxes as box_ops
 
-    if boxes.device.type != "cpu" or boxes.numel() <= 4000:
+    if boxes.device.type != "cpu" or boxes.numel() <= _TORCHVISION_PER_CATEGORY_NUMEL:
         return box_ops.batched_nms(boxes, scores, idxs, iou_threshold)
     keep_mask = torch.zeros_like(scores, dtype=torch.bool)
     for category in torch.unique(idxs):

@@ -212,16 +212,11 @@ def roi_align_levels(
     # One table of pixel rows [sum of B * H * W over the levels used, C]; free for one channels-last map.
     tables = [features[level].permute(0, 2, 3, 1).reshape(-1, channels) for level in used]
     pixels = tables[0] if len(tables) == 1 else torch.cat(tables)
+    # Per level: the first row of its table in ``pixels`` (levels not used keep 0), its size and scale.
     bases = torch.zeros(len(features), dtype=torch.int64)
-    sizes = torch.zeros((len(features), 2), dtype=torch.int64)
-    scales = torch.zeros(len(features), dtype=dtype)
-    offset = 0
-    for level, table in zip(used, tables):
-        bases[level] = offset
-        offset += table.shape[0]
-    for level, level_map in enumerate(features):
-        sizes[level] = torch.tensor(level_map.shape[2:])
-        scales[level] = spatial_scales[level]
+    bases[used] = torch.tensor([0] + [table.shape[0] for table in tables[:-1]]).cumsum(0)
+    sizes = torch.tensor([tuple(level_map.shape[2:]) for level_map in features], dtype=torch.int64)
+    scales = torch.tensor(list(spatial_scales), dtype=dtype)
     levels = levels.to(device=device, dtype=torch.int64)
     bases, sizes, scales = bases.to(device)[levels], sizes.to(device)[levels], scales.to(device)[levels]
     height, width = sizes[:, 0], sizes[:, 1]
