@@ -8,7 +8,7 @@ records what the RPN's ``find_top_rpn_proposals`` and the box and mask poolers w
 operator both ways on those inputs, one thread, interleaved, median of the repeats:
 
 * the RPN's proposal selection (top-k per level, NMS per level, top-k) with torchvision's NMS and with
-  ``batched_sparse_nms``: the proposals must be identical;
+  ``sparse_batched_nms``: the proposals must be identical;
 * the box pooler (all of a tile's proposals in one call) and the mask pooler (the detections the tile
   reports) with detectron2's ``ROIPooler`` (torchvision's ROIAlign per level) and with ``roi_align_levels``:
   the largest difference of the pooled features is reported.
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from detectron2.modeling.proposal_generator import rpn
 
     from lsst.meas.extensions.deepdisc.core.model_package import ModelPackage, set_score_threshold
-    from lsst.meas.extensions.deepdisc.core.models.nms import sparse_proposal_nms
+    from lsst.meas.extensions.deepdisc.core.models.nms import sparse_batched_nms
     from lsst.meas.extensions.deepdisc.core.models.roi_align import separable_poolers
 
     torch.set_num_threads(1)
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for index, (call_args, call_kwargs) in enumerate(selections):
         with torch.inference_mode():
             expected = select(*call_args, **call_kwargs)
-            with sparse_proposal_nms():
+            with sparse_batched_nms():
                 got = select(*call_args, **call_kwargs)
             same = all(
                 torch.equal(a.proposal_boxes.tensor, b.proposal_boxes.tensor)
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for a, b in zip(expected, got)
             )
             before = _median_seconds(functools.partial(select, *call_args, **call_kwargs), args.repeats)
-            with sparse_proposal_nms():
+            with sparse_batched_nms():
                 after = _median_seconds(functools.partial(select, *call_args, **call_kwargs), args.repeats)
         verdict = "identical" if same else "DIFFER"
         rows.append(("RPN proposal selection", index, len(expected[0]), before, after, verdict))

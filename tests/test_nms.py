@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torchvision.ops import batched_nms, nms
 
 from lsst.meas.extensions.deepdisc.core.models import nms as sparse
-from lsst.meas.extensions.deepdisc.core.models.nms import batched_sparse_nms, sparse_nms, sparse_proposal_nms
+from lsst.meas.extensions.deepdisc.core.models.nms import sparse_batched_nms, sparse_nms
 
 
 def _boxes(generator: torch.Generator, count: int, span: float, size: float) -> torch.Tensor:
@@ -66,60 +66,103 @@ def test_sparse_nms_edge_cases_and_fallbacks(monkeypatch: pytest.MonkeyPatch) ->
     assert torch.equal(sparse_nms(chain, chain_scores, 0.8), expected)
 
 
-def test_batched_sparse_nms_equals_torchvision_batched_nms() -> None:
+def _counting_sparse_nms(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count (in boxes per call) the calls `sparse_batched_nms` makes to `sparse_nms`."""
+    calls: list[int] = []
+    original = sparse.sparse_nms
+
+    def counted(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+        calls.append(len(boxes))
+        return original(boxes, scores, iou_threshold)
+
+    monkeypatch.setattr(sparse, "sparse_nms", counted)
+    return calls
+
+
+def test_sparse_batched_nms_gives_torchvision_batched_nms_its_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.ops import boxes as box_ops
+
+    calls = _counting_sparse_nms(monkeypatch)
     generator = torch.Generator().manual_seed(6)
     boxes = _boxes(generator, 5000, 300.0, 8.0)
     scores = torch.rand(5000, generator=generator)
     levels = torch.randint(0, 5, (5000,), generator=generator)
-    for count in (5000, 900):  # Per-category path and torchvision's coordinate-offset path.
+    torchvision_nms = box_ops.nms
+    # torchvision's per-category path (about 1000 boxes per category) and its coordinate-offset path (one
+    # set of 900 boxes: the sparse NMS above its minimum, torchvision's kernel below).
+    for count, minimum in ((5000, 512), (900, 512), (900, 1000)):
+        monkeypatch.setitem(sparse._SPARSE_MIN_BOXES, "cpu", minimum)
         expected = batched_nms(boxes[:count], scores[:count], levels[:count], 0.7)
-        assert torch.equal(batched_sparse_nms(boxes[:count], scores[:count], levels[:count], 0.7), expected)
+        calls.clear()
+        with sparse_batched_nms():
+            got = batched_nms(boxes[:count], scores[:count], levels[:count], 0.7)
+        assert box_ops.nms is torchvision_nms
+        assert torch.equal(got, expected)
+        if count == 5000:
+            assert len(calls) == 5 and sum(calls) == 5000
+        else:
+            assert calls == ([900] if minimum == 512 else [])
+    # Small sets and other devices keep torchvision's kernel.
+    monkeypatch.setitem(sparse._SPARSE_MIN_BOXES, "cpu", 512)
+    calls.clear()
+    with sparse_batched_nms():
+        assert torch.equal(box_ops.nms(boxes[:511], scores[:511], 0.5), nms(boxes[:511], scores[:511], 0.5))
+    assert calls == []
 
 
-def test_sparse_proposal_nms_gives_the_rpn_the_same_proposals() -> None:
-    from detectron2.modeling.proposal_generator import proposal_utils
+def test_sparse_batched_nms_gives_the_rpn_the_same_proposals(monkeypatch: pytest.MonkeyPatch) -> None:
     from test_inference import _random_compact_model
 
+    calls = _counting_sparse_nms(monkeypatch)
     model = _random_compact_model(proposals=1500, detections=100).eval()
     image = torch.from_numpy(np.random.default_rng(7).normal(size=(3, 256, 256)).astype(np.float32))
     inputs = [{"image": image * 100.0, "height": 256, "width": 256}]
-    calls: list[int] = []
-    original = sparse.batched_sparse_nms
-
-    def counted(*args: object) -> torch.Tensor:
-        calls.append(1)
-        return original(*args)  # type: ignore[arg-type]
-
-    before = proposal_utils.batched_nms
     with torch.inference_mode():
         images = model.preprocess_image(inputs)
         features = model.backbone(images.tensor)
         expected, _ = model.proposal_generator(images, features, None)
-        with sparse_proposal_nms():
-            sparse.batched_sparse_nms = counted
-            try:
-                got, _ = model.proposal_generator(images, features, None)
-            finally:
-                sparse.batched_sparse_nms = original
-        assert proposal_utils.batched_nms is before
-    assert calls
+        with sparse_batched_nms():
+            got, _ = model.proposal_generator(images, features, None)
+    assert calls and max(calls) >= sparse._SPARSE_MIN_BOXES["cpu"]
     assert torch.equal(got[0].proposal_boxes.tensor, expected[0].proposal_boxes.tensor)
     assert torch.equal(got[0].objectness_logits, expected[0].objectness_logits)
     assert len(got[0]) == 1500
 
 
-def test_tiled_inference_with_sparse_nms_gives_identical_detections() -> None:
+def test_tiled_inference_with_sparse_nms_gives_identical_detections(monkeypatch: pytest.MonkeyPatch) -> None:
     from test_inference import XY0, _random_compact_model
 
     from lsst.meas.extensions.deepdisc.core.inference import InferenceConfig, run_tiled_inference
 
+    # Every set through the sparse NMS: the RPN's levels and the box head's classes of these small tiles.
+    monkeypatch.setitem(sparse._SPARSE_MIN_BOXES, "cpu", 2)
+    calls = _counting_sparse_nms(monkeypatch)
     model = _random_compact_model(proposals=300, detections=60).eval()
     image = np.random.default_rng(8).normal(size=(3, 150, 140)).astype(np.float32)
     config = InferenceConfig(tile_size=96, overlap=32, batch_size=2, device="cpu")
     fast = run_tiled_inference(model, image, xy0=XY0, config=config)
+    assert len(calls) > 4
+    calls.clear()
     plain = run_tiled_inference(model, image, xy0=XY0, config=dataclasses.replace(config, sparse_nms=False))
+    assert not calls
     assert fast.stats["sparse_nms"] and not plain.stats["sparse_nms"]
     assert len(fast) == len(plain) > 10
     np.testing.assert_array_equal(fast.boxes, plain.boxes)
     np.testing.assert_array_equal(fast.scores, plain.scores)
     assert all(np.array_equal(a, b) for a, b in zip(fast.footprints, plain.footprints))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_sparse_nms_on_cuda_equals_torchvision(threshold: float) -> None:
+    """On CUDA: crowded sets, fp16-tied scores (autocast's RPN logits), thresholds compared in float32."""
+    generator = torch.Generator().manual_seed(9)
+    for count in (50, 1000, 6000):
+        boxes = _boxes(generator, count, 400.0, 10.0)
+        scores = torch.rand(count, generator=generator)
+        for score_dtype in (torch.float32, torch.float16):
+            cuda_boxes, cuda_scores = boxes.cuda(), scores.to(score_dtype).cuda()
+            expected = nms(cuda_boxes, cuda_scores.float(), threshold)
+            got = sparse_nms(cuda_boxes, cuda_scores, threshold)
+            assert got.device.type == "cuda"
+            assert torch.equal(got.cpu(), expected.cpu())

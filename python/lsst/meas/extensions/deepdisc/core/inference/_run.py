@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..memory import release_free_memory
-from ..models.nms import sparse_proposal_nms
+from ..models.nms import sparse_batched_nms
 from ..models.roi_align import separable_poolers
 from ._detections import Detections
 from ._staged import detect_then_segment, segments_selected
@@ -337,7 +337,7 @@ def run_tiled_inference(
     raw = _resolve_raw(model, use_raw_masks)
     staged = raw and config.masks_of_reported_only and segments_selected(model)
     separable = config.separable_roi_align and device.type == "cpu" and isinstance(model, torch.nn.Module)
-    sparse = config.sparse_nms and device.type == "cpu" and isinstance(model, torch.nn.Module)
+    sparse = config.sparse_nms and device.type in ("cpu", "cuda") and isinstance(model, torch.nn.Module)
     if isinstance(model, torch.nn.Module):
         model.eval()
         model.to(device)
@@ -395,7 +395,7 @@ def run_tiled_inference(
         _in_place_relus(model) if isinstance(model, torch.nn.Module) else contextlib.nullcontext(),
         _cpu_bfloat16(model, use_bfloat16),
         separable_poolers(model) if separable else contextlib.nullcontext(0) as separable_pooling,
-        sparse_proposal_nms() if sparse else contextlib.nullcontext(),
+        sparse_batched_nms() if sparse else contextlib.nullcontext(),
         _intra_op_threads(worker_threads),
     ):
         for batch, (batch_results, batch_counts, interval) in zip(

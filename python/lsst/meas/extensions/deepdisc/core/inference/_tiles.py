@@ -94,10 +94,12 @@ class InferenceConfig:
         kernel: the same values up to floating-point summation order, about half the pooling time for
         the proposals of a tile.
     sparse_nms : `bool`
-        CPU only: detectron2's RPN selects its proposals with
-        `~lsst.meas.extensions.deepdisc.core.models.nms.batched_sparse_nms` (greedy NMS over the pairs of
-        boxes close enough to suppress each other) instead of torchvision's NMS, which compares every kept
-        box with every later one: the same proposals, about a fifth of the time.
+        CPU and CUDA: detectron2's NMS (the RPN's proposal selection, the box head's per-class NMS) runs
+        `~lsst.meas.extensions.deepdisc.core.models.nms.sparse_nms` on large sets of boxes (greedy NMS over
+        the pairs of boxes close enough to suppress each other, resolved in vectorised passes) instead of
+        torchvision's kernels: the CPU one compares every kept box with every later one, the CUDA one
+        picks the kept boxes one at a time in a single thread block.  The same boxes kept (on CUDA up to
+        the fused multiply-adds the compiler may put in torchvision's kernel), a fraction of the time.
     """
 
     tile_size: int = 512
