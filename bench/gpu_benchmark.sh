@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU benchmark of DeepDISC detection: the shipped compact package and R50-FPN (random weights, capped at
 # a realistic number of detections per tile), both with fp16 autocast, through the detection task's own
-# run (bench/bench_detect_scaling.py), on simulated LSST patches; then a profile of one run of each
-# (bench/profile_detect.py) and the tests that need a CUDA device.
+# run (bench/bench_detect_scaling.py), on simulated LSST patches; then the sparse NMS against torchvision's
+# on the device (bench/bench_nms_device.py), the tests that need a CUDA device and a profile of one run of
+# each model (bench/profile_detect.py).
 #
 # Two steps, both from the repository root:
 #
@@ -24,9 +25,10 @@
 # (tiles per forward call, "16"), CAP (R50-FPN detections per tile, "375": 1.5 x sep's source density per
 # 512 px tile on this patch), MODELS ("R50-FPN"; empty: the package only), DEVICE ("cuda"; "cpu" checks
 # the script without a GPU), THREADS (torch CPU threads, all cores), METHOD_TIMEOUT (seconds after which
-# a method is dropped and the others still run, "300": a lease is short), PROFILE ("1": also profile one
-# run of each model at the first size with bench/profile_detect.py; "0": not), TESTS ("1": also run the
-# tests that skip without CUDA; "0": not), EXTRA (more options for bench_detect_scaling.py).
+# a method is dropped and the others still run, "300": a lease is short), NMS ("1": also time the sparse
+# NMS against torchvision's on the device with bench/bench_nms_device.py; "0": not), TESTS ("1": also run
+# the tests that skip without CUDA; "0": not), PROFILE ("1": also profile one run of each model at the
+# first size with bench/profile_detect.py; "0": not), EXTRA (more options for bench_detect_scaling.py).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -173,6 +175,21 @@ run() {
         --sizes ${SIZES:-1024 4100} --densities ${DENSITIES:-1} --baselines --no-reference \
         --models ${MODELS-R50-FPN} --detections-cap "${CAP:-375}" --batch-size "${BATCH:-16}" \
         --threads "${THREADS:-$(nproc)}" --timeout "${METHOD_TIMEOUT:-300}" --out "$out" ${EXTRA:-} || status=$?
+    if [ "${NMS:-1}" = 1 ]; then
+        # The sparse NMS against torchvision's on the device: the operator, and R50-FPN's tiled inference
+        # on the largest patch both ways (bench/bench_nms_device.py).
+        local sizes=${SIZES:-1024 4100}
+        python3 bench/bench_nms_device.py --device "${DEVICE:-cuda}" --half --size "${sizes##* }" \
+            --batch-size "${BATCH:-16}" --threads "${THREADS:-$(nproc)}" --cap "${CAP:-375}" --out "$out" \
+            || status=$?
+    fi
+    if [ "${TESTS:-1}" = 1 ]; then
+        # The tests that skip without a CUDA device (fp16 inference, pinned batches, mixed-precision
+        # training); -rs lists what still skipped and why.
+        python3 -m pytest -q -rs -p no:cacheprovider -k cuda tests/test_inference.py tests/test_training.py \
+            tests/test_nms.py \
+            2>&1 | tee "$out/gpu-tests.log" || status=$?
+    fi
     if [ "${PROFILE:-1}" = 1 ]; then
         # Where the time goes, by labelled stage and operator, at the first size (bench/profile_detect.py).
         local size=${SIZES:-1024 4100}
@@ -182,12 +199,6 @@ run() {
                 ${model:+--model "$model" --cap "${CAP:-375}"} || status=$?
         done
     fi
-    if [ "${TESTS:-1}" = 1 ]; then
-        # The tests that skip without a CUDA device (fp16 inference, pinned batches, mixed-precision
-        # training); -rs lists what still skipped and why.
-        python3 -m pytest -q -rs -p no:cacheprovider -k cuda tests/test_inference.py tests/test_training.py \
-            2>&1 | tee "$out/gpu-tests.log" || status=$?
-    fi
     return "${status:-0}"
 }
 
@@ -195,5 +206,5 @@ case "${1:-}" in
     prepare) prepare ;;
     check) check ;;
     run) shift; run "$@" ;;
-    *) sed -n '2,29p' "$0"; exit 2 ;;
+    *) sed -n '2,31p' "$0"; exit 2 ;;
 esac
