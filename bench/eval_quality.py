@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bands", nargs="+", default=["ugrizy"], help="band sets, e.g. ugrizy gri")
     parser.add_argument("--skymap", default="")
     parser.add_argument(
-        "--where", default="", help="more of the data query, e.g. \"tract=2 AND patch IN (5, 6, 9, 10)\""
+        "--where", default="", help='more of the data query, e.g. "tract=2 AND patch IN (5, 6, 9, 10)"'
     )
     parser.add_argument("--tag", default="", help="prefix of the output collections' last part")
     parser.add_argument("--sep", action="store_true", help="also measure agreement with sep (slower)")

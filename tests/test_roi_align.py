@@ -117,6 +117,12 @@ def test_separable_poolers_equal_detectron2_poolers_and_are_restored() -> None:
         with pytest.raises(ValueError, match="feature maps"):
             model["box"](features[:3], box_lists)
     assert not any("forward" in vars(pooler) for pooler in model.values())
+    # A forward set on the pooler itself before the block (a profiler's label) comes back after it.
+    labelled = model["mask"].forward
+    model["mask"].forward = labelled
+    with separable_poolers(model):
+        assert model["mask"].forward is not labelled
+    assert vars(model["mask"])["forward"] is labelled
 
 
 def test_tiled_inference_pools_separably_on_cpu_to_the_same_detections() -> None:

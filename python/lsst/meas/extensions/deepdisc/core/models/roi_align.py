@@ -333,13 +333,18 @@ def separable_poolers(model: torch.nn.Module) -> Iterator[int]:
     """Make the model's ROIAlign ``ROIPooler`` modules pool with `roi_align_levels` for a block.
 
     For inference on a CPU (no gradient is defined for the window indices, and torchvision's CUDA
-    kernel is already fast).  Yields the number of poolers changed; restored afterwards.
+    kernel is already fast).  Yields the number of poolers changed; restored afterwards (a ``forward`` set
+    on a pooler itself before the block, such as a profiler's wrapper, comes back).
     """
     poolers = [module for module in model.modules() if _separable(module)]
+    previous = [vars(pooler).get("forward") for pooler in poolers]
     for pooler in poolers:
         pooler.forward = _pool_separably.__get__(pooler)
     try:
         yield len(poolers)
     finally:
-        for pooler in poolers:
-            del pooler.forward
+        for pooler, forward in zip(poolers, previous):
+            if forward is None:
+                del pooler.forward
+            else:
+                pooler.forward = forward
