@@ -337,7 +337,11 @@ def run_tiled_inference(
     raw = _resolve_raw(model, use_raw_masks)
     staged = raw and config.masks_of_reported_only and segments_selected(model)
     separable = config.separable_roi_align and device.type == "cpu" and isinstance(model, torch.nn.Module)
-    sparse = config.sparse_nms and device.type in ("cpu", "cuda") and isinstance(model, torch.nn.Module)
+    sparse = (
+        (device.type == "cpu" if config.sparse_nms is None else config.sparse_nms)
+        and device.type in ("cpu", "cuda")
+        and isinstance(model, torch.nn.Module)
+    )
     if isinstance(model, torch.nn.Module):
         model.eval()
         model.to(device)

@@ -93,13 +93,15 @@ class InferenceConfig:
         (`~lsst.meas.extensions.deepdisc.core.models.roi_align.roi_align_levels`) instead of torchvision's
         kernel: the same values up to floating-point summation order, about half the pooling time for
         the proposals of a tile.
-    sparse_nms : `bool`
-        CPU and CUDA: detectron2's NMS (the RPN's proposal selection, the box head's per-class NMS) runs
+    sparse_nms : `bool` or `None`
+        detectron2's NMS (the RPN's proposal selection, the box head's per-class NMS) runs
         `~lsst.meas.extensions.deepdisc.core.models.nms.sparse_nms` on large sets of boxes (greedy NMS over
         the pairs of boxes close enough to suppress each other, resolved in vectorised passes) instead of
         torchvision's kernels: the CPU one compares every kept box with every later one, the CUDA one
         picks the kept boxes one at a time in a single thread block.  The same boxes kept (on CUDA up to
-        the fused multiply-adds the compiler may put in torchvision's kernel), a fraction of the time.
+        the fused multiply-adds the compiler may put in torchvision's kernel).  `None` (default): on CPUs,
+        where it takes about a fifth of the RPN's NMS time; `True`: on CPUs and CUDA devices (its speed
+        on a GPU is measured by ``bench/bench_nms_device.py``, not yet run); `False`: torchvision's.
     """
 
     tile_size: int = 512
@@ -118,7 +120,7 @@ class InferenceConfig:
     progress_interval_s: float = 30.0
     masks_of_reported_only: bool = True
     separable_roi_align: bool = True
-    sparse_nms: bool = True
+    sparse_nms: bool | None = None
 
     def __post_init__(self) -> None:
         if self.tile_size < 1:

@@ -55,7 +55,9 @@ _MAX_PASSES = 64
 # Boxes from which `sparse_batched_nms` runs `sparse_nms` instead of torchvision's kernel, per device type:
 # the sparse NMS costs a few dozen small operations (and, on CUDA, host synchronisations) per call, which
 # torchvision's kernels beat on small sets (CPU, one thread: 90 us against 320 us at 256 boxes, 470
-# against 430 at 512, 1.9 ms against 0.7 at 1000).  Other devices keep torchvision's.
+# against 430 at 512, 1.9 ms against 0.7 at 1000).  The CUDA minimum is an estimate (the kernel's serial
+# pass costs about a microsecond a box, the sparse NMS a few dozen launches and syncs) until
+# ``bench/bench_nms_device.py`` measures the crossing on a GPU.  Other devices keep torchvision's.
 _SPARSE_MIN_BOXES = {"cpu": 512, "cuda": 1000}
 
 # Relative and absolute widening of each box's reach along x (the bound is exact in real arithmetic;
