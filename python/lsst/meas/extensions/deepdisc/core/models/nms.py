@@ -93,7 +93,7 @@ def _suppressing_pairs(boxes: torch.Tensor, threshold: float) -> tuple[torch.Ten
     if total == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=boxes.device)
         return empty, empty
-    first = torch.repeat_interleave(position, counts)
+    first = torch.repeat_interleave(position, counts, output_size=total)  # No second sync on CUDA.
     starts = torch.cumsum(counts, 0) - counts
     second = first + 1 + torch.arange(total, device=boxes.device) - starts.index_select(0, first)
     a, b = order.index_select(0, first), order.index_select(0, second)
@@ -131,8 +131,7 @@ def sparse_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) 
     if (
         n == 0
         or not 0.0 < iou_threshold < 1.0
-        or not bool(torch.isfinite(boxes).all())
-        or not bool(torch.isfinite(scores).all())
+        or not bool(torch.isfinite(boxes).all() & torch.isfinite(scores).all())
     ):
         return nms(boxes, scores, iou_threshold)
     rank_order = torch.sort(scores, descending=True, stable=True).indices
@@ -151,8 +150,8 @@ def sparse_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) 
         source_state = state[source]
         by_kept = torch.bincount(target[source_state == 1], minlength=n) > 0
         by_suppressed = torch.bincount(target[source_state == 2], minlength=n)
-        state[undecided & by_kept] = 2
-        state[undecided & ~by_kept & (by_suppressed == indegree)] = 1
+        state.masked_fill_(undecided & by_kept, 2)
+        state.masked_fill_(undecided & ~by_kept & (by_suppressed == indegree), 1)
     else:
         if bool((state == 0).any()):
             return nms(boxes, scores, iou_threshold)
