@@ -75,11 +75,12 @@ import queue
 import re
 import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -727,6 +728,27 @@ def build_tasks(
             }
         )
     return tasks
+
+
+def median_seconds(
+    function: Callable[[], Any], repeats: int, synchronize: Callable[[], None] | None = None
+) -> float:
+    """Median wall time of ``repeats`` calls of ``function`` after one untimed call.
+
+    ``synchronize`` (a device's, e.g. ``torch.cuda.synchronize``) is called after each call, inside the
+    timing, so that work queued on a device is counted.
+    """
+    function()
+    if synchronize is not None:
+        synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        if synchronize is not None:
+            synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def git_commit() -> str:

@@ -25,9 +25,7 @@ import argparse
 import dataclasses
 import datetime
 import functools
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ from bench_detect import (  # The sibling script, found through the path set abo
     git_commit,
     load_patch,
     machine_info,
+    median_seconds,
     simulate_or_load,
 )
 
@@ -85,18 +84,6 @@ def _rpn_like(count: int, generator: Any) -> tuple[Any, Any]:
     return torch.cat([middle - half, middle + half], dim=1), scores
 
 
-def _median_seconds(function: Callable[[], Any], repeats: int, synchronize: Callable[[], None]) -> float:
-    function()
-    synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _operator_rows(args: argparse.Namespace, device: Any, synchronize: Callable[[], None]) -> list[tuple]:
     import torch
     from torchvision.ops import nms
@@ -112,7 +99,7 @@ def _operator_rows(args: argparse.Namespace, device: Any, synchronize: Callable[
             expected = nms(boxes, scores, threshold)
             same = torch.equal(sparse_nms(boxes, scores, threshold).cpu(), expected.cpu())
             timed = [functools.partial(f, boxes, scores, threshold) for f in (nms, sparse_nms)]
-            before, after = (_median_seconds(f, args.repeats, synchronize) for f in timed)
+            before, after = (median_seconds(f, args.repeats, synchronize) for f in timed)
             rows.append((count, threshold, len(expected), before, after, "identical" if same else "DIFFER"))
             print(
                 f"nms {count} boxes t={threshold}: {before * 1e3:.2f} -> {after * 1e3:.2f} ms, {rows[-1][-1]}"

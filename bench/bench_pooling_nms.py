@@ -23,9 +23,7 @@ __all__ = ["main", "parse_args"]
 import argparse
 import datetime
 import functools
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from bench_detect import (  # The sibling script, found through the path set abo
     git_commit,
     load_patch,
     machine_info,
+    median_seconds,
     simulate_or_load,
 )
 
@@ -56,16 +55,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK_DIR, help="cache of simulated patches")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="where the report is written")
     return parser.parse_args(argv)
-
-
-def _median_seconds(function: Callable[[], Any], repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _capture(model: Any, cube: Any, tiles: int) -> tuple[list[Any], list[Any], list[Any]]:
@@ -153,9 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 and torch.equal(a.objectness_logits, b.objectness_logits)
                 for a, b in zip(expected, got)
             )
-            before = _median_seconds(functools.partial(select, *call_args, **call_kwargs), args.repeats)
+            before = median_seconds(functools.partial(select, *call_args, **call_kwargs), args.repeats)
             with sparse_batched_nms():
-                after = _median_seconds(functools.partial(select, *call_args, **call_kwargs), args.repeats)
+                after = median_seconds(functools.partial(select, *call_args, **call_kwargs), args.repeats)
         verdict = "identical" if same else "DIFFER"
         rows.append(("RPN proposal selection", index, len(expected[0]), before, after, verdict))
     for kind, calls in (("box pooler", box_calls), ("mask pooler", mask_calls)):
@@ -167,10 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             channels_last = [level.contiguous(memory_format=torch.channels_last) for level in features]
             with torch.inference_mode():
                 expected = pooler(features, boxes)
-                before = _median_seconds(functools.partial(pooler, features, boxes), args.repeats)
+                before = median_seconds(functools.partial(pooler, features, boxes), args.repeats)
                 with separable_poolers(model):
                     got = pooler(channels_last, boxes)
-                    after = _median_seconds(functools.partial(pooler, channels_last, boxes), args.repeats)
+                    after = median_seconds(functools.partial(pooler, channels_last, boxes), args.repeats)
             difference = float((got - expected).abs().max())
             rows.append((kind, index, regions, before, after, f"largest difference {difference:.1e}"))
 
