@@ -555,3 +555,48 @@ def test_box_branch_in_chunks_of_proposals_gives_the_same_detections(architectur
             torch.testing.assert_close(
                 chunked.pred_boxes.tensor, whole.pred_boxes.tensor, rtol=1e-5, atol=1e-4
             )
+
+
+@pytest.mark.parametrize("architecture", ["compact-R18-FPN", "Cascade-R50-FPN"])
+def test_mask_head_in_chunks_of_detections_gives_the_same_masks(architecture):
+    """Inference runs the mask head's convolutions a chunk of detections at a time, with no other effect."""
+    torch.manual_seed(0)
+    model = build_model_from_spec(_spec(architecture, 3)).eval()
+    inputs = [{"image": _image(3, 128, seed=s), "height": 128, "width": 128} for s in (1, 2)]
+    batch_sizes: list[int] = []
+    first_layer = next(iter(model.roi_heads.mask_head.children()))
+    first_layer.register_forward_hook(lambda module, args, output: batch_sizes.append(len(args[0])))
+    results = {}
+    for chunk in (0, 3, 128):  # All at once; chunks across both images' detections; the default.
+        model.roi_heads.inference_mask_chunk = chunk
+        batch_sizes.clear()
+        with torch.no_grad():
+            results[chunk] = model.inference(inputs, do_postprocess=False)
+        total = sum(len(r) for r in results[chunk])
+        assert total > 5 and sum(batch_sizes) == total
+        assert max(batch_sizes) == (total if chunk in (0, 128) else 3)
+    for chunk in (3, 128):
+        for whole, chunked in zip(results[0], results[chunk]):
+            assert torch.equal(chunked.pred_boxes.tensor, whole.pred_boxes.tensor)
+            assert torch.equal(chunked.pred_masks, whole.pred_masks)
+
+
+def test_mask_head_with_its_own_forward_runs_unchunked() -> None:
+    """A mask head that overrides ``forward`` keeps detectron2's mask branch (its forward is called)."""
+    from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
+
+    class OwnForward(MaskRCNNConvUpsampleHead):
+        calls = 0
+
+        def forward(self, x, instances):  # type: ignore[no-untyped-def, override]
+            OwnForward.calls += 1
+            return super().forward(x, instances)
+
+    torch.manual_seed(0)
+    model = build_model_from_spec(_spec("compact-R18-FPN", 3)).eval()
+    model.roi_heads.mask_head.__class__ = OwnForward
+    model.roi_heads.inference_mask_chunk = 2
+    inputs = [{"image": _image(3, 128, seed=1), "height": 128, "width": 128}]
+    with torch.no_grad():
+        result = model.inference(inputs, do_postprocess=False)
+    assert OwnForward.calls == 1 and len(result[0]) > 2 and result[0].has("pred_masks")
