@@ -51,6 +51,7 @@ __all__ = [
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import astropy.units as u
@@ -236,7 +237,8 @@ class LazyBands(Mapping[str, Any]):
     """Images by band, each loaded when it is looked up and not kept: streaming input of the stacking.
 
     `multiband_from_masked_images` looks each band up once and releases it once copied, so a patch's bands
-    given this way are held one at a time beside the cubes (``read_coadds`` reads them from the Butler).
+    given this way are held at most two at a time beside the cubes, the one being copied while the next is
+    read (``read_coadds`` reads them from the Butler).
 
     Parameters
     ----------
@@ -263,6 +265,26 @@ class LazyBands(Mapping[str, Any]):
         return len(self._sources)
 
 
+def _copy_band(
+    masked: MaskedImage,
+    scale: float,
+    planes: list[tuple[str, int]],
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+) -> None:
+    """Copy one band into its planes of the cubes: pixels times ``scale`` (variance ``scale**2``), masks.
+
+    ``planes`` are the band's mask planes as ``(name, legacy bit)``; ``mask`` starts at zero.
+    """
+    # Without whole-band temporaries (the same float32 products as ``array * scale``).
+    np.multiply(masked.image.array, scale, out=image)
+    np.multiply(masked.variance.array, scale**2, out=variance)
+    dtype = mask.dtype.type
+    for name, bit in planes:
+        np.bitwise_or(mask, dtype(1) << dtype(bit), out=mask, where=masked.mask.get(name))
+
+
 def multiband_from_masked_images(images: Mapping[str, MaskedImage], bands: Sequence[str]) -> MultibandImage:
     """Stack per-band `lsst.images.MaskedImage` objects into a `MultibandImage`.
 
@@ -270,8 +292,10 @@ def multiband_from_masked_images(images: Mapping[str, MaskedImage], bands: Seque
     ----------
     images : mapping [`str`, `lsst.images.MaskedImage`]
         Images by band (extra bands are ignored).  Each wanted band is looked up once, in ``bands`` order,
-        and released once copied: with `LazyBands`, which reads a band when it is looked up, one band is
-        in memory beside the cubes.
+        and released once copied.  A band is copied into the cubes by a helper thread while the next band
+        is looked up, so that, with `LazyBands`, which reads a band when it is looked up (a Butler read, in
+        the looking-up thread), reading and copying overlap; at most two bands are in memory beside the
+        cubes, and one copy at a time is pending.
     bands : sequence of `str`
         Bands to stack, in order.
 
@@ -296,64 +320,72 @@ def multiband_from_masked_images(images: Mapping[str, MaskedImage], bands: Seque
     missing = [b for b in bands if b not in images]
     if missing:
         raise MissingBandError(f"band(s) {missing} required but not available; got bands {sorted(images)}")
-    # One pass, one band at a time: ``images`` may load each band when it is looked up (`LazyBands`), so
-    # that only one band's coadd is held beside the cubes, and each band is looked up once.
+    # One pass: ``images`` may load each band when it is looked up (`LazyBands`); each band is looked up
+    # once, here, and copied into the cubes by the helper thread while the next one is looked up.
     mask_planes: dict[str, int] = {}
     units = {}
     fwhm = {}
-    for index, band in enumerate(bands):
-        masked = images[band]
-        if index == 0:
-            bbox = masked.bbox
-            x0, y0 = bbox.x.start, bbox.y.start
-            shape = (bbox.y.size, bbox.x.size)
-            wcs = wcs_from_sky_projection(masked.sky_projection, bbox)
-            if masked.sky_projection is not None and wcs is None:
-                _log.warning(
-                    "the sky projection of band %r has no FITS form; the image will have no WCS", band
-                )
-            image = np.empty((len(bands), *shape), dtype=np.float32)
-            variance = np.empty_like(image)
-            mask = np.zeros((len(bands), *shape), dtype=np.int32)
-        else:
-            if masked.bbox != bbox:
-                raise ValueError(
-                    f"bands must share one bounding box: {bands[0]} has {bbox}, but {band} has {masked.bbox}"
-                )
-            other = wcs_from_sky_projection(masked.sky_projection, bbox)
-            if not same_sky_grid(wcs, other, shape, (x0, y0)):
-                raise ValueError(f"band {band!r} is not on the same sky grid as band {bands[0]!r}")
-        # Legacy plane name -> bit: the first band's schema positions, then new names in order of appearance.
-        for position, plane in enumerate(masked.mask.schema):
-            if plane is None:
-                continue
-            legacy_name = _IMAGES_TO_LEGACY.get(plane.name, plane.name)
-            if legacy_name not in mask_planes:
-                taken = set(mask_planes.values())
-                bit = position if position not in taken else max(taken | {-1}) + 1
-                while bit in taken:
-                    bit += 1
-                mask_planes[legacy_name] = bit
-        if mask_planes and max(mask_planes.values()) > 62:
-            raise ValueError(f"{len(mask_planes)} mask planes do not fit a 64-bit mask")
-        if mask.dtype == np.int32 and mask_planes and max(mask_planes.values()) >= 31:
-            mask = mask.astype(np.int64)  # A band brought a plane past bit 30 (rare).
-        mask_dtype = mask.dtype.type
-        scale = _image_unit_scale(masked.unit, band)
-        # Into the cubes without whole-band temporaries (the same float32 products as ``array * scale``).
-        np.multiply(masked.image.array, scale, out=image[index])
-        np.multiply(masked.variance.array, scale**2, out=variance[index])
-        units[band] = "nJy" if scale != 1.0 or masked.unit == u.nJy else (masked.unit and str(masked.unit))
-        for plane in masked.mask.schema:
-            if plane is None:
-                continue
-            legacy_name = _IMAGES_TO_LEGACY.get(plane.name, plane.name)
-            bit = mask_dtype(1) << mask_dtype(mask_planes[legacy_name])
-            np.bitwise_or(mask[index], bit, out=mask[index], where=masked.mask.get(plane.name))
-        band_fwhm = masked.metadata.get("psf_fwhm_arcsec") if masked.metadata is not None else None
-        if isinstance(band_fwhm, (int, float)):
-            fwhm[band] = float(band_fwhm)
-        del masked
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack-bands") as copier:
+        pending: Future[None] | None = None
+        for index, band in enumerate(bands):
+            masked = images[band]
+            if index == 0:
+                bbox = masked.bbox
+                x0, y0 = bbox.x.start, bbox.y.start
+                shape = (bbox.y.size, bbox.x.size)
+                wcs = wcs_from_sky_projection(masked.sky_projection, bbox)
+                if masked.sky_projection is not None and wcs is None:
+                    _log.warning(
+                        "the sky projection of band %r has no FITS form; the image will have no WCS", band
+                    )
+                image = np.empty((len(bands), *shape), dtype=np.float32)
+                variance = np.empty_like(image)
+                mask = np.zeros((len(bands), *shape), dtype=np.int32)
+            else:
+                if masked.bbox != bbox:
+                    raise ValueError(
+                        f"bands must share one bounding box: {bands[0]} has {bbox}, but {band} has "
+                        f"{masked.bbox}"
+                    )
+                other = wcs_from_sky_projection(masked.sky_projection, bbox)
+                if not same_sky_grid(wcs, other, shape, (x0, y0)):
+                    raise ValueError(f"band {band!r} is not on the same sky grid as band {bands[0]!r}")
+            # Legacy plane name -> bit: the first band's schema positions, then new names in order of
+            # appearance.
+            for position, plane in enumerate(masked.mask.schema):
+                if plane is None:
+                    continue
+                legacy_name = _IMAGES_TO_LEGACY.get(plane.name, plane.name)
+                if legacy_name not in mask_planes:
+                    taken = set(mask_planes.values())
+                    bit = position if position not in taken else max(taken | {-1}) + 1
+                    while bit in taken:
+                        bit += 1
+                    mask_planes[legacy_name] = bit
+            if mask_planes and max(mask_planes.values()) > 62:
+                raise ValueError(f"{len(mask_planes)} mask planes do not fit a 64-bit mask")
+            # The previous band's copy first: one pending at a time, and the mask cube is final under it.
+            if pending is not None:
+                pending.result()
+            if mask.dtype == np.int32 and mask_planes and max(mask_planes.values()) >= 31:
+                mask = mask.astype(np.int64)  # A band brought a plane past bit 30 (rare).
+            scale = _image_unit_scale(masked.unit, band)
+            native = masked.unit and str(masked.unit)
+            units[band] = "nJy" if scale != 1.0 or masked.unit == u.nJy else native
+            planes = [
+                (plane.name, mask_planes[_IMAGES_TO_LEGACY.get(plane.name, plane.name)])
+                for plane in masked.mask.schema
+                if plane is not None
+            ]
+            band_fwhm = masked.metadata.get("psf_fwhm_arcsec") if masked.metadata is not None else None
+            if isinstance(band_fwhm, (int, float)):
+                fwhm[band] = float(band_fwhm)
+            pending = copier.submit(
+                _copy_band, masked, scale, planes, image[index], variance[index], mask[index]
+            )
+            del masked
+        if pending is not None:
+            pending.result()
     metadata: dict[str, Any] = {"unit": units[bands[0]] if len(set(units.values())) == 1 else units}
     if fwhm:
         metadata["psf_fwhm_arcsec"] = fwhm
