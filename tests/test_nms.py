@@ -102,11 +102,12 @@ def test_sparse_batched_nms_gives_torchvision_batched_nms_its_result(monkeypatch
             assert len(calls) == 5 and sum(calls) == 5000
         else:
             assert calls == ([900] if minimum == 512 else [])
-    # Small sets and other devices keep torchvision's kernel.
+    # Small sets, and on a CPU low thresholds (the box head's 0.5), keep torchvision's kernel.
     monkeypatch.setitem(sparse._SPARSE_MIN_BOXES, "cpu", 512)
     calls.clear()
     with sparse_batched_nms():
-        assert torch.equal(box_ops.nms(boxes[:511], scores[:511], 0.5), nms(boxes[:511], scores[:511], 0.5))
+        assert torch.equal(box_ops.nms(boxes[:511], scores[:511], 0.7), nms(boxes[:511], scores[:511], 0.7))
+        assert torch.equal(box_ops.nms(boxes, scores, 0.5), nms(boxes, scores, 0.5))
     assert calls == []
 
 
@@ -136,6 +137,7 @@ def test_tiled_inference_with_sparse_nms_gives_identical_detections(monkeypatch:
 
     # Every set through the sparse NMS: the RPN's levels and the box head's classes of these small tiles.
     monkeypatch.setitem(sparse._SPARSE_MIN_BOXES, "cpu", 2)
+    monkeypatch.setitem(sparse._SPARSE_MIN_IOU, "cpu", 0.0)
     calls = _counting_sparse_nms(monkeypatch)
     model = _random_compact_model(proposals=300, detections=60).eval()
     image = np.random.default_rng(8).normal(size=(3, 150, 140)).astype(np.float32)

@@ -60,6 +60,12 @@ _MAX_PASSES = 64
 # ``bench/bench_nms_device.py`` measures the crossing on a GPU.  Other devices keep torchvision's.
 _SPARSE_MIN_BOXES = {"cpu": 512, "cuda": 1000}
 
+# IoU thresholds from which `sparse_batched_nms` runs `sparse_nms`, per device type: a lower threshold
+# reaches further along x and keeps more pairs, and on the CPU the sparse NMS only matches torchvision's at
+# the box head's 0.5 (RPN-like sets of 1000-10,000 boxes: 0.66-1.07x; 4.2-4.5x at the RPN's 0.7 from 2000
+# boxes; ``bench/bench_nms_device.py``).
+_SPARSE_MIN_IOU = {"cpu": 0.6, "cuda": 0.0}
+
 # Relative and absolute widening of each box's reach along x (the bound is exact in real arithmetic;
 # the IoU test itself decides).
 _REACH_SLACK = (1e-3, 1e-3)
@@ -165,7 +171,8 @@ def sparse_batched_nms() -> Iterator[None]:
     Swaps the ``nms`` that ``torchvision.ops.boxes`` calls from its ``batched_nms`` (detectron2's
     ``batched_nms`` is torchvision's on float boxes: the RPN's per-level proposal selection and the box
     head's per-class NMS) for one that runs `sparse_nms` on sets of at least ``_SPARSE_MIN_BOXES`` boxes of
-    the device type and torchvision's kernel on the others.  torchvision's own choice between one NMS with
+    the device type at IoU thresholds of at least ``_SPARSE_MIN_IOU`` (on a CPU, the RPN's 0.7 but not the
+    box head's 0.5), and torchvision's kernel on the others.  torchvision's own choice between one NMS with
     the categories offset apart and one NMS per category stays.  Process-wide for the block; the kept boxes
     are the same, so other users of that function in the process see the same result.
     """
@@ -174,7 +181,12 @@ def sparse_batched_nms() -> Iterator[None]:
     torchvision_nms = box_ops.nms
 
     def dispatched(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-        if len(boxes) < _SPARSE_MIN_BOXES.get(boxes.device.type, len(boxes) + 1):
+        device = boxes.device.type
+        if (
+            device not in _SPARSE_MIN_BOXES
+            or len(boxes) < _SPARSE_MIN_BOXES[device]
+            or iou_threshold < _SPARSE_MIN_IOU[device]
+        ):
             return torchvision_nms(boxes, scores, iou_threshold)
         return sparse_nms(boxes, scores, iou_threshold)
 
