@@ -581,22 +581,65 @@ def test_mask_head_in_chunks_of_detections_gives_the_same_masks(architecture):
             assert torch.equal(chunked.pred_masks, whole.pred_masks)
 
 
-def test_mask_head_with_its_own_forward_runs_unchunked() -> None:
-    """A mask head that overrides ``forward`` keeps detectron2's mask branch (its forward is called)."""
+def test_mask_head_chunks_call_the_head_as_a_module() -> None:
+    """Each chunk calls the mask head itself: a ``forward`` of its own and its hooks run, per chunk."""
     from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
 
     class OwnForward(MaskRCNNConvUpsampleHead):
-        calls = 0
+        calls: list[int] = []
 
         def forward(self, x, instances):  # type: ignore[no-untyped-def, override]
-            OwnForward.calls += 1
+            OwnForward.calls.append(sum(len(i) for i in instances))
             return super().forward(x, instances)
 
     torch.manual_seed(0)
     model = build_model_from_spec(_spec("compact-R18-FPN", 3)).eval()
     model.roi_heads.mask_head.__class__ = OwnForward
-    model.roi_heads.inference_mask_chunk = 2
+    hooked: list[int] = []
+    model.roi_heads.mask_head.register_forward_hook(lambda module, args, output: hooked.append(len(args[0])))
     inputs = [{"image": _image(3, 128, seed=1), "height": 128, "width": 128}]
+    results = {}
+    for chunk in (0, 3):
+        model.roi_heads.inference_mask_chunk = chunk
+        OwnForward.calls.clear()
+        hooked.clear()
+        with torch.no_grad():
+            results[chunk] = model.inference(inputs, do_postprocess=False)[0]
+        total = len(results[chunk])
+        assert total > 3 and OwnForward.calls == hooked and sum(hooked) == total
+        if chunk == 3:  # Near-equal parts of at most three, none of a single detection.
+            assert len(hooked) == -(-total // 3) and max(hooked) <= 3 and min(hooked) >= 2
+        else:
+            assert hooked == [total]
+    assert torch.equal(results[3].pred_masks, results[0].pred_masks)
+    assert torch.equal(results[3].pred_boxes.tensor, results[0].pred_boxes.tensor)
+
+
+def test_mask_chunks_keep_images_without_detections_and_rows_in_order() -> None:
+    """Chunks across images: each image gets its own rows back, an image with none gets empty masks."""
+    from detectron2.structures import Boxes, Instances
+
+    torch.manual_seed(0)
+    model = build_model_from_spec(_spec("compact-R18-FPN", 3)).eval()
+    heads = model.roi_heads
+    inputs = [{"image": _image(3, 128, seed=s), "height": 128, "width": 128} for s in (1, 2, 3)]
+    generator = torch.Generator().manual_seed(4)
+    detections = []
+    for count in (5, 0, 4):
+        corner = torch.rand(count, 2, generator=generator) * 90
+        instances = Instances((128, 128))
+        instances.pred_boxes = Boxes(torch.cat([corner, corner + 8 + 20 * torch.rand(count, 2)], dim=1))
+        instances.pred_classes = torch.randint(0, heads.num_classes, (count,), generator=generator)
+        detections.append(instances)
     with torch.no_grad():
-        result = model.inference(inputs, do_postprocess=False)
-    assert OwnForward.calls == 1 and len(result[0]) > 2 and result[0].has("pred_masks")
+        features = model.backbone(model.preprocess_image(inputs).tensor)
+        results = {}
+        for chunk in (0, 3):  # Rows 0-2 of the first image, 3-4 of it with 0 of the third, 1-3 of the third.
+            heads.inference_mask_chunk = chunk
+            copies = [d[torch.arange(len(d))] for d in detections]
+            results[chunk] = heads._forward_mask(features, copies)
+    for whole, chunked, given in zip(results[0], results[3], detections):
+        assert len(chunked) == len(given) and chunked.pred_masks.shape == whole.pred_masks.shape
+        assert torch.equal(chunked.pred_boxes.tensor, given.pred_boxes.tensor)
+        assert torch.equal(chunked.pred_masks, whole.pred_masks)
+    assert results[3][1].pred_masks.shape[0] == 0

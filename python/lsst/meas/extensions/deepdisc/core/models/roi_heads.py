@@ -47,11 +47,10 @@ the peak memory, which the pooled features of thousands of proposals per tile (`
 each, 0.2 GB for 4000) would otherwise set, and at most the last bit of a value (a matrix product of fewer
 rows may be blocked differently): the catalog of the 2048 px benchmark patch is bit-identical.
 
-Likewise the mask head's convolutions run on the detections ``inference_mask_chunk`` at a time (128 by
-default; 0 for all at once) when the mask head is detectron2's layers-then-``mask_rcnn_inference`` (a
-``BaseMaskRCNNHead`` that does not override ``forward``): a tile's few hundred detections at once make its
-upsampled 28 x 28 maps outgrow the cores' caches (one thread, 472 detections: 232 us a detection at once,
-184 in chunks of 128), and each detection's mask is computed on its own, so the masks are the same.
+Likewise the mask head is called on an image's detections ``inference_mask_chunk`` at a time (128 by
+default; 0 for all at once): a tile's few hundred detections at once make its upsampled 28 x 28 maps
+outgrow the cores' caches (one thread, 472 detections: 232 us a detection at once, 184 in chunks of 128),
+and each detection's mask is computed on its own, so the masks are the same.
 """
 
 from __future__ import annotations
@@ -69,7 +68,6 @@ import torch
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads.cascade_rcnn import CascadeROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
-from detectron2.modeling.roi_heads.mask_head import BaseMaskRCNNHead, mask_rcnn_inference
 from detectron2.structures import Boxes, Instances
 
 # Probabilities of all foreground classes may underflow to 0 for a proposal the classifier is sure is
@@ -110,35 +108,43 @@ def _box_predictions_in_chunks(
     return torch.cat(scores), torch.cat(deltas)
 
 
-def _masks_in_chunks_apply(heads: StandardROIHeads) -> bool:
-    """Whether `_masks_in_chunks` can run ``heads``' mask branch (else detectron2's ``_forward_mask``)."""
-    head = getattr(heads, "mask_head", None)
-    return (
-        bool(heads.mask_on)
-        and heads.mask_pooler is not None
-        and isinstance(head, BaseMaskRCNNHead)
-        and type(head).forward is BaseMaskRCNNHead.forward
-    )
-
-
 def _masks_in_chunks(
     heads: StandardROIHeads, features: dict[str, torch.Tensor], instances: list[Instances], chunk: int
 ) -> list[Instances]:
-    """detectron2's inference ``_forward_mask``, the mask head's layers run ``chunk`` detections at a time.
+    """detectron2's inference ``_forward_mask``, its mask head called on about ``chunk`` detections at a time.
 
-    Pools the detections' boxes, runs ``mask_head.layers`` on ``chunk`` of them at a time (all at once for
-    ``chunk <= 0``) and sets each image's ``pred_masks`` with ``mask_rcnn_inference``, in place.
+    The detections' boxes are pooled at once; the mask head (as a module: its hooks and any ``forward`` of
+    its own run) is then called on consecutive runs of the detections of all images, in near-equal parts of
+    at most ``chunk`` (no small remainder), each with its detections as a list of the images' pieces, and
+    each image's pieces are concatenated back in order.  All at once (detectron2's one call) when ``chunk
+    <= 0``, on a GPU (whose throughput wants large batches), or with no more detections than ``chunk``.
     """
     pooled = heads.mask_pooler(
         [features[name] for name in heads.mask_in_features], [x.pred_boxes for x in instances]
     )
-    layers = heads.mask_head.layers
-    if chunk <= 0 or len(pooled) <= chunk:
-        logits = layers(pooled)
-    else:
-        logits = torch.cat([layers(pooled[start : start + chunk]) for start in range(0, len(pooled), chunk)])
-    mask_rcnn_inference(logits, instances)
-    return instances
+    total = len(pooled)
+    if chunk <= 0 or total <= chunk or pooled.device.type != "cpu":
+        return heads.mask_head(pooled, instances)
+    parts = -(-total // chunk)
+    bounds = [total * k // parts for k in range(parts + 1)]
+    image_starts = [0]
+    for per_image in instances:
+        image_starts.append(image_starts[-1] + len(per_image))
+    pieces: list[list[Instances]] = [[] for _ in instances]
+    for first, last in zip(bounds[:-1], bounds[1:]):
+        # The images whose rows meet [first, last), each as its slice of rows.
+        owners = [
+            (index, max(first, begin) - begin, min(last, end) - begin)
+            for index, (begin, end) in enumerate(zip(image_starts[:-1], image_starts[1:]))
+            if begin < last and end > first and end > begin
+        ]
+        done = heads.mask_head(pooled[first:last], [instances[i][a:b] for i, a, b in owners])
+        for (index, _, _), result in zip(owners, done):
+            pieces[index].append(result)
+    for index, per_image in enumerate(instances):
+        if not pieces[index]:  # No detections: detectron2's empty masks, from a call on no rows.
+            pieces[index] = heads.mask_head(pooled[:0], [per_image])
+    return [parts_of[0] if len(parts_of) == 1 else Instances.cat(parts_of) for parts_of in pieces]
 
 
 def fast_rcnn_inference_with_class_probs(
@@ -189,7 +195,7 @@ class _MaskInferenceInChunks:
     inference_mask_chunk: int = DEFAULT_INFERENCE_MASK_CHUNK
 
     def _forward_mask(self, features, instances):  # type: ignore[no-untyped-def]
-        if self.training or not _masks_in_chunks_apply(self):  # type: ignore[attr-defined, arg-type]
+        if self.training or not self.mask_on or self.mask_pooler is None:  # type: ignore[attr-defined]
             return super()._forward_mask(features, instances)  # type: ignore[misc]
         return _masks_in_chunks(self, features, instances, self.inference_mask_chunk)  # type: ignore[arg-type]
 
