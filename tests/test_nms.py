@@ -45,6 +45,35 @@ def test_sparse_nms_equals_torchvision(
     assert torch.equal(sparse_nms(boxes, scores, threshold), nms(boxes, scores, threshold))
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    count=st.integers(2, 300),
+    span=st.floats(5.0, 300.0),
+    threshold=st.sampled_from([0.05, 0.3, 0.5, 0.7, 0.95]),
+    grid=st.booleans(),
+)
+def test_suppressing_pairs_are_every_pair_above_the_threshold(
+    seed: int, count: int, span: float, threshold: float, grid: bool
+) -> None:
+    """The row-binned sweep finds exactly the pairs a comparison of all pairs finds, each once."""
+    generator = torch.Generator().manual_seed(seed)
+    centre = torch.rand(count, 2, generator=generator) * span
+    extent = torch.rand(count, 2, generator=generator) ** 3 * 60 + 0.01  # Tiny to tall and wide boxes.
+    if grid:  # Shared edges and duplicates.
+        centre, extent = torch.round(centre), torch.round(extent * 2) / 2
+    boxes = torch.cat([centre - extent / 2, centre + extent / 2], dim=1)
+    boxes[: count // 6, 2:] = boxes[: count // 6, :2]  # Empty boxes overlap nothing.
+    a, b = sparse._suppressing_pairs(boxes, threshold)
+    first, second = torch.triu_indices(count, count, 1)
+    columns = boxes.t().contiguous()
+    areas = (columns[2] - columns[0]) * (columns[3] - columns[1])
+    above = sparse._overlap_ratio(columns, areas, first, second).double() > threshold
+    expected = set(zip(first[above].tolist(), second[above].tolist()))
+    got = [(min(i, j), max(i, j)) for i, j in zip(a.tolist(), b.tolist())]
+    assert len(got) == len(set(got)) and set(got) == expected
+
+
 def test_sparse_nms_edge_cases_and_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
     generator = torch.Generator().manual_seed(5)
     boxes = _boxes(generator, 400, 100.0, 10.0)
@@ -102,12 +131,11 @@ def test_sparse_batched_nms_gives_torchvision_batched_nms_its_result(monkeypatch
             assert len(calls) == 5 and sum(calls) == 5000
         else:
             assert calls == ([900] if minimum == 512 else [])
-    # Small sets, and on a CPU low thresholds (the box head's 0.5), keep torchvision's kernel.
+    # Small sets keep torchvision's kernel.
     monkeypatch.setitem(sparse._SPARSE_MIN_BOXES, "cpu", 512)
     calls.clear()
     with sparse_batched_nms():
-        assert torch.equal(box_ops.nms(boxes[:511], scores[:511], 0.7), nms(boxes[:511], scores[:511], 0.7))
-        assert torch.equal(box_ops.nms(boxes, scores, 0.5), nms(boxes, scores, 0.5))
+        assert torch.equal(box_ops.nms(boxes[:511], scores[:511], 0.5), nms(boxes[:511], scores[:511], 0.5))
     assert calls == []
 
 
@@ -137,7 +165,6 @@ def test_tiled_inference_with_sparse_nms_gives_identical_detections(monkeypatch:
 
     # Every set through the sparse NMS: the RPN's levels and the box head's classes of these small tiles.
     monkeypatch.setitem(sparse._SPARSE_MIN_BOXES, "cpu", 2)
-    monkeypatch.setitem(sparse._SPARSE_MIN_IOU, "cpu", 0.0)
     calls = _counting_sparse_nms(monkeypatch)
     model = _random_compact_model(proposals=300, detections=60).eval()
     image = np.random.default_rng(8).normal(size=(3, 150, 140)).astype(np.float32)

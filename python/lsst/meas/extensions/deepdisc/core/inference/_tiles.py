@@ -98,11 +98,11 @@ class InferenceConfig:
         `~lsst.meas.extensions.deepdisc.core.models.nms.sparse_nms` on large sets of boxes (greedy NMS over
         the pairs of boxes close enough to suppress each other, resolved in vectorised passes) instead of
         torchvision's kernels: the CPU one compares every kept box with every later one, the CUDA one
-        picks the kept boxes one at a time in a single thread block.  On a CPU only at the RPN's IoU
-        threshold, not at the box head's lower one, where it is no faster.  The same boxes kept (on CUDA up to
+        picks the kept boxes one at a time in a single thread block.  The same boxes kept (on CUDA up to
         the fused multiply-adds the compiler may put in torchvision's kernel).  `None` (default): on CPUs,
-        where it takes about a fifth of the RPN's NMS time; `True`: on CPUs and CUDA devices (its speed
-        on a GPU is measured by ``bench/bench_nms_device.py``, not yet run); `False`: torchvision's.
+        where the RPN's proposal selection takes an eighth of its time with torchvision's NMS; `True`: on
+        CPUs and CUDA devices (its speed on a GPU is measured by ``bench/bench_nms_device.py``, not yet
+        run); `False`: torchvision's.
     """
 
     tile_size: int = 512

@@ -27,8 +27,9 @@ of a survey tile are a few pixels wide and few suppress each other); its CUDA ke
 overlap in parallel but then walks the boxes one at a time in a single thread block to pick the kept ones
 (about a microsecond per box).  Greedy NMS only depends on the pairs whose IoU exceeds the threshold
 ``t``, and such a pair is close: if ``IoU(a, b) > t`` and ``a`` starts left of ``b``, then ``x1_b - x1_a
-<= (1 - t) * width_a`` (the overlap along ``x`` is at least ``t`` times either width).  `sparse_nms`
-sorts the boxes by ``x1``, takes for each box the boxes starting within that reach, computes their IoU as
+< (1 - t) * width_a`` (the overlap along ``x`` exceeds ``t`` times either width), and likewise along
+``y``.  `sparse_nms` bins the boxes in rows of ``(1 - t)`` times the largest height and sorts them by row
+and ``x1``, takes for each box the boxes of its row and the next within those reaches, computes their IoU as
 torchvision does (float32, ``inter / (area_a + area_b - inter) > t``, the threshold in double precision
 on the CPU and in single precision on CUDA, as torchvision's kernels compare), and resolves the greedy
 order on those pairs in a few vectorised passes: a box is kept once every higher-scored box overlapping
@@ -54,17 +55,12 @@ _MAX_PASSES = 64
 
 # Boxes from which `sparse_batched_nms` runs `sparse_nms` instead of torchvision's kernel, per device type:
 # the sparse NMS costs a few dozen small operations (and, on CUDA, host synchronisations) per call, which
-# torchvision's kernels beat on small sets (CPU, one thread: 90 us against 320 us at 256 boxes, 470
-# against 430 at 512, 1.9 ms against 0.7 at 1000).  The CUDA minimum is an estimate (the kernel's serial
-# pass costs about a microsecond a box, the sparse NMS a few dozen launches and syncs) until
-# ``bench/bench_nms_device.py`` measures the crossing on a GPU.  Other devices keep torchvision's.
-_SPARSE_MIN_BOXES = {"cpu": 512, "cuda": 1000}
-
-# IoU thresholds from which `sparse_batched_nms` runs `sparse_nms`, per device type: a lower threshold
-# reaches further along x and keeps more pairs, and on the CPU the sparse NMS only matches torchvision's at
-# the box head's 0.5 (RPN-like sets of 1000-10,000 boxes: 0.66-1.07x; 4.2-4.5x at the RPN's 0.7 from 2000
-# boxes; ``bench/bench_nms_device.py``).
-_SPARSE_MIN_IOU = {"cpu": 0.6, "cuda": 0.0}
+# torchvision's kernels beat on small sets.  CPU, one thread, RPN-like sets (``bench/bench_nms_device.py``):
+# at IoU 0.7 (the RPN's) 0.39 against 0.69 ms at 500 boxes, 1.74 against 1.07 at 1000, 222 against 13 at
+# 10,000; at 0.5 (the box head's) 0.91 against 1.49 ms at 1000 boxes, 3.7 against 2.6 at 2000.  The CUDA
+# minimum is an estimate (the kernel's serial pass costs about a microsecond a box) until that script
+# measures the crossing on a GPU.  Other devices keep torchvision's.
+_SPARSE_MIN_BOXES = {"cpu": 1000, "cuda": 1000}
 
 # Relative and absolute widening of each box's reach along x (the bound is exact in real arithmetic;
 # the IoU test itself decides).
@@ -87,22 +83,56 @@ def _overlap_ratio(
     return inter / (areas.index_select(0, a) + areas.index_select(0, b) - inter)
 
 
-def _suppressing_pairs(boxes: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every pair of boxes whose IoU exceeds ``threshold`` (in ``(0, 1)``), each once: ``(a, b)`` indices."""
-    x1, order = torch.sort(boxes[:, 0], stable=True)
-    width = boxes[order, 2] - x1
-    reach = x1 + (1.0 - threshold) * width * (1.0 + _REACH_SLACK[0]) + _REACH_SLACK[1]
-    end = torch.searchsorted(x1, reach, right=True)
-    position = torch.arange(len(x1), device=boxes.device)
-    counts = torch.where(width > 0, (end - position - 1).clamp_min(0), torch.zeros_like(end))
+def _candidate_pairs(boxes: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs of boxes close enough along x and y to have an IoU above ``threshold``, each once.
+
+    Boxes of positive width and height only (the others overlap nothing).  If ``IoU(a, b) > t`` then the
+    overlap along each axis exceeds ``t`` times either box's extent, so ``|y1_a - y1_b| < (1 - t) h`` and
+    ``|x1_a - x1_b| < (1 - t) w`` of the box that starts first.  The boxes are binned in rows of
+    ``(1 - t)`` times the largest height (a pair lies in one row or two adjacent ones) and sorted by row,
+    then ``x1``; each box takes the later boxes of its row that start within its reach along x, and the
+    boxes of the next row that start within its reach ahead or the largest reach behind.
+    """
+    empty = torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    x1, y1 = boxes[:, 0].double(), boxes[:, 1].double()
+    width, height = boxes[:, 2].double() - x1, boxes[:, 3].double() - y1
+    valid = torch.nonzero((width > 0) & (height > 0)).squeeze(1)
+    if len(valid) < 2:
+        return empty, empty
+    x1, y1, width, height = x1[valid], y1[valid], width[valid], height[valid]
+    scale = (1.0 - threshold) * (1.0 + _REACH_SLACK[0])
+    extremes = torch.stack([height.max(), width.max(), x1.min(), x1.max(), y1.min()]).tolist()
+    row_height = extremes[0] * scale + _REACH_SLACK[1]
+    behind = extremes[1] * scale + _REACH_SLACK[1]
+    # Keys: row * stride + x (x from the leftmost start): a row's queries never reach into another row's keys.
+    stride = extremes[3] - extremes[2] + behind + 1.0
+    row = torch.floor((y1 - extremes[4]) / row_height)
+    x = x1 - extremes[2]
+    keys, order = torch.sort(row * stride + x, stable=True)
+    row, x = row[order], x[order]
+    ahead = x + width[order] * scale + _REACH_SLACK[1]
+    position = torch.arange(len(keys), device=boxes.device)
+    same_end = torch.searchsorted(keys, row * stride + ahead, right=True)
+    next_start = torch.searchsorted(keys, (row + 1) * stride + x - behind)
+    next_end = torch.searchsorted(keys, (row + 1) * stride + ahead, right=True)
+    starts = torch.cat([position + 1, next_start])
+    counts = torch.cat([(same_end - position - 1).clamp_min(0), (next_end - next_start).clamp_min(0)])
     total = int(counts.sum())
     if total == 0:
-        empty = torch.zeros(0, dtype=torch.int64, device=boxes.device)
         return empty, empty
-    first = torch.repeat_interleave(position, counts, output_size=total)  # No second sync on CUDA.
-    starts = torch.cumsum(counts, 0) - counts
-    second = first + 1 + torch.arange(total, device=boxes.device) - starts.index_select(0, first)
-    a, b = order.index_select(0, first), order.index_select(0, second)
+    first = torch.repeat_interleave(torch.cat([position, position]), counts, output_size=total)
+    offsets = torch.cumsum(counts, 0) - counts
+    step = torch.arange(total, device=boxes.device)
+    second = torch.repeat_interleave(starts - offsets, counts, output_size=total) + step
+    by_key = valid.index_select(0, order)
+    return by_key.index_select(0, first), by_key.index_select(0, second)
+
+
+def _suppressing_pairs(boxes: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pair of boxes whose IoU exceeds ``threshold`` (in ``(0, 1)``), each once: ``(a, b)`` indices."""
+    a, b = _candidate_pairs(boxes, threshold)
+    if len(a) == 0:
+        return a, b
     columns = boxes.t().contiguous()
     areas = (columns[2] - columns[0]) * (columns[3] - columns[1])
     ratio = _overlap_ratio(columns, areas, a, b)
@@ -171,8 +201,7 @@ def sparse_batched_nms() -> Iterator[None]:
     Swaps the ``nms`` that ``torchvision.ops.boxes`` calls from its ``batched_nms`` (detectron2's
     ``batched_nms`` is torchvision's on float boxes: the RPN's per-level proposal selection and the box
     head's per-class NMS) for one that runs `sparse_nms` on sets of at least ``_SPARSE_MIN_BOXES`` boxes of
-    the device type at IoU thresholds of at least ``_SPARSE_MIN_IOU`` (on a CPU, the RPN's 0.7 but not the
-    box head's 0.5), and torchvision's kernel on the others.  torchvision's own choice between one NMS with
+    the device type and torchvision's kernel on the others.  torchvision's own choice between one NMS with
     the categories offset apart and one NMS per category stays.  Process-wide for the block; the kept boxes
     are the same, so other users of that function in the process see the same result.
     """
@@ -181,12 +210,7 @@ def sparse_batched_nms() -> Iterator[None]:
     torchvision_nms = box_ops.nms
 
     def dispatched(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-        device = boxes.device.type
-        if (
-            device not in _SPARSE_MIN_BOXES
-            or len(boxes) < _SPARSE_MIN_BOXES[device]
-            or iou_threshold < _SPARSE_MIN_IOU[device]
-        ):
+        if len(boxes) < _SPARSE_MIN_BOXES.get(boxes.device.type, len(boxes) + 1):
             return torchvision_nms(boxes, scores, iou_threshold)
         return sparse_nms(boxes, scores, iou_threshold)
 
