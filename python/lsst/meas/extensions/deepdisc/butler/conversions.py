@@ -351,7 +351,8 @@ def multiband_from_masked_images(images: Mapping[str, MaskedImage], bands: Seque
                 if not same_sky_grid(wcs, other, shape, (x0, y0)):
                     raise ValueError(f"band {band!r} is not on the same sky grid as band {bands[0]!r}")
             # Legacy plane name -> bit: the first band's schema positions, then new names in order of
-            # appearance.
+            # appearance; ``planes``: this band's planes as (name, legacy bit), for its copy.
+            planes = []
             for position, plane in enumerate(masked.mask.schema):
                 if plane is None:
                     continue
@@ -362,6 +363,7 @@ def multiband_from_masked_images(images: Mapping[str, MaskedImage], bands: Seque
                     while bit in taken:
                         bit += 1
                     mask_planes[legacy_name] = bit
+                planes.append((plane.name, mask_planes[legacy_name]))
             if mask_planes and max(mask_planes.values()) > 62:
                 raise ValueError(f"{len(mask_planes)} mask planes do not fit a 64-bit mask")
             # The previous band's copy first: one pending at a time, and the mask cube is final under it.
@@ -372,11 +374,6 @@ def multiband_from_masked_images(images: Mapping[str, MaskedImage], bands: Seque
             scale = _image_unit_scale(masked.unit, band)
             native = masked.unit and str(masked.unit)
             units[band] = "nJy" if scale != 1.0 or masked.unit == u.nJy else native
-            planes = [
-                (plane.name, mask_planes[_IMAGES_TO_LEGACY.get(plane.name, plane.name)])
-                for plane in masked.mask.schema
-                if plane is not None
-            ]
             band_fwhm = masked.metadata.get("psf_fwhm_arcsec") if masked.metadata is not None else None
             if isinstance(band_fwhm, (int, float)):
                 fwhm[band] = float(band_fwhm)

@@ -62,8 +62,8 @@ _MAX_PASSES = 64
 # measures the crossing on a GPU.  Other devices keep torchvision's.
 _SPARSE_MIN_BOXES = {"cpu": 1000, "cuda": 1000}
 
-# Relative and absolute widening of each box's reach along x (the bound is exact in real arithmetic;
-# the IoU test itself decides).
+# Relative and absolute widening of each box's reach along x and of the rows' height along y (the bounds
+# are exact in real arithmetic; the IoU test itself decides).
 _REACH_SLACK = (1e-3, 1e-3)
 
 

@@ -47,10 +47,10 @@ the peak memory, which the pooled features of thousands of proposals per tile (`
 each, 0.2 GB for 4000) would otherwise set, and at most the last bit of a value (a matrix product of fewer
 rows may be blocked differently): the catalog of the 2048 px benchmark patch is bit-identical.
 
-Likewise the mask head is called on an image's detections ``inference_mask_chunk`` at a time (128 by
-default; 0 for all at once): a tile's few hundred detections at once make its upsampled 28 x 28 maps
-outgrow the cores' caches (one thread, 472 detections: 232 us a detection at once, 184 in chunks of 128),
-and each detection's mask is computed on its own, so the masks are the same.
+Likewise, on a CPU, the mask head is called on a batch's detections in near-equal runs of at most
+``inference_mask_chunk`` (128 by default; 0 for all at once): a tile's few hundred detections at once make
+its upsampled 28 x 28 maps outgrow the cores' caches (one thread, 472 detections: 232 us a detection at
+once, 184 in chunks of 128), and each detection's mask is computed on its own, so the masks are the same.
 """
 
 from __future__ import annotations
