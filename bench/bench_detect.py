@@ -471,7 +471,7 @@ def _use_reference_path() -> None:
 
     The whole patch scaled at once, in float64 (`reference_scaling`), and one forward call at a time on
     all of torch's threads with contiguous weights, torchvision's NMS for the proposals, all of a tile's
-    proposals pooled at once by torchvision's ROIAlign, the mask head run on every box of a tile.
+    proposals pooled at once by torchvision's ROIAlign, the mask head run on every box of a tile at once.
     """
     import functools
 
@@ -488,9 +488,11 @@ def _use_reference_path() -> None:
     def scaled_cube(self: Any, image: Any) -> np.ndarray:  # The whole scaled patch, as before.
         return self.apply(image)[0]
 
-    # All of a tile's proposals pooled and classified at once, as before the chunking.
-    roi_heads.DeepDISCStandardROIHeads.inference_box_chunk = 0
-    roi_heads.DeepDISCCascadeROIHeads.inference_box_chunk = 0
+    # All of a tile's proposals pooled and classified, and all its detections segmented, at once, as before
+    # the chunking.
+    for heads in (roi_heads.DeepDISCStandardROIHeads, roi_heads.DeepDISCCascadeROIHeads):
+        heads.inference_box_chunk = 0
+        heads.inference_mask_chunk = 0
     ScalingSpec.apply_array = apply_array  # type: ignore[method-assign]
     ScalingSpec.scaled_cube = scaled_cube  # type: ignore[method-assign]
     detect.InferenceConfig = functools.partial(  # type: ignore[misc]
