@@ -53,6 +53,7 @@ from .footprints import (
     unflatten_spans,
 )
 from .multiband import MultibandImage
+from .threads import map_in_threads
 
 
 def _check_factor(factor: int) -> int:
@@ -95,7 +96,7 @@ def _block_reduce(
 
 
 def bin_image(
-    image: MultibandImage, factor: int, invalid_planes: Sequence[str] = ("NO_DATA",)
+    image: MultibandImage, factor: int, invalid_planes: Sequence[str] = ("NO_DATA",), threads: int = 1
 ) -> MultibandImage:
     """Bin a multi-band image ``factor x factor`` (the mean of the valid pixels of each block).
 
@@ -108,6 +109,8 @@ def bin_image(
         Block size (1 returns ``image`` itself).
     invalid_planes : sequence of `str`
         Mask planes of pixels without data (planes the image's mask does not define are ignored).
+    threads : `int`
+        Bands binned at once (`~.threads.map_in_threads`); the result is the same for any count.
 
     Returns
     -------
@@ -128,11 +131,14 @@ def bin_image(
     # Band by band and a few block rows at a time: the temporaries stay small whatever the patch size
     # (each block is reduced on its own, so the result does not depend on the chunking).
     step = factor * _BLOCK_ROWS_PER_CHUNK
-    for band in range(channels):
+
+    def bin_band(band: int) -> None:
         for row0 in range(0, height, step):
             rows = slice(row0, min(row0 + step, height))
             out = slice(row0 // factor, row0 // factor + -(-(rows.stop - row0) // factor))
             _bin_rows(image, band, rows, factor, invalid_bits, binned, variance, mask, out)
+
+    map_in_threads(bin_band, range(channels), threads)
     return MultibandImage(
         bands=image.bands,
         image=binned,

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 __all__ = ["PeakSplitConfig", "find_peaks", "significance_map", "split_at_peaks"]
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,7 @@ from scipy import ndimage
 from .footprints import footprint_pixels, mask_to_spans, pixels_at, spans_area, spans_bbox, spans_to_mask
 from .inference import Detections
 from .multiband import MultibandImage
+from .threads import map_in_threads
 
 _BLOCK_PIXELS = 1 << 16  # pixels per block of rows in significance_map: its buffers stay in the cache
 
@@ -96,7 +98,7 @@ class PeakSplitConfig:
 
 
 def significance_map(
-    image: MultibandImage, sigma: float, planes: Sequence[str] = ("NO_DATA", "SAT")
+    image: MultibandImage, sigma: float, planes: Sequence[str] = ("NO_DATA", "SAT"), threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """PSF-smoothed S/N map of the inverse-variance weighted band sum, and where it cannot be trusted.
 
@@ -108,6 +110,8 @@ def significance_map(
         PSF sigma in pixels: the smoothing.
     planes : sequence of `str`
         Mask planes of pixels that are unusable (no data, saturated).
+    threads : `int`
+        Blocks of rows summed at once (`~.threads.map_in_threads`); the map is the same for any count.
 
     Returns
     -------
@@ -124,11 +128,16 @@ def significance_map(
     bits = image.plane_bits(planes) if image.mask is not None else 0
     height, width = image.shape
     rows = min(height, max(1, _BLOCK_PIXELS // max(width, 1)))
-    # One set of buffers for all blocks: fresh ones would each be mapped and faulted in again.
-    buffers = _RowBuffers((rows, width), image.mask.dtype if bits else None)
-    for begin in range(0, height, rows):
-        block = slice(begin, min(begin + rows, height))
-        _significance_rows(image, block, bits, snr[block], unusable[block], buffers)
+    # One set of buffers per thread for all its blocks: fresh ones would each be mapped and faulted in again.
+    buffers = threading.local()
+
+    def sum_rows(block: slice) -> None:
+        if not hasattr(buffers, "rows"):
+            buffers.rows = _RowBuffers((rows, width), image.mask.dtype if bits else None)
+        _significance_rows(image, block, bits, snr[block], unusable[block], buffers.rows)
+
+    blocks = [slice(begin, min(begin + rows, height)) for begin in range(0, height, rows)]
+    map_in_threads(sum_rows, blocks, threads)
     # A Gaussian of sigma s (unit sum) lowers white noise by 2 sqrt(pi) s: the smoothed S/N map.
     ndimage.gaussian_filter(snr, sigma, output=snr, mode="nearest")
     snr *= np.float32(2.0 * np.sqrt(np.pi) * sigma)
@@ -237,6 +246,7 @@ def split_at_peaks(
     config: PeakSplitConfig | None = None,
     invalid_planes: Sequence[str] = ("NO_DATA",),
     saturated_planes: Sequence[str] = ("SAT",),
+    threads: int = 1,
 ) -> tuple[Detections, int]:
     """Detections with every footprint of several distinct peaks split into one detection per peak.
 
@@ -255,6 +265,8 @@ def split_at_peaks(
     invalid_planes, saturated_planes : sequence of `str`
         Mask planes of pixels without data and of saturated pixels: a footprint with such a pixel (or a
         non-finite value or variance) in any band is left whole.
+    threads : `int`
+        Threads of the significance map (`significance_map`).
 
     Returns
     -------
@@ -272,7 +284,9 @@ def split_at_peaks(
     artifact_classes = np.asarray(artifact_classes, dtype=bool)
     if not len(detections):
         return detections, 0
-    significance, unusable = significance_map(image, sigma, (*invalid_planes, *saturated_planes))
+    significance, unusable = significance_map(
+        image, sigma, (*invalid_planes, *saturated_planes), threads=threads
+    )
     # Which footprints could split, all at once: two or more local maxima above the significance asked
     # for, no unusable pixel (a saturated core is ringed by false peaks), enough pixels, not an artifact.
     owner, linear = footprint_pixels(detections.footprints, image.xy0, image.shape)

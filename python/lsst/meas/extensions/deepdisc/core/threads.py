@@ -27,18 +27,25 @@ divided among ``share`` processes) and `configure_torch` applies it, together wi
 to zero (they make the first steps of a training from random weights slow on x86).  Both are process-wide
 CPU states: `torch_cpu_settings` applies them for a block of work and restores the thread count and normal
 (IEEE) denormals afterwards, so that they never leak into unrelated code of the same process.
+`map_in_threads` spreads independent numpy work (the catalog's per-band measurements) over the same cores.
 """
 
 from __future__ import annotations
 
-__all__ = ["available_cores", "configure_torch", "quantum_threads", "torch_cpu_settings", "torch_threads"]
+__all__ = [
+    "available_cores",
+    "configure_torch",
+    "map_in_threads",
+    "quantum_threads",
+    "torch_cpu_settings",
+    "torch_threads",
+]
 
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
-
-import torch
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 
 def available_cores() -> int:
@@ -96,6 +103,8 @@ def quantum_threads(requested: int, num_cores: int) -> int:
 
 def configure_torch(requested: int = 0, share: int = 1, log: logging.Logger | None = None) -> int:
     """Set torch's intra-op thread count (`torch_threads`) and flush denormals; returns the count."""
+    import torch  # Here, not at the top: `map_in_threads` serves torch-free modules (the catalog).
+
     threads, reason = torch_threads(requested, share)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
@@ -114,6 +123,8 @@ def torch_cpu_settings(
     On exit the previous thread count is restored and denormals are no longer flushed (the process
     default; flushing sets the processor's flush-to-zero mode for every library in the process).
     """
+    import torch
+
     previous = torch.get_num_threads()
     threads = configure_torch(requested, share, log)
     try:
@@ -121,3 +132,43 @@ def torch_cpu_settings(
     finally:
         torch.set_num_threads(previous)
         torch.set_flush_denormal(False)
+
+
+def map_in_threads[Item, Result](
+    function: Callable[[Item], Result], items: Iterable[Item], threads: int = 1
+) -> list[Result]:
+    """``[function(item) for item in items]``, the calls spread over up to ``threads`` threads.
+
+    For work that releases the GIL (numpy's gathers, reductions and ufuncs on large arrays), such as the
+    catalog's per-band measurements: each call must be independent of the others, writing only to memory
+    of its own.  The results come back in the order of ``items``; the first exception raised by a call
+    (in that order) is raised here, after the calls already started have finished.
+
+    Parameters
+    ----------
+    function : callable
+        Called once per item.
+    items : iterable
+        The arguments.
+    threads : `int`
+        At most this many calls at a time; 1 (or a single item) runs them in the calling thread.
+
+    Returns
+    -------
+    results : `list`
+        One result per item, in order.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    items = list(items)
+    workers = min(threads, len(items))
+    if workers <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deepdisc-map") as executor:
+        futures = [executor.submit(function, item) for item in items]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()  # Those not started; the pool's exit waits for the running ones.
+            raise

@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 import copy
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ from ..footprints import flatten_spans, footprint_pixels, pixels_at
 from ..ids import IdPacker
 from ..multiband import MultibandImage
 from ..star_galaxy import psf_photometry
+from ..threads import map_in_threads
 from ._artifact_mask import _plain
 from ._columns import APPORTION_RULE, catalog_columns, is_artifact_class
 
@@ -138,11 +140,14 @@ def _footprint_sums(
     invalid_planes: Sequence[str],
     saturated_planes: Sequence[str],
     keep_clean: bool,
+    threads: int = 1,
 ) -> _FootprintSums:
     """Footprint fluxes, variances and pixel flags band by band, over the flat pixel list of `_pixel_list`.
 
     ``clean`` keeps the image's own dtype (the values are exact; sums are taken in float64), and only one
-    band's temporaries exist at a time.
+    band's temporaries exist at a time per thread.  With ``threads`` > 1 the bands are measured in that
+    many threads (`map_in_threads`): each writes its own rows, and the pixel flags are or-ed under a lock,
+    so the result does not depend on the order the bands finish in.
     """
     nodata_bits = image.plane_bits(invalid_planes)
     saturated_bits = image.plane_bits(saturated_planes)
@@ -154,32 +159,41 @@ def _footprint_sums(
     clean = np.empty((n_bands, owner.size), dtype=image.image.dtype) if keep_clean else None
     footprint_flux = np.zeros((n_bands, n))
     footprint_var = np.full((n_bands, n), np.nan)
-    for b in range(n_bands):
+    flags_lock = threading.Lock()
+
+    def measure_band(b: int) -> None:
         values = pixels_at(image.image[b], linear)
         invalid = ~np.isfinite(values)
+        saturated = None
         if image.mask is not None:
             bits = pixels_at(image.mask[b], linear)
             invalid |= (bits & nodata_bits) != 0
-            saturated_any |= (bits & saturated_bits) != 0
+            saturated = (bits & saturated_bits) != 0
             del bits
-        invalid_any |= invalid
         values[invalid] = 0
         footprint_flux[b] = np.bincount(owner, weights=values, minlength=n)
         if clean is not None:
             clean[b] = values
         del values
+        bad_variance = has_good = None
         if image.variance is not None:
             variance = pixels_at(image.variance[b], linear)
             # Zero, negative or non-finite variance: the pixel counts for the flux but not for its error.
             good = ~invalid & np.isfinite(variance) & (variance > 0)
-            bad_variance_any |= ~invalid & ~good
+            bad_variance = ~invalid & ~good
             variance[~good] = 0
             footprint_var[b] = np.bincount(owner, weights=variance, minlength=n)
             has_good = np.bincount(owner, weights=good, minlength=n) > 0
             footprint_var[b][~has_good] = np.nan
-            no_error |= ~has_good
-        else:
-            no_error[:] = True
+        with flags_lock:
+            invalid_any[...] |= invalid
+            if saturated is not None:
+                saturated_any[...] |= saturated
+            if bad_variance is not None:
+                bad_variance_any[...] |= bad_variance
+            no_error[...] |= True if has_good is None else ~has_good
+
+    map_in_threads(measure_band, range(n_bands), threads)
     return _FootprintSums(
         flux=footprint_flux,
         variance=footprint_var,
@@ -192,7 +206,11 @@ def _footprint_sums(
 
 
 def footprint_detection_snr(
-    detections: Detections, image: MultibandImage, invalid_planes: Sequence[str] = ("NO_DATA",)
+    detections: Detections,
+    image: MultibandImage,
+    invalid_planes: Sequence[str] = ("NO_DATA",),
+    *,
+    threads: int = 1,
 ) -> np.ndarray:
     """The ``detection_snr`` column `build_catalog` would give each detection, without building a catalog.
 
@@ -207,6 +225,8 @@ def footprint_detection_snr(
         The unscaled coadd.
     invalid_planes : sequence of `str`
         Mask planes meaning no data (as given to `build_catalog`).
+    threads : `int`
+        Bands measured at once (`build_catalog`'s ``threads``).
 
     Returns
     -------
@@ -215,7 +235,7 @@ def footprint_detection_snr(
     """
     n = len(detections)
     owner, linear, _ = _pixel_list(detections.footprints, image)
-    sums = _footprint_sums(image, owner, linear, n, invalid_planes, (), keep_clean=False)
+    sums = _footprint_sums(image, owner, linear, n, invalid_planes, (), keep_clean=False, threads=threads)
     return detection_snr(sums.flux, sums.variance)
 
 
@@ -406,6 +426,7 @@ def build_catalog(
     saturated_planes: Sequence[str] = ("SAT",),
     invalid_planes: Sequence[str] = ("NO_DATA",),
     artifact_overlap_threshold: float = 0.5,
+    threads: int = 1,
 ) -> Table:
     """Build the detection catalog of one patch.
 
@@ -430,6 +451,9 @@ def build_catalog(
     artifact_overlap_threshold : `float`
         A source gets ``flag_in_artifact`` when more than this fraction of its footprint is covered by
         artifact footprints (see the module documentation).
+    threads : `int`
+        Bands measured at once (footprint sums, PSF photometry: `~..threads.map_in_threads`); the
+        catalog is the same for any count.
 
     Returns
     -------
@@ -458,7 +482,9 @@ def build_catalog(
     owner, linear, span_starts = _pixel_list(detections.footprints, image)
     area = np.bincount(owner, minlength=n)
 
-    sums = _footprint_sums(image, owner, linear, n, invalid_planes, saturated_planes, keep_clean=True)
+    sums = _footprint_sums(
+        image, owner, linear, n, invalid_planes, saturated_planes, keep_clean=True, threads=threads
+    )
     clean, footprint_flux, footprint_var = sums.clean, sums.flux, sums.variance
     invalid_any, saturated_any = sums.invalid_any, sums.saturated_any
     bad_variance_any, no_error = sums.bad_variance_any, sums.no_error
@@ -572,7 +598,7 @@ def build_catalog(
     for k, name in enumerate(class_names):
         values[f"prob_{name}"] = detections.class_probs[:, k]
     values["detection_snr"] = detection_snr(footprint_flux, footprint_var)
-    photometry = psf_photometry(image, centroid_x, centroid_y, invalid_planes=invalid_planes)
+    photometry = psf_photometry(image, centroid_x, centroid_y, invalid_planes=invalid_planes, threads=threads)
     values["star_galaxy_prob"] = np.full(n, np.nan)
     values["reliability"] = np.full(n, np.nan)
     with np.errstate(invalid="ignore"):
@@ -619,6 +645,7 @@ def select_catalog_rows(
     image: MultibandImage,
     *,
     invalid_planes: Sequence[str] = ("NO_DATA",),
+    threads: int = 1,
 ) -> Table:
     """The `build_catalog` table of the detections ``keep`` selects, from the catalog of all of them.
 
@@ -641,6 +668,8 @@ def select_catalog_rows(
         The coadd ``catalog`` was built on.
     invalid_planes : sequence of `str`
         Mask planes meaning no data, as given to `build_catalog`.
+    threads : `int`
+        Bands measured at once, as `build_catalog`'s.
 
     Returns
     -------
@@ -669,7 +698,7 @@ def select_catalog_rows(
         catalog.meta["tract"], catalog.meta["patch"], np.arange(1, n + 1, dtype=np.int64)
     )
     owner, linear, _ = _pixel_list(kept.footprints, image)
-    sums = _footprint_sums(image, owner, linear, n, invalid_planes, (), keep_clean=True)
+    sums = _footprint_sums(image, owner, linear, n, invalid_planes, (), keep_clean=True, threads=threads)
     related = _relations(
         kept.scores,
         kept.split_from,

@@ -49,6 +49,7 @@ __all__ = [
     "psf_photometry",
 ]
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,6 +58,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 
 from ..footprints import pixels_at
 from ..multiband import MultibandImage
+from ..threads import map_in_threads
 
 WIDE_FACTOR = 2.0
 """Width of the wide filter in units of the PSF sigma."""
@@ -264,6 +266,7 @@ def psf_photometry(
     *,
     invalid_planes: Sequence[str] = ("NO_DATA",),
     refine_iterations: int = 2,
+    threads: int = 1,
 ) -> PsfPhotometry:
     """PSF flux and extended-light excess of sources at ``(x, y)`` in every band of ``image``.
 
@@ -279,6 +282,9 @@ def psf_photometry(
         Mask planes of pixels without data (given zero weight).
     refine_iterations : `int`
         Centroid refinement iterations (0: use ``x, y`` as given).
+    threads : `int`
+        Bands measured at once (`~..threads.map_in_threads`); each band's columns are the same for any
+        count.  Every thread holds one band's invalid-pixel plane and a chunk's stamps.
 
     Returns
     -------
@@ -300,13 +306,16 @@ def psf_photometry(
     xs, ys = np.where(finite, x, 0.0), np.where(finite, y, 0.0)
     if refine_iterations > 0:
         xs, ys = _refine_centroids(image, xs, ys, float(np.median(known)), invalid_planes, refine_iterations)
-    invalid = np.empty(image.shape, dtype=bool)
-    for b, band in enumerate(image.bands):
-        sigma = sigmas.get(band)
+    buffers = threading.local()  # One invalid-pixel plane per thread, reused for its bands.
+
+    def measure(b: int) -> None:
+        sigma = sigmas.get(image.bands[b])
         if sigma is None:
-            continue
+            return
         variance = None if image.variance is None else image.variance[b]
-        image.band_invalid(b, invalid_planes, out=invalid)
+        if not hasattr(buffers, "invalid"):
+            buffers.invalid = np.empty(image.shape, dtype=bool)
+        invalid = image.band_invalid(b, invalid_planes, out=buffers.invalid)
         for begin in range(0, n, _CHUNK):
             chunk = slice(begin, min(begin + _CHUNK, n))
             measured = _measure_band(image.image[b], variance, invalid, xs[chunk], ys[chunk], sigma)
@@ -315,6 +324,8 @@ def psf_photometry(
             excess[chunk, b] = np.where(usable, measured[2], np.nan)
             flux_err[chunk, b] = np.where(usable, measured[1], np.nan)
             excess_err[chunk, b] = np.where(usable, measured[3], np.nan)
+
+    map_in_threads(measure, range(n_bands), threads)
     x_out = np.where(finite, xs, np.nan) + image.xy0[0]
     y_out = np.where(finite, ys, np.nan) + image.xy0[1]
     return PsfPhotometry(image.bands, flux, flux_err, excess, excess_err, x_out, y_out)
