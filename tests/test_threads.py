@@ -10,6 +10,7 @@ import pytest
 from wcs_fixtures import tan_wcs
 
 from lsst.meas.extensions.deepdisc.core import binning, peak_split
+from lsst.meas.extensions.deepdisc.core import threads as threads_module
 from lsst.meas.extensions.deepdisc.core.binning import bin_image
 from lsst.meas.extensions.deepdisc.core.catalog import (
     _build,
@@ -45,6 +46,16 @@ def test_map_in_threads_returns_results_in_order_from_concurrent_calls() -> None
 
     assert map_in_threads(call, range(3), threads=3) == [0, 1, 4]
     assert all(name.startswith("deepdisc-map") for name in names)
+
+
+def test_map_in_threads_hands_the_workers_freed_memory_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    released = []
+    monkeypatch.setattr(threads_module, "release_free_memory", lambda: released.append(True) or True)
+    assert map_in_threads(lambda item: np.ones(item).sum(), [10, 20], threads=2) == [10.0, 20.0]
+    assert len(released) == 1
+    with pytest.raises(ZeroDivisionError):
+        map_in_threads(lambda item: 1 // item, [1, 0], threads=2)
+    assert len(released) == 2
 
 
 def test_map_in_threads_with_one_thread_runs_in_the_caller() -> None:
