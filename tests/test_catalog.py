@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.wcs import WCS
+from catalog_asserts import assert_same_catalog
 from wcs_fixtures import tan_wcs
 
 from lsst.meas.extensions.deepdisc.core.catalog import build_catalog, catalog_columns
@@ -429,18 +430,6 @@ def test_footprint_detection_snr_is_the_catalogs_column_without_a_catalog() -> N
     np.testing.assert_array_equal(footprint_detection_snr(detections.select(np.array([2])), image), snr[2:])
 
 
-def _assert_same_catalog(actual, expected) -> None:
-    assert actual.colnames == expected.colnames
-    for name in expected.colnames:
-        a, e = actual[name], expected[name]
-        assert a.dtype == e.dtype and a.unit == e.unit and a.description == e.description, name
-        if a.dtype == object:
-            assert all(np.array_equal(x, y) for x, y in zip(a, e)), name
-        else:
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(e), err_msg=name)
-    assert actual.meta == expected.meta
-
-
 def test_select_catalog_rows_equals_a_catalog_built_from_the_kept_detections() -> None:
     """Dropping rows splits families, renumbers ids and re-apportions, exactly as building again would."""
     from lsst.meas.extensions.deepdisc.core.catalog import select_catalog_rows
@@ -479,7 +468,7 @@ def test_select_catalog_rows_equals_a_catalog_built_from_the_kept_detections() -
         selected = select_catalog_rows(catalog, keep, detections, image)
         expected = build_catalog(detections.select(keep), image, **kwargs)
         expected["reliability"][:] = (np.arange(n) / 10)[keep]
-        _assert_same_catalog(selected, expected)
+        assert_same_catalog(selected, expected)
     without_b = select_catalog_rows(catalog, np.array([True, False, True, True, True]), detections, image)
     assert list(without_b["family_size"]) == [1, 1, 1, 1]  # B linked A and D.
     assert without_b["flag_in_artifact"][1]  # C, still under the artifact.

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from catalog_asserts import assert_same_catalog
 from wcs_fixtures import tan_wcs
 
 from lsst.meas.extensions.deepdisc.core import binning, peak_split
@@ -147,16 +148,6 @@ def _spy(monkeypatch: pytest.MonkeyPatch, module) -> list[int]:
     return counts
 
 
-def _assert_same_table(actual, expected) -> None:
-    assert actual.colnames == expected.colnames
-    for name in expected.colnames:
-        if actual[name].dtype == object:
-            assert all(np.array_equal(a, e) for a, e in zip(actual[name], expected[name])), name
-        else:
-            np.testing.assert_array_equal(np.asarray(actual[name]), np.asarray(expected[name]), err_msg=name)
-    assert actual.meta == expected.meta
-
-
 def test_catalog_measured_in_threads_equals_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     image, detections = _image(), _detections()
     kwargs = dict(
@@ -174,12 +165,12 @@ def test_catalog_measured_in_threads_equals_one_thread(monkeypatch: pytest.Monke
     sums_counts, psf_counts = _spy(monkeypatch, _build), _spy(monkeypatch, _psf_photometry)
     threaded = build_catalog(detections, image, threads=3, **kwargs)
     assert sums_counts == [3] and psf_counts == [3]
-    _assert_same_table(threaded, serial)
+    assert_same_catalog(threaded, serial)
     np.testing.assert_array_equal(
         footprint_detection_snr(detections, image, threads=3), footprint_detection_snr(detections, image)
     )
     keep = np.array([True, False, True, True, False])
-    _assert_same_table(
+    assert_same_catalog(
         select_catalog_rows(serial, keep, detections, image, threads=2),
         select_catalog_rows(serial, keep, detections, image),
     )
