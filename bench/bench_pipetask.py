@@ -41,7 +41,6 @@ __all__ = ["main"]
 import argparse
 import datetime
 import json
-import os
 import re
 import subprocess
 import sys
@@ -61,6 +60,8 @@ from bench_detect import (  # The sibling script, found through the path set abo
     machine_info,
 )
 
+from lsst.meas.extensions.deepdisc.butler.config_path import ensure_butler_config_path
+
 PRESET = "benchmark"
 PATCH_PIXELS = 4100 * 4100
 
@@ -68,18 +69,10 @@ _QUANTUM = re.compile(r"Execution of task 'detect' on quantum .* took ([0-9.]+) 
 _RUN = re.compile(r"Detected (\d+) sources .* in ([0-9.]+) s \(inference ([0-9.]+) s\)")
 
 
-def _environment() -> dict[str, str]:
-    """The process environment with the package's Butler configuration on the search path."""
-    env = dict(os.environ)
-    configs = str(REPO_DIR / "python" / "lsst" / "meas" / "extensions" / "deepdisc" / "butler" / "configs")
-    paths = [p for p in env.get("DAF_BUTLER_CONFIG_PATH", "").split(os.pathsep) if p]
-    env["DAF_BUTLER_CONFIG_PATH"] = os.pathsep.join([configs, *[p for p in paths if p != configs]])
-    return env
-
-
 def _prepare(repo: Path, tract: int, patch: tuple[int, int], package: Path) -> tuple[str, str]:
     """Simulate the patch into ``repo`` if it is not there, ingest ``package``; the skymap and model names."""
-    os.environ.update(_environment())
+    from lsst.daf.butler import Butler
+
     from lsst.meas.extensions.deepdisc.butler.model_formatter import ingest_model_package
     from lsst.meas.extensions.deepdisc.core.model_package import ModelPackage
     from lsst.meas.extensions.deepdisc.sim.repo import build_sim_repo
@@ -87,8 +80,6 @@ def _prepare(repo: Path, tract: int, patch: tuple[int, int], package: Path) -> t
     start = time.perf_counter()
     info = build_sim_repo(repo, PRESET, tracts=[tract], patches=[patch])
     print(f"repository {repo}: patch {patch} of tract {tract} ready in {time.perf_counter() - start:.0f} s")
-    from lsst.daf.butler import Butler
-
     model = ModelPackage.load(package)
     butler = Butler.from_config(str(repo), writeable=True)
     ingest_model_package(butler, model)
@@ -116,11 +107,9 @@ def _run_once(repo: Path, skymap: str, model: str, tract: int, cores: int, outpu
         str(cores),
     ]
     start = time.perf_counter()
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_environment()
-    )
-    log, _ = process.communicate()
+    process = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - start
+    log = process.stdout
     if process.returncode:
         raise RuntimeError(f"pipetask failed ({process.returncode}):\n{log[-4000:]}")
     quantum, run = _QUANTUM.search(log), _RUN.search(log)
@@ -199,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     patch = tuple(int(v) for v in args.patch.split(","))
     if len(patch) != 2 or args.runs < 1 or args.cores < 1:
         parser.error("--patch is X,Y; --runs and --cores are at least 1")
+    # This process's Butler and the pipetask processes (which inherit it) need the package's configs.
+    ensure_butler_config_path()
     skymap, model = _prepare(args.repo, args.tract, patch, args.package)
     machine = machine_info("cpu", args.cores)
     commit = git_commit()
